@@ -1,0 +1,149 @@
+"""Per-worker control channels: publish, and a subscription that survives anything.
+
+Pub/sub is at-most-once, so the subscription calls a reconcile hook after every
+(re)subscribe: whatever was published while it was away is found by comparing versions.
+redis-py's own reconnect would resubscribe silently and skip that hook, so this client
+runs without retries and the loop here reconnects, with backoff, itself. A connection
+that dies silently (no RST) is caught by our own PING with a deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import anyio
+from anyio.abc import TaskStatus
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.backoff import ExponentialWithJitterBackoff
+
+from .connection import RECOVERABLE, call, make_client
+from .deadletter import DeadLetters
+from .messages import DecodeError, Message, decode, encode
+from .settings import BusSettings
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Message], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
+
+
+async def publish(redis: Redis, settings: BusSettings, worker_id: str, message: Message) -> int:
+    """Publish to one worker's control channel; returns how many subscribers got it."""
+    return int(await call(redis.publish(settings.keys.control(worker_id), encode(message))))
+
+
+class SilentlyDead(Exception):
+    """Our PING got no PONG in time: the connection is gone without telling us."""
+
+
+_LOST: tuple[type[BaseException], ...] = (*RECOVERABLE, SilentlyDead)
+
+
+class ControlSubscription:
+    def __init__(
+        self,
+        settings: BusSettings,
+        worker_id: str,
+        handler: Handler,
+        on_subscribed: Hook,
+        deadletters: DeadLetters,
+    ) -> None:
+        self.settings = settings
+        self.channel = settings.keys.control(worker_id)
+        self.handler = handler
+        self.on_subscribed = on_subscribed
+        self.deadletters = deadletters
+        self.subscriptions = 0  # how many times we (re)subscribed; for status and tests
+        self._token = f"hiscrm-ping-{uuid.uuid4().hex[:8]}"
+        self._backoff = ExponentialWithJitterBackoff(
+            cap=settings.backoff_max_s, base=settings.backoff_min_s
+        )
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe, reconcile, listen; on any connection loss, back off and start over.
+        Signals readiness after the first subscribe and reconcile."""
+        failures = 0
+        started = False
+        while True:
+            client = make_client(self.settings, retries=False)
+            pubsub = client.pubsub()
+            try:
+                await self._subscribe(pubsub)
+                failures = 0
+                self.subscriptions += 1
+                log.info("subscribed to %s (%d)", self.channel, self.subscriptions)
+                await self._reconcile()
+                if not started:
+                    task_status.started()
+                    started = True
+                await self._listen(pubsub)
+            except _LOST as exc:
+                failures += 1
+                log.warning("control subscription %s lost (%s); resubscribing", self.channel, exc)
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    await _close(pubsub, client)
+            await anyio.sleep(self._backoff.compute(failures))
+
+    async def _subscribe(self, pubsub: PubSub) -> None:
+        await call(pubsub.subscribe(self.channel))
+        with anyio.fail_after(self.settings.ping_timeout_s + self.settings.redis_timeout_s):
+            while True:
+                reply = await call(pubsub.get_message(timeout=self.settings.ping_timeout_s))
+                if reply is not None and reply["type"] == "subscribe":
+                    return
+
+    async def _reconcile(self) -> None:
+        try:
+            await self.on_subscribed()
+        except RECOVERABLE:
+            raise
+        except Exception:
+            # a reconcile bug must not stop updates from arriving; the periodic
+            # anti-entropy pass will try again
+            log.exception("reconcile after subscribing to %s failed", self.channel)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        interval = self.settings.ping_interval_s
+        ping_sent: float | None = None
+        last_heard = anyio.current_time()
+        while True:
+            now = anyio.current_time()
+            if ping_sent is not None:
+                timeout = ping_sent + self.settings.ping_timeout_s - now
+                if timeout <= 0:
+                    raise SilentlyDead(f"no PONG within {self.settings.ping_timeout_s}s")
+            else:
+                timeout = last_heard + interval - now
+                if timeout <= 0:
+                    await call(pubsub.ping(self._token))
+                    ping_sent = now
+                    continue
+            reply = await call(pubsub.get_message(timeout=timeout))
+            if reply is None:
+                continue
+            last_heard = anyio.current_time()
+            if reply["type"] == "pong":
+                ping_sent = None
+            elif reply["type"] == "message":
+                await self._dispatch(reply["data"])
+
+    async def _dispatch(self, data: bytes) -> None:
+        message = decode(data)
+        if isinstance(message, DecodeError):
+            await self.deadletters.write(self.channel, message)
+            return
+        try:
+            await self.handler(message)
+        except Exception:
+            # never let one message end the subscription; the sender retries
+            log.exception("handling %s on %s failed", message.type, self.channel)
+
+
+async def _close(pubsub: PubSub, client: Redis) -> None:
+    try:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    finally:
+        await client.aclose()

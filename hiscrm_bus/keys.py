@@ -1,0 +1,103 @@
+"""Every Redis key, channel and stream name, under one configurable prefix.
+
+No other module builds a Redis name. Names that belong to one account or one worker
+take the id as the last part, so Redis Cluster hash tags can later be introduced here
+(e.g. ``hiscrm:{acc-1}:...``) without touching a caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+_MARK = "\x00id\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "hiscrm:"
+
+    # accounts
+    def account(self, account_id: str) -> str:
+        """Hash: one account's config, ``config_version`` and login state."""
+        return f"{self.prefix}account:{account_id}"
+
+    @property
+    def accounts(self) -> str:
+        """Set: every account id."""
+        return f"{self.prefix}accounts"
+
+    def account_pending(self, account_id: str) -> str:
+        """Sorted set: the account's pending update ids scored by config version."""
+        return f"{self.prefix}account:{account_id}:pending"
+
+    # workers
+    def worker(self, worker_id: str) -> str:
+        """Hash (with TTL): worker info, last heartbeat, applied versions and task states."""
+        return f"{self.prefix}worker:{worker_id}"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set: worker id by last heartbeat (epoch seconds)."""
+        return f"{self.prefix}workers"
+
+    def worker_accounts(self, worker_id: str) -> str:
+        """Set: ids of the accounts assigned to the worker."""
+        return f"{self.prefix}worker:{worker_id}:accounts"
+
+    def control(self, worker_id: str) -> str:
+        """Pub/sub channel: Master → worker commands and config updates."""
+        return f"{self.prefix}worker:{worker_id}:control"
+
+    # streams
+    @property
+    def acks(self) -> str:
+        """Stream: worker → Master ACKs (consumer group of the Masters)."""
+        return f"{self.prefix}acks"
+
+    @property
+    def events(self) -> str:
+        """Stream: worker → Master events (login, task status)."""
+        return f"{self.prefix}events"
+
+    @property
+    def deadletter(self) -> str:
+        """Stream: messages that failed to decode, with the reason and raw bytes."""
+        return f"{self.prefix}deadletter"
+
+    @property
+    def deadletter_counts(self) -> str:
+        """Hash: dead-lettered message count per source."""
+        return f"{self.prefix}deadletter:counts"
+
+    # pending updates and outcomes
+    @property
+    def pending(self) -> str:
+        """Sorted set: pending update ids by deadline (epoch milliseconds)."""
+        return f"{self.prefix}pending"
+
+    def update(self, update_id: str) -> str:
+        """Hash: one config update, its attempts and, once known, its outcome."""
+        return f"{self.prefix}update:{update_id}"
+
+    @property
+    def outcomes(self) -> str:
+        """Stream: one entry per update outcome (applied, rejected, failed)."""
+        return f"{self.prefix}outcomes"
+
+    @property
+    def stats(self) -> str:
+        """Hash: counters (updates sent, applied, rejected, retried, failed)."""
+        return f"{self.prefix}stats"
+
+    def split(self, builder: Callable[[str], str]) -> tuple[str, str]:
+        """(head, tail) around the id of a per-id name, for Lua scripts that build names
+        from ids they read: ``head .. id .. tail == builder(id)``."""
+        head, found, tail = builder(_MARK).partition(_MARK)
+        if not found:
+            raise ValueError("builder must place the id in the name")
+        return head, tail
+
+    def lock(self, name: str) -> str:
+        """String with TTL: a short lease so only one Master runs a sweep at a time."""
+        return f"{self.prefix}lock:{name}"

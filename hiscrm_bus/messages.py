@@ -1,0 +1,147 @@
+"""Every message on the bus: an envelope plus a typed payload, in one discriminated union.
+
+``decode`` is the only way bytes become a message, and it never raises: it returns the
+message or a :class:`DecodeError` that the caller dead-letters.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from . import PROTOCOL_VERSION
+
+CONFIG_UPDATE: Final = "master:account:config_update"
+CONFIG_UPDATE_ACK: Final = "master:account:config_update:ack"
+
+UpdateReason = Literal[
+    "login_success",
+    "admin_update",
+    "assignment",
+    "unassignment",
+    "removed",
+    "failover",
+]
+TaskState = Literal["starting", "waiting_login", "running", "disabled", "error", "stopped"]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Envelope(BaseModel):
+    """Fields every message carries apart from its payload."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message_id: str = Field(default_factory=new_id, min_length=1, max_length=64)
+    sent_at: datetime = Field(default_factory=utcnow)
+    sender: str = Field(min_length=1, max_length=200)
+    protocol: Literal[1] = PROTOCOL_VERSION
+
+
+class AccountConfigUpdate(Envelope):
+    """Master → worker: the account's config is now at ``config_version``; read the hash."""
+
+    type: Literal["master:account:config_update"] = CONFIG_UPDATE
+    update_id: str = Field(min_length=1, max_length=64)
+    account_id: str = Field(min_length=1, max_length=200)
+    config_version: int = Field(ge=0)
+    reason: UpdateReason
+    updated_fields: tuple[str, ...] = ()
+    attempt: int = Field(1, ge=1)
+
+
+class AccountConfigUpdateAck(Envelope):
+    """Worker → Master: the version now in force for the account on this worker.
+
+    ``update_id`` is empty when the worker caught up by reconciling rather than because
+    of one update; the Master then resolves by account and version alone.
+    ``seen_version`` is the version the worker read from the hash (the one it rejected,
+    when ``ok`` is false).
+    """
+
+    type: Literal["master:account:config_update:ack"] = CONFIG_UPDATE_ACK
+    update_id: str = Field("", max_length=64)
+    account_id: str = Field(min_length=1, max_length=200)
+    worker_id: str = Field(min_length=1, max_length=200)
+    applied_version: int = Field(ge=0)
+    seen_version: int = Field(ge=0)
+    ok: bool
+    error: str | None = Field(None, max_length=2000)
+    applied_at: datetime = Field(default_factory=utcnow)
+
+
+class LoginSuccess(Envelope):
+    """Worker → Master: a login finished; the account now has a platform user id."""
+
+    type: Literal["worker:login:success"] = "worker:login:success"
+    account_id: str = Field(min_length=1, max_length=200)
+    worker_id: str = Field(min_length=1, max_length=200)
+    platform_user_id: str = Field(max_length=200)
+    user_info: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskStatus(Envelope):
+    """Worker → Master: a monitor task changed state."""
+
+    type: Literal["worker:task:status"] = "worker:task:status"
+    account_id: str = Field(min_length=1, max_length=200)
+    worker_id: str = Field(min_length=1, max_length=200)
+    state: TaskState
+    config_version: int = Field(ge=0)
+    error: str | None = Field(None, max_length=2000)
+
+
+Message = Annotated[
+    AccountConfigUpdate | AccountConfigUpdateAck | LoginSuccess | TaskStatus,
+    Field(discriminator="type"),
+]
+_adapter: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeError:
+    """Why some bytes are not a message. Carries the raw bytes for the dead-letter stream."""
+
+    reason: str
+    raw: bytes
+
+
+def encode(message: Message) -> bytes:
+    return message.model_dump_json().encode()
+
+
+def decode(raw: bytes | str) -> Message | DecodeError:
+    """Parse one message. Never raises: anything wrong becomes a DecodeError."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+    try:
+        return _adapter.validate_json(data)
+    except ValidationError as exc:
+        return DecodeError(_summarize(exc), data)
+    except (ValueError, TypeError, RecursionError) as exc:  # pragma: no cover - defensive
+        return DecodeError(f"undecodable: {type(exc).__name__}", data)
+
+
+def _summarize(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = []
+    for err in errors[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "message"
+        parts.append(f"{loc}: {err['msg']}")
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(parts) + more
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON used for hash fields and stream fields."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)

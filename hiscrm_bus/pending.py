@@ -1,0 +1,355 @@
+"""Pending config updates, tracked in Redis until each ends in exactly one outcome.
+
+An update is recorded with a deadline before it is published. An ACK from the owning
+worker whose applied version is at least the update's version resolves it (one ACK can
+resolve several coalesced updates); a rejecting ACK resolves it as rejected. The sweeper
+hands back updates whose deadline passed, for a retry with a longer deadline, and after
+the last attempt records them as failed. Every transition is one Lua call that removes
+the id from the pending set first, so two Masters sharing the tracker never resolve or
+retry one update twice, and a Master restart loses nothing. Times come from Redis' clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+from redis.asyncio import Redis
+
+from .connection import call
+from .messages import AccountConfigUpdate, AccountConfigUpdateAck, dumps
+from .settings import BusSettings
+
+log = logging.getLogger(__name__)
+Status = Literal["pending", "applied", "rejected", "failed"]
+OUTCOME_TTL_S = 7 * 24 * 3600
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: pending, account pending index, update hash, stats
+# ARGV: update_id, account_id, worker_id, version, reason, fields, ack_timeout_ms, sender
+_RECORD = (
+    _NOW
+    + """
+local deadline = now + tonumber(ARGV[7])
+redis.call('HSET', KEYS[3], 'update_id', ARGV[1], 'account_id', ARGV[2], 'worker_id', ARGV[3],
+  'version', ARGV[4], 'reason', ARGV[5], 'fields', ARGV[6], 'attempts', 1,
+  'created_at_ms', now, 'deadline_ms', deadline, 'status', 'pending', 'sender', ARGV[8])
+redis.call('ZADD', KEYS[1], deadline, ARGV[1])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[4]), ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'sent', 1)
+return now
+"""
+)
+
+# Shared by resolve and sweep: close one update with an outcome.
+_CLOSE = """
+local function close(id, key, status, err, now, outcomes, stats, maxlen, ttl)
+  local created = tonumber(redis.call('HGET', key, 'created_at_ms') or now)
+  local latency = now - created
+  local h = redis.call('HMGET', key, 'account_id', 'worker_id', 'version', 'attempts', 'reason')
+  redis.call('HSET', key, 'status', status, 'outcome_at_ms', now, 'latency_ms', latency,
+    'error', err)
+  redis.call('EXPIRE', key, ttl)
+  redis.call('XADD', outcomes, 'MAXLEN', '~', maxlen, '*', 'update_id', id,
+    'account_id', h[1] or '', 'worker_id', h[2] or '', 'version', h[3] or '0',
+    'status', status, 'attempts', h[4] or '1', 'latency_ms', latency, 'error', err,
+    'reason', h[5] or '')
+  redis.call('HINCRBY', stats, status, 1)
+  return {id, status, latency}
+end
+"""
+
+# KEYS: pending, account pending index, outcomes, stats
+# ARGV: version, ok, error, update key head, update key tail, worker_id, maxlen, ttl
+_RESOLVE = (
+    _NOW
+    + _CLOSE
+    + """
+local out = {}
+local status = 'rejected'
+if ARGV[2] == '1' then status = 'applied' end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])) do
+  local key = ARGV[4] .. id .. ARGV[5]
+  local owner = redis.call('HGET', key, 'worker_id')
+  if owner == false or owner == ARGV[6] then
+    redis.call('ZREM', KEYS[2], id)
+    if redis.call('ZREM', KEYS[1], id) == 1 then
+      table.insert(out, close(id, key, status, ARGV[3], now, KEYS[3], KEYS[4], ARGV[7], ARGV[8]))
+    end
+  end
+end
+return out
+"""
+)
+
+# KEYS: pending, outcomes, stats
+# ARGV: limit, max_attempts, ack_timeout_ms, backoff, update head, update tail,
+#       account-pending head, account-pending tail, maxlen, ttl
+_SWEEP = (
+    _NOW
+    + _CLOSE
+    + """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])) do
+  local key = ARGV[5] .. id .. ARGV[6]
+  local h = redis.call('HMGET', key, 'attempts', 'account_id')
+  if not h[1] then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    local attempts = tonumber(h[1])
+    if attempts >= tonumber(ARGV[2]) then
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('ZREM', ARGV[7] .. h[2] .. ARGV[8], id)
+      local err = 'no ACK after ' .. attempts .. ' attempts'
+      local c = close(id, key, 'failed', err, now, KEYS[2], KEYS[3], ARGV[9], ARGV[10])
+      table.insert(out, {id, 'failed', attempts})
+    else
+      attempts = attempts + 1
+      local deadline = now + math.floor(tonumber(ARGV[3]) * tonumber(ARGV[4]) ^ (attempts - 1))
+      redis.call('HSET', key, 'attempts', attempts, 'deadline_ms', deadline)
+      redis.call('ZADD', KEYS[1], deadline, id)
+      redis.call('HINCRBY', KEYS[3], 'retried', 1)
+      table.insert(out, {id, 'retry', attempts})
+    end
+  end
+end
+return out
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingUpdate:
+    """One tracked update as stored in ``update:<id>``."""
+
+    update_id: str
+    account_id: str
+    worker_id: str
+    version: int
+    reason: str
+    fields: tuple[str, ...]
+    attempts: int
+    status: Status
+    created_at_ms: int
+    deadline_ms: int
+    latency_ms: int | None = None
+    error: str = ""
+
+    @classmethod
+    def from_hash(cls, raw: dict[Any, Any]) -> PendingUpdate:
+        d = {_s(k): _s(v) for k, v in raw.items()}
+        return cls(
+            update_id=d["update_id"],
+            account_id=d["account_id"],
+            worker_id=d.get("worker_id", ""),
+            version=int(d["version"]),
+            reason=d.get("reason", ""),
+            fields=tuple(json.loads(d.get("fields", "[]"))),
+            attempts=int(d.get("attempts", "1")),
+            status=d.get("status", "pending"),  # type: ignore[arg-type]
+            created_at_ms=int(d.get("created_at_ms", "0")),
+            deadline_ms=int(d.get("deadline_ms", "0")),
+            latency_ms=int(d["latency_ms"]) if d.get("latency_ms") else None,
+            error=d.get("error", ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one update ended, as read from the outcomes stream."""
+
+    update_id: str
+    account_id: str
+    worker_id: str
+    version: int
+    status: Status
+    attempts: int
+    latency_ms: int
+    error: str
+    reason: str
+
+    @classmethod
+    def from_fields(cls, raw: dict[Any, Any]) -> Outcome:
+        d = {_s(k): _s(v) for k, v in raw.items()}
+        return cls(
+            update_id=d["update_id"],
+            account_id=d["account_id"],
+            worker_id=d["worker_id"],
+            version=int(d["version"]),
+            status=d["status"],  # type: ignore[arg-type]
+            attempts=int(d["attempts"]),
+            latency_ms=int(d["latency_ms"]),
+            error=d.get("error", ""),
+            reason=d.get("reason", ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    retry: list[PendingUpdate]
+    failed: list[PendingUpdate]
+
+
+class PendingTracker:
+    def __init__(self, redis: Redis, settings: BusSettings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = settings.keys
+        self._record = redis.register_script(_RECORD)
+        self._resolve = redis.register_script(_RESOLVE)
+        self._sweep = redis.register_script(_SWEEP)
+
+    def _record_args(
+        self, update: AccountConfigUpdate, worker_id: str
+    ) -> tuple[list[str], list[Any]]:
+        keys = [
+            self.keys.pending,
+            self.keys.account_pending(update.account_id),
+            self.keys.update(update.update_id),
+            self.keys.stats,
+        ]
+        args = [
+            update.update_id,
+            update.account_id,
+            worker_id,
+            update.config_version,
+            update.reason,
+            dumps(list(update.updated_fields)),
+            int(self.settings.ack_timeout_s * 1000),
+            update.sender,
+        ]
+        return keys, args
+
+    async def record(self, update: AccountConfigUpdate, worker_id: str) -> None:
+        """Track ``update`` (sent to ``worker_id``) until its outcome. Call before publishing."""
+        keys, args = self._record_args(update, worker_id)
+        await call(self._record(keys=keys, args=args))
+
+    async def record_many(self, updates: Sequence[tuple[AccountConfigUpdate, str]]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for update, worker_id in updates:
+                keys, args = self._record_args(update, worker_id)
+                await self._record(keys=keys, args=args, client=pipe)
+            await call(pipe.execute())
+
+    async def resolve(self, ack: AccountConfigUpdateAck) -> list[tuple[str, Status, int]]:
+        """Close every pending update of the ACK's account that it covers.
+
+        Returns (update_id, status, latency_ms) for each update this call closed; an
+        update another Master closed first is not returned here.
+        """
+        version = ack.applied_version if ack.ok else max(ack.seen_version, ack.applied_version)
+        head, tail = self.keys.split(self.keys.update)
+        keys = [
+            self.keys.pending,
+            self.keys.account_pending(ack.account_id),
+            self.keys.outcomes,
+            self.keys.stats,
+        ]
+        args = [
+            version,
+            "1" if ack.ok else "0",
+            ack.error or "",
+            head,
+            tail,
+            ack.worker_id,
+            self.settings.stream_maxlen,
+            OUTCOME_TTL_S,
+        ]
+        reply = await call(self._resolve(keys=keys, args=args))
+        return [(_s(r[0]), _s(r[1]), int(r[2])) for r in reply]  # type: ignore[misc]
+
+    async def sweep(self, limit: int = 500) -> Sweep:
+        """Take the updates whose deadline passed: the ones to retry now (their attempt
+        count and deadline already advanced) and the ones just recorded as failed."""
+        uh, ut = self.keys.split(self.keys.update)
+        ph, pt = self.keys.split(self.keys.account_pending)
+        keys = [self.keys.pending, self.keys.outcomes, self.keys.stats]
+        args: list[Any] = [
+            limit,
+            self.settings.max_attempts,
+            int(self.settings.ack_timeout_s * 1000),
+            self.settings.retry_backoff,
+            uh,
+            ut,
+            ph,
+            pt,
+            self.settings.stream_maxlen,
+            OUTCOME_TTL_S,
+        ]
+        reply = await call(self._sweep(keys=keys, args=args))
+        if not reply:
+            return Sweep([], [])
+        ids = [_s(r[0]) for r in reply]
+        loaded = await self.get_many(ids)
+        retry: list[PendingUpdate] = []
+        failed: list[PendingUpdate] = []
+        for r, update in zip(reply, loaded, strict=True):
+            if update is None:
+                continue
+            (retry if _s(r[1]) == "retry" else failed).append(update)
+        return Sweep(retry, failed)
+
+    async def get_many(self, update_ids: Sequence[str]) -> list[PendingUpdate | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for update_id in update_ids:
+                pipe.hgetall(self.keys.update(update_id))
+            raws = await call(pipe.execute())
+        return [PendingUpdate.from_hash(r) if r else None for r in raws]
+
+    async def get(self, update_id: str) -> PendingUpdate | None:
+        (update,) = await self.get_many([update_id])
+        return update
+
+    async def of_account(self, account_id: str) -> list[PendingUpdate]:
+        ids: list[Any] = await call(self.redis.zrange(self.keys.account_pending(account_id), 0, -1))
+        return [u for u in await self.get_many([_s(i) for i in ids]) if u is not None]
+
+    async def retarget(self, update_id: str, worker_id: str) -> None:
+        """The account moved: its ACK will now come from ``worker_id``."""
+        await call(self.redis.hset(self.keys.update(update_id), "worker_id", worker_id))
+
+    async def count(self) -> int:
+        return int(await call(self.redis.zcard(self.keys.pending)))
+
+    async def stats(self) -> dict[str, int]:
+        raw = await call(self.redis.hgetall(self.keys.stats))
+        return {_s(k): int(v) for k, v in raw.items()}
+
+    async def last_outcome_id(self) -> str:
+        """The newest outcome entry's id: wait for outcomes after it."""
+        last: Any = await call(self.redis.xrevrange(self.keys.outcomes, count=1))
+        return _s(last[0][0]) if last else "0-0"
+
+    async def wait_outcomes(
+        self, update_ids: Sequence[str], after: str, timeout_s: float
+    ) -> dict[str, Outcome]:
+        """Outcomes of ``update_ids`` recorded after entry ``after``, waiting up to
+        ``timeout_s``; the ones still unknown at the deadline are missing from the result."""
+        wanted = set(update_ids)
+        found: dict[str, Outcome] = {}
+        cursor = after
+        with anyio.move_on_after(timeout_s):
+            while wanted - found.keys():
+                reply: Any = await call(
+                    self.redis.xread({self.keys.outcomes: cursor}, count=1000, block=200)
+                )
+                for _stream, entries in reply or []:
+                    for entry_id, fields in entries:
+                        cursor = _s(entry_id)
+                        outcome = Outcome.from_fields(fields)
+                        if outcome.update_id in wanted:
+                            found[outcome.update_id] = outcome
+        return found
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

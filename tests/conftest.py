@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import fakeredis
+import pytest
+from redis.asyncio import Redis
+
+from hiscrm_bus.settings import BusSettings
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session; tests use their own key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for tests that kill or restart it."""
+    server = RedisServer(tmp_path / "redis", persist=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+_counter = iter(range(1_000_000))
+
+
+def fast_settings(url: str, **overrides: object) -> BusSettings:
+    """Settings with short timeouts, and a prefix of the test's own."""
+    values: dict[str, object] = {
+        "redis_url": url,
+        "key_prefix": f"t{next(_counter)}:",
+        "ping_interval_s": 0.5,
+        "ping_timeout_s": 0.5,
+        "backoff_min_s": 0.02,
+        "backoff_max_s": 0.3,
+        "ack_timeout_s": 0.3,
+        "retry_backoff": 1.5,
+        "max_attempts": 3,
+        "claim_idle_s": 0.5,
+    }
+    values.update(overrides)
+    return BusSettings.model_validate(values)
+
+
+@pytest.fixture(params=["fake", "real"])
+async def bus(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> AsyncIterator[tuple[Redis, BusSettings]]:
+    """The same bus suite runs on fakeredis and on a real redis-server."""
+    settings = fast_settings(redis_server.url)
+    client: Redis
+    if request.param == "fake":
+        client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
+    else:
+        client = Redis.from_url(redis_server.url)
+    yield client, settings
+    await client.aclose()
+
+
+@pytest.fixture
+async def real(redis_server: RedisServer) -> AsyncIterator[tuple[Redis, BusSettings]]:
+    settings = fast_settings(redis_server.url)
+    client = Redis.from_url(redis_server.url)
+    yield client, settings
+    await client.aclose()

@@ -151,8 +151,8 @@ class AccountUpdate:
     previous_worker_id: str | None
 
 
-# KEYS: account hash. ARGV: expected version ('' = any), updated_at, JSON {field: value},
-# JSON [field to delete], worker set head, worker set tail, account id.
+# KEYS: account hash, unassigned set. ARGV: expected version ('' = any), updated_at,
+# JSON {field: value}, JSON [field to delete], worker set head, worker set tail, account id.
 _UPDATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'config_version') or '0')
@@ -163,28 +163,36 @@ for _, k in ipairs(cjson.decode(ARGV[4])) do redis.call('HDEL', KEYS[1], k) end
 local new = redis.call('HGET', KEYS[1], 'worker_id')
 if old ~= new then
   if old then redis.call('SREM', ARGV[5] .. old .. ARGV[6], ARGV[7]) end
-  if new then redis.call('SADD', ARGV[5] .. new .. ARGV[6], ARGV[7]) end
+  if new then
+    redis.call('SADD', ARGV[5] .. new .. ARGV[6], ARGV[7])
+    redis.call('SREM', KEYS[2], ARGV[7])
+  else
+    redis.call('SADD', KEYS[2], ARGV[7])
+  end
 end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
 return redis.call('HINCRBY', KEYS[1], 'config_version', 1)
 """
 
-# KEYS: account hash, accounts set, owner's account set (or the same hash key twice)
+# KEYS: account hash, accounts set, owner's account set or the unassigned set
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
-redis.call('SADD', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
-if KEYS[3] ~= KEYS[1] then redis.call('SADD', KEYS[3], redis.call('HGET', KEYS[1], 'id')) end
+local id = redis.call('HGET', KEYS[1], 'id')
+redis.call('SADD', KEYS[2], id)
+redis.call('SADD', KEYS[3], id)
 return 1
 """
 
-# KEYS: account hash, accounts set, pending index. ARGV: worker set head, tail, id.
+# KEYS: account hash, accounts set, pending index, unassigned set.
+# ARGV: worker set head, tail, id.
 _REMOVE = """
 local v = redis.call('HGET', KEYS[1], 'config_version')
 if not v then return -1 end
 local w = redis.call('HGET', KEYS[1], 'worker_id')
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SREM', KEYS[2], ARGV[3])
+redis.call('SREM', KEYS[4], ARGV[3])
 if w then redis.call('SREM', ARGV[1] .. w .. ARGV[2], ARGV[3]) end
 return {tonumber(v), w or ''}
 """
@@ -211,7 +219,11 @@ class AccountStore:
         config = config.model_copy(update={"config_version": 1, "updated_at": utcnow()})
         flat = [item for pair in to_hash(config).items() for item in pair]
         account_key = self.keys.account(config.id)
-        owner = self.keys.worker_accounts(config.worker_id) if config.worker_id else account_key
+        owner = (
+            self.keys.worker_accounts(config.worker_id)
+            if config.worker_id
+            else self.keys.unassigned
+        )
         created = await call(self._create(keys=[account_key, self.keys.accounts, owner], args=flat))
         if not created:
             raise AccountExists(f"account {config.id} exists already")
@@ -242,6 +254,9 @@ class AccountStore:
 
     async def ids(self) -> list[str]:
         return sorted(_text(m) for m in await call(self.redis.smembers(self.keys.accounts)))
+
+    async def unassigned_ids(self) -> list[str]:
+        return sorted(_text(m) for m in await call(self.redis.smembers(self.keys.unassigned)))
 
     async def ids_of_worker(self, worker_id: str) -> list[str]:
         members = await call(self.redis.smembers(self.keys.worker_accounts(worker_id)))
@@ -289,7 +304,8 @@ class AccountStore:
                 dels = [f for f, v in encoded.items() if v is None]
                 expected = "" if expect_version is None else str(expect_version)
                 args = [expected, now, dumps(sets), dumps(dels), head, tail, account_id]
-                await self._update(keys=[self.keys.account(account_id)], args=args, client=pipe)
+                keys = [self.keys.account(account_id), self.keys.unassigned]
+                await self._update(keys=keys, args=args, client=pipe)
                 sent.append((len(results), current, new, fields))
                 results.append(None)  # filled from the pipeline's reply below
             replies = await call(pipe.execute()) if sent else []
@@ -312,6 +328,7 @@ class AccountStore:
             self.keys.account(account_id),
             self.keys.accounts,
             self.keys.account_pending(account_id),
+            self.keys.unassigned,
         ]
         reply = await call(self._remove(keys=keys, args=[head, tail, account_id]))
         if reply == -1:

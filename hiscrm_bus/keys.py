@@ -27,6 +27,11 @@ class Keys:
         """Set: every account id."""
         return f"{self.prefix}accounts"
 
+    @property
+    def unassigned(self) -> str:
+        """Set: ids of the accounts that no worker owns."""
+        return f"{self.prefix}unassigned"
+
     def account_pending(self, account_id: str) -> str:
         """Sorted set: the account's pending update ids scored by config version."""
         return f"{self.prefix}account:{account_id}:pending"

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -125,6 +126,19 @@ return out
 """
 )
 
+# KEYS: pending, account pending index, update hash, outcomes, stats
+# ARGV: update_id, error, maxlen, ttl
+_CANCEL = (
+    _NOW
+    + _CLOSE
+    + """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+close(ARGV[1], KEYS[3], 'failed', ARGV[2], now, KEYS[4], KEYS[5], ARGV[3], ARGV[4])
+return 1
+"""
+)
+
 
 @dataclass(frozen=True, slots=True)
 class PendingUpdate:
@@ -206,6 +220,7 @@ class PendingTracker:
         self._record = redis.register_script(_RECORD)
         self._resolve = redis.register_script(_RESOLVE)
         self._sweep = redis.register_script(_SWEEP)
+        self._cancel = redis.register_script(_CANCEL)
 
     def _record_args(
         self, update: AccountConfigUpdate, worker_id: str
@@ -298,6 +313,19 @@ class PendingTracker:
             (retry if _s(r[1]) == "retry" else failed).append(update)
         return Sweep(retry, failed)
 
+    async def cancel(self, update: PendingUpdate, error: str) -> bool:
+        """Record a pending update as failed now (e.g. its account was removed).
+        False if it had already ended."""
+        keys = [
+            self.keys.pending,
+            self.keys.account_pending(update.account_id),
+            self.keys.update(update.update_id),
+            self.keys.outcomes,
+            self.keys.stats,
+        ]
+        args: list[Any] = [update.update_id, error, self.settings.stream_maxlen, OUTCOME_TTL_S]
+        return bool(await call(self._cancel(keys=keys, args=args)))
+
     async def get_many(self, update_ids: Sequence[str]) -> list[PendingUpdate | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for update_id in update_ids:
@@ -329,6 +357,18 @@ class PendingTracker:
         last: Any = await call(self.redis.xrevrange(self.keys.outcomes, count=1))
         return _s(last[0][0]) if last else "0-0"
 
+    async def watch_outcomes(self, after: str) -> AsyncGenerator[Outcome]:
+        """Every outcome recorded after entry ``after``, as it is recorded, forever."""
+        cursor = after
+        while True:
+            reply: Any = await call(
+                self.redis.xread({self.keys.outcomes: cursor}, count=1000, block=1000)
+            )
+            for _stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    cursor = _s(entry_id)
+                    yield Outcome.from_fields(fields)
+
     async def wait_outcomes(
         self, update_ids: Sequence[str], after: str, timeout_s: float
     ) -> dict[str, Outcome]:
@@ -336,18 +376,15 @@ class PendingTracker:
         ``timeout_s``; the ones still unknown at the deadline are missing from the result."""
         wanted = set(update_ids)
         found: dict[str, Outcome] = {}
-        cursor = after
+        if not wanted:
+            return found
         with anyio.move_on_after(timeout_s):
-            while wanted - found.keys():
-                reply: Any = await call(
-                    self.redis.xread({self.keys.outcomes: cursor}, count=1000, block=200)
-                )
-                for _stream, entries in reply or []:
-                    for entry_id, fields in entries:
-                        cursor = _s(entry_id)
-                        outcome = Outcome.from_fields(fields)
-                        if outcome.update_id in wanted:
-                            found[outcome.update_id] = outcome
+            async with aclosing(self.watch_outcomes(after)) as outcomes:
+                async for outcome in outcomes:
+                    if outcome.update_id in wanted:
+                        found[outcome.update_id] = outcome
+                        if len(found) == len(wanted):
+                            break
         return found
 
 

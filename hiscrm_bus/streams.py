@@ -10,7 +10,7 @@ the group.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -35,6 +35,14 @@ async def append(redis: Redis, stream: str, message: Message, maxlen: int) -> st
         redis.xadd(stream, {FIELD: encode(message)}, maxlen=maxlen, approximate=True)
     )
     return _s(entry_id)
+
+
+async def append_many(redis: Redis, stream: str, messages: Sequence[Message], maxlen: int) -> None:
+    """XADD many messages in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for message in messages:
+            pipe.xadd(stream, {FIELD: encode(message)}, maxlen=maxlen, approximate=True)
+        await call(pipe.execute())
 
 
 class StreamReader:

@@ -1,0 +1,112 @@
+"""The worker registry: each worker's heartbeat hash (with a TTL) and the heartbeat index.
+
+A worker whose hash expired is dead; its id stays in the index until the Master has
+moved its accounts elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio import Redis
+
+from .connection import call
+from .keys import Keys
+from .messages import TaskState, dumps, utcnow
+
+
+class TaskReport(BaseModel):
+    """What a worker says about one monitor task in its heartbeat."""
+
+    model_config = ConfigDict(frozen=True)
+
+    applied_version: int = 0
+    state: TaskState = "starting"
+    error: str | None = None
+    crawls: int = 0
+    items: int = 0
+    last_crawl_at: datetime | None = None
+
+
+class WorkerInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    host: str = ""
+    pid: int = 0
+    version: str = ""
+    capacity: int = Field(50, ge=0)
+    platforms: tuple[str, ...] = ()
+    started_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    subscriptions: int = 0
+    tasks: dict[str, TaskReport] = Field(default_factory=dict)
+
+    def supports(self, platform: str) -> bool:
+        return platform in self.platforms
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _from_hash(raw: Mapping[Any, Any]) -> WorkerInfo:
+    d: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+    for name in ("platforms", "tasks"):
+        if name in d:
+            d[name] = json.loads(d[name])
+    return WorkerInfo.model_validate(d)
+
+
+class WorkerRegistry:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def heartbeat(self, info: WorkerInfo, ttl_s: float) -> None:
+        """Write the worker's hash with a fresh TTL and bump it in the index, atomically."""
+        now = utcnow()
+        data = info.model_dump(mode="json", exclude={"heartbeat_at"})
+        fields = {
+            k: (dumps(v) if isinstance(v, list | dict) else str(v))
+            for k, v in data.items()
+            if v is not None
+        }
+        fields["heartbeat_at"] = now.isoformat()
+        key = self.keys.worker(info.id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.pexpire(key, int(ttl_s * 1000))
+            pipe.zadd(self.keys.workers, {info.id: now.timestamp()})
+            await call(pipe.execute())
+
+    async def all(self) -> tuple[list[WorkerInfo], list[tuple[str, float]]]:
+        """(alive workers, [(dead worker id, last heartbeat epoch)]) in one round trip each."""
+        index: Any = await call(self.redis.zrange(self.keys.workers, 0, -1, withscores=True))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for member, _score in index:
+                pipe.hgetall(self.keys.worker(_text(member)))
+            raws = await call(pipe.execute())
+        alive, dead = [], []
+        for (member, score), raw in zip(index, raws, strict=True):
+            if raw:
+                alive.append(_from_hash(raw))
+            else:
+                dead.append((_text(member), float(score)))
+        return alive, dead
+
+    async def get(self, worker_id: str) -> WorkerInfo | None:
+        raw = await call(self.redis.hgetall(self.keys.worker(worker_id)))
+        return _from_hash(raw) if raw else None
+
+    async def forget(self, worker_id: str) -> None:
+        """Drop a dead worker from the index (once its accounts have moved)."""
+        await call(self.redis.zrem(self.keys.workers, worker_id))
+
+    async def deregister(self, worker_id: str) -> None:
+        """A clean shutdown: the worker is gone now, not after its TTL."""
+        await call(self.redis.delete(self.keys.worker(worker_id)))

@@ -1,0 +1,410 @@
+"""``hiscrm account …``: add, list, show, remove, set (one or fleet-wide), login-success."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from hiscrm_bus.accounts import (
+    AccountConfig,
+    AccountStore,
+    AccountUpdate,
+    parse_assignments,
+    to_hash,
+    validate,
+)
+from hiscrm_bus.control import publish
+from hiscrm_bus.errors import AccountExists, AccountNotFound, InvalidAccountConfig
+from hiscrm_bus.messages import AccountConfigUpdate, LoginSuccess, new_id
+from hiscrm_bus.pending import Outcome
+from hiscrm_bus.streams import append
+from hiscrm_bus.workers import WorkerRegistry
+from hiscrm_master.settings import MasterSettings
+from hiscrm_master.updates import Updates
+
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    RedisUrl,
+    build,
+    console,
+    fail,
+    redis_client,
+    run,
+)
+
+app = typer.Typer(help="Manage accounts and change their configuration.", no_args_is_help=True)
+SENDER = "cli"
+Wait = Annotated[bool, typer.Option("--wait", help="Wait for the worker's outcome.")]
+Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait.")]
+
+
+def _settings(redis_url: str | None) -> MasterSettings:
+    return build(MasterSettings, redis_url=redis_url, master_id=SENDER)
+
+
+@app.command()
+def add(
+    account_id: Annotated[str, typer.Argument(metavar="ID")],
+    platform: Annotated[str, typer.Option(help="sandbox or douyin.")],
+    worker: Annotated[
+        str | None, typer.Option(help="Owning worker; default: the Master assigns one.")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Display name.")] = "",
+    interval: Annotated[float | None, typer.Option(help="monitor_interval_s.")] = None,
+    redis_url: RedisUrl = None,
+) -> None:
+    """Add an account."""
+    settings = _settings(redis_url)
+    data: dict[str, Any] = {"id": account_id, "platform": platform, "name": name}
+    if worker:
+        data["worker_id"] = worker
+    if interval is not None:
+        data["monitor_interval_s"] = interval
+    try:
+        config = validate(data)
+    except InvalidAccountConfig as exc:
+        fail(f"account not added: {exc}")
+
+    async def main() -> None:
+        async with redis_client(settings) as redis:
+            updates = Updates(redis, settings, SENDER)
+            try:
+                created = await updates.store.create(config)
+            except AccountExists as exc:
+                fail(str(exc))
+            fields = tuple(sorted(to_hash(created)))
+            result = AccountUpdate(
+                created.id, created.config_version, fields, created.worker_id, None
+            )
+            await updates.notify([result], "assignment")
+            owner = created.worker_id or "the Master will assign a worker"
+            console.print(f"added account {created.id} ({created.platform}); worker: {owner}")
+
+    run(main)
+
+
+@app.command("list")
+def list_(redis_url: RedisUrl = None) -> None:
+    """List every account."""
+    settings = _settings(redis_url)
+
+    async def main() -> None:
+        async with redis_client(settings) as redis:
+            store = AccountStore(redis, settings.keys)
+            ids = await store.ids()
+            raws = await store.get_raw(ids)
+        table = Table("id", "platform", "worker", "enabled", "login", "platform_user_id", "version")
+        for account_id, raw in zip(ids, raws, strict=True):
+            try:
+                c = AccountConfig.model_validate({**_decoded(raw), "id": account_id})
+            except ValueError:
+                table.add_row(account_id, "[red]invalid hash[/red]", "", "", "", "", "")
+                continue
+            version = f"{c.config_version}" + (" [red](stale)[/red]" if c.config_stale else "")
+            table.add_row(
+                c.id,
+                c.platform,
+                c.worker_id or "-",
+                "yes" if c.enabled else "no",
+                c.login_status,
+                c.platform_user_id or "-",
+                version,
+            )
+        console.print(table)
+
+    run(main)
+
+
+def _decoded(raw: dict[Any, Any]) -> dict[str, Any]:
+    from hiscrm_bus.accounts import decode_value
+
+    return {
+        k.decode(): decode_value(k.decode(), v.decode(errors="replace")) for k, v in raw.items()
+    }
+
+
+@app.command()
+def show(
+    account_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+    redis_url: RedisUrl = None,
+) -> None:
+    """Show one account: its config, its pending updates and its task on the worker."""
+    settings = _settings(redis_url)
+
+    async def main() -> None:
+        async with redis_client(settings) as redis:
+            updates = Updates(redis, settings, SENDER)
+            try:
+                config = await updates.store.get(account_id)
+            except AccountNotFound as exc:
+                fail(str(exc), EXIT_FAILED)
+            pending = await updates.tracker.of_account(account_id)
+            worker = (
+                await WorkerRegistry(redis, settings.keys).get(config.worker_id)
+                if config.worker_id
+                else None
+            )
+        task = worker.tasks.get(account_id) if worker else None
+        doc: dict[str, Any] = {
+            "config": config.model_dump(mode="json"),
+            "worker_alive": worker is not None,
+            "task": task.model_dump(mode="json") if task else None,
+            "pending_updates": [
+                {"update_id": p.update_id, "version": p.version, "attempts": p.attempts}
+                for p in pending
+            ],
+        }
+        if as_json:
+            console.print_json(json.dumps(doc))
+            return
+        table = Table("field", "value", show_header=False)
+        for name, value in doc["config"].items():
+            table.add_row(name, json.dumps(value, ensure_ascii=False) if value is not None else "-")
+        table.add_row("worker alive", "yes" if worker else "[red]no[/red]")
+        if task:
+            table.add_row(
+                "task",
+                f"{task.state} (applied version {task.applied_version})"
+                + (f": {task.error}" if task.error else ""),
+            )
+        table.add_row("pending updates", ", ".join(f"v{p.version}" for p in pending) or "none")
+        console.print(table)
+
+    run(main)
+
+
+@app.command()
+def remove(
+    account_id: Annotated[str, typer.Argument(metavar="ID")],
+    redis_url: RedisUrl = None,
+) -> None:
+    """Remove an account; its worker stops the task."""
+    settings = _settings(redis_url)
+
+    async def main() -> None:
+        async with redis_client(settings) as redis:
+            store = AccountStore(redis, settings.keys)
+            try:
+                version, worker = await store.remove(account_id)
+            except AccountNotFound as exc:
+                fail(str(exc), EXIT_FAILED)
+            if worker:
+                notice = AccountConfigUpdate(
+                    sender=SENDER,
+                    update_id=new_id(),
+                    account_id=account_id,
+                    config_version=version + 1,
+                    reason="removed",
+                )
+                await publish(redis, settings, worker, notice)
+            console.print(f"removed account {account_id}")
+
+    run(main)
+
+
+@app.command("set")
+def set_(
+    args: Annotated[
+        list[str], typer.Argument(metavar="[ID] FIELD=VALUE...", help="Account id, then changes.")
+    ],
+    all_: Annotated[bool, typer.Option("--all", help="Every account.")] = False,
+    platform: Annotated[str | None, typer.Option(help="Every account of a platform.")] = None,
+    worker: Annotated[str | None, typer.Option(help="Every account of a worker.")] = None,
+    wait: Wait = False,
+    timeout: Timeout = 30.0,
+    redis_url: RedisUrl = None,
+) -> None:
+    """Change fields of one account, or of a selection (--all, --platform, --worker)."""
+    settings = _settings(redis_url)
+    account_id = args[0] if args and "=" not in args[0] else None
+    pairs = args[1:] if account_id else args
+    selectors = sum([all_, platform is not None, worker is not None, account_id is not None])
+    if selectors != 1:
+        fail("name one account ID, or exactly one of --all, --platform, --worker")
+    if not pairs:
+        fail("nothing to set: give FIELD=VALUE pairs")
+    try:
+        changes = parse_assignments(pairs)
+    except InvalidAccountConfig as exc:
+        fail(str(exc))
+
+    async def main() -> int:
+        async with redis_client(settings) as redis:
+            updates = Updates(redis, settings, SENDER)
+            store = updates.store
+            if account_id:
+                ids = [account_id]
+            elif worker:
+                ids = await store.ids_of_worker(worker)
+            else:
+                ids = await store.ids()
+            raws = await store.get_raw(ids)
+            batch: dict[str, tuple[AccountConfig, dict[str, Any]]] = {}
+            for aid, raw in zip(ids, raws, strict=True):
+                if not raw:
+                    if account_id:
+                        fail(f"no account {aid!r}", EXIT_FAILED)
+                    continue
+                try:
+                    current = AccountConfig.model_validate(_decoded(raw))
+                except ValueError as exc:
+                    console.print(f"[yellow]skipping {aid}: its stored config is invalid[/yellow]")
+                    del exc
+                    continue
+                if platform is None or current.platform == platform:
+                    batch[aid] = (current, changes)
+            if not batch:
+                fail("no account matches", EXIT_FAILED)
+            # refuse the whole command if the change is invalid for any account
+            from hiscrm_bus.accounts import check_changes
+
+            for aid, (current, ch) in batch.items():
+                try:
+                    check_changes(current, ch)
+                except InvalidAccountConfig as exc:
+                    fail(f"nothing written: {aid}: {exc}")
+            after = await updates.tracker.last_outcome_id()
+            started = time.monotonic()
+            results, sent = await updates.change_many(batch, "admin_update")
+            errors = [r for r in results if isinstance(r, Exception)]
+            for error in errors:
+                console.print(f"[red]not written:[/red] {error}")
+            written = [r for r in results if isinstance(r, AccountUpdate)]
+            if account_id and written:
+                r = written[0]
+                console.print(
+                    f"account {r.account_id}: version {r.version}, worker {r.worker_id or '-'}"
+                )
+            elif written:
+                console.print(f"{len(written)} account(s) written")
+            if not wait:
+                return EXIT_FAILED if errors else EXIT_OK
+            tracked = {m.update_id: m for m in sent if m is not None}
+            outcomes = await updates.tracker.wait_outcomes(list(tracked), after, timeout)
+            elapsed = time.monotonic() - started
+            owners = {r.account_id: r.worker_id for r in written}
+            return _report(tracked, outcomes, owners, elapsed, single=account_id is not None)
+
+    code = run(main)
+    raise typer.Exit(code)
+
+
+def _report(
+    tracked: dict[str, AccountConfigUpdate],
+    outcomes: dict[str, Outcome],
+    owners: dict[str, str | None],
+    elapsed: float,
+    *,
+    single: bool,
+) -> int:
+    if single:
+        if not tracked:
+            console.print("no worker owns the account: nothing to wait for")
+            return EXIT_TIMEOUT
+        (update_id,) = tracked
+        outcome = outcomes.get(update_id)
+        if outcome is None:
+            console.print(f"timed out after {elapsed:.1f}s waiting for the worker's ACK")
+            return EXIT_TIMEOUT
+        console.print(
+            f"{outcome.status}: version {outcome.version} by worker {outcome.worker_id} "
+            f"in {outcome.latency_ms} ms (attempts {outcome.attempts})"
+            + (f": {outcome.error}" if outcome.error else "")
+        )
+        return EXIT_OK if outcome.status == "applied" else EXIT_FAILED
+    tally: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    for update_id, message in tracked.items():
+        worker = owners.get(message.account_id) or "-"
+        outcome = outcomes.get(update_id)
+        tally[worker][outcome.status if outcome else "timed out"] += 1
+    table = Table("worker", "applied", "rejected", "failed", "timed out")
+    for worker, counts in sorted(tally.items()):
+        table.add_row(
+            worker,
+            *(str(counts[k]) for k in ("applied", "rejected", "failed", "timed out")),
+        )
+    console.print(table)
+    last = max((o.latency_ms for o in outcomes.values()), default=0)
+    console.print(f"{len(outcomes)}/{len(tracked)} outcomes; last ACK after {last} ms")
+    if len(outcomes) < len(tracked):
+        return EXIT_TIMEOUT
+    return EXIT_OK if all(o.status == "applied" for o in outcomes.values()) else EXIT_FAILED
+
+
+@app.command("login-success")
+def login_success(
+    account_id: Annotated[str, typer.Argument(metavar="ID")],
+    platform_user_id: Annotated[str, typer.Option(help="The platform's user id.")],
+    user_info: Annotated[str, typer.Option(help="Profile as a JSON object.")] = "{}",
+    wait: Wait = False,
+    timeout: Timeout = 30.0,
+    redis_url: RedisUrl = None,
+) -> None:
+    """Inject a login success as a worker would send it (no browser needed)."""
+    settings = _settings(redis_url)
+    try:
+        info = json.loads(user_info)
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        fail("--user-info must be a JSON object")
+    event = LoginSuccess(
+        sender=SENDER,
+        account_id=account_id,
+        worker_id=SENDER,
+        platform_user_id=platform_user_id,
+        user_info=info,
+    )
+
+    async def main() -> int:
+        async with redis_client(settings) as redis:
+            updates = Updates(redis, settings, SENDER)
+            try:
+                before = await updates.store.get(account_id)
+            except AccountNotFound as exc:
+                fail(str(exc), EXIT_FAILED)
+            after = await updates.tracker.last_outcome_id()
+            await append(redis, settings.keys.events, event, settings.stream_maxlen)
+            console.print(f"login success for {account_id} sent to the Master")
+            if not wait:
+                return EXIT_OK
+            found = await _first_outcome_after(
+                updates, account_id, before.config_version, after, timeout
+            )
+            if found is None:
+                console.print("timed out waiting for the config update's outcome")
+                return EXIT_TIMEOUT
+            console.print(
+                f"{found.status}: version {found.version} by worker {found.worker_id} "
+                f"in {found.latency_ms} ms"
+            )
+            return EXIT_OK if found.status == "applied" else EXIT_FAILED
+
+    raise typer.Exit(run(main))
+
+
+async def _first_outcome_after(
+    updates: Updates, account_id: str, version: int, after: str, timeout_s: float
+) -> Outcome | None:
+    from contextlib import aclosing
+
+    import anyio
+
+    with anyio.move_on_after(timeout_s):
+        async with aclosing(updates.tracker.watch_outcomes(after)) as outcomes:
+            async for outcome in outcomes:
+                if outcome.account_id == account_id and outcome.version > version:
+                    return outcome
+    return None
+
+
+__all__ = ["EXIT_USAGE", "app"]

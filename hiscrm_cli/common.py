@@ -1,0 +1,115 @@
+"""What every command shares: logging set-up, settings from options, Redis, exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import anyio
+import typer
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+from redis.asyncio import Redis
+from rich.console import Console
+
+from hiscrm_bus.connection import connect
+from hiscrm_bus.errors import BusUnavailable, ConfigurationError, HiscrmError
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the operation ran and failed (rejected, failed, problems found)
+EXIT_USAGE = 2  # bad input or Redis unreachable; nothing was done
+EXIT_TIMEOUT = 3
+
+S = TypeVar("S", bound=BaseSettings)
+T = TypeVar("T")
+console = Console()
+err_console = Console(stderr=True)
+
+RedisUrl = Annotated[
+    str | None,
+    typer.Option("--redis-url", envvar="HISCRM_REDIS_URL", help="Redis URL.", show_default=False),
+]
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("redis").setLevel(logging.WARNING)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def build(cls: type[S], **options: Any) -> S:
+    """Settings from env, overridden by the options that were given."""
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        fail(f"invalid setting {where}: {first['msg']}")
+
+
+def run(main: Callable[[], Awaitable[T]]) -> T:
+    """Run an async command; known errors become one sentence and an exit code."""
+    try:
+        return anyio.run(main)
+    except BusUnavailable as exc:
+        fail(str(exc))
+    except (ConfigurationError, HiscrmError) as exc:
+        fail(str(exc))
+
+
+@asynccontextmanager
+async def redis_client(settings: Any) -> AsyncIterator[Redis]:
+    client = await connect(settings)
+    try:
+        yield client
+    finally:
+        with anyio.CancelScope(shield=True):
+            await client.aclose()
+
+
+async def serve_until_signalled(service: Callable[..., Coroutine[Any, Any, None]]) -> None:
+    """Run a long-lived service until SIGTERM or Ctrl-C, then cancel it cleanly."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    logging.getLogger("hiscrm").info(
+                        "received %s; shutting down", signal.Signals(signum).name
+                    )
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        await tg.start(service)
+        await anyio.sleep_forever()

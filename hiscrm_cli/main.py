@@ -1,0 +1,42 @@
+"""The ``hiscrm`` command."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import account, services
+from .common import setup_logging
+
+app = typer.Typer(
+    name="hiscrm",
+    help="Control plane for browser-driven crawler workers with reliable config hot-update.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main(
+    log_level: Annotated[
+        str,
+        typer.Option(
+            envvar="HISCRM_LOG_LEVEL",
+            help="debug, info, warning or error.",
+        ),
+    ] = "info",
+    log_format: Annotated[
+        str, typer.Option(envvar="HISCRM_LOG_FORMAT", help="text or json.")
+    ] = "text",
+) -> None:
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise typer.BadParameter(f"{log_level!r} is not one of debug, info, warning, error")
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter(f"{log_format!r} is not one of text, json")
+    setup_logging(log_level, log_format)
+
+
+app.command()(services.master)
+app.command()(services.worker)
+app.add_typer(account.app, name="account")

@@ -1,0 +1,55 @@
+"""``hiscrm master`` and ``hiscrm worker``: the long-running services."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hiscrm_master.service import Master
+from hiscrm_master.settings import MasterSettings
+from hiscrm_worker.platforms import PlatformError
+from hiscrm_worker.service import Worker
+from hiscrm_worker.settings import WorkerSettings
+
+from .common import RedisUrl, build, fail, redis_client, run, serve_until_signalled
+
+
+def master(
+    redis_url: RedisUrl = None,
+    master_id: Annotated[
+        str | None, typer.Option("--id", envvar="HISCRM_MASTER_ID", help="Master id.")
+    ] = None,
+) -> None:
+    """Run the Master: ACKs, worker events, retries, liveness and placement."""
+    settings = build(MasterSettings, redis_url=redis_url, master_id=master_id)
+
+    async def main() -> None:
+        async with redis_client(settings) as redis:
+            await serve_until_signalled(Master(settings, redis).run)
+
+    run(main)
+
+
+def worker(
+    redis_url: RedisUrl = None,
+    worker_id: Annotated[
+        str | None,
+        typer.Option("--id", envvar="HISCRM_WORKER_ID", help="Worker id (default: host name)."),
+    ] = None,
+    capacity: Annotated[
+        int | None, typer.Option(envvar="HISCRM_CAPACITY", help="Most accounts it runs.")
+    ] = None,
+) -> None:
+    """Run a worker: one monitor task per assigned account, hot-swapped on update."""
+    settings = build(WorkerSettings, redis_url=redis_url, worker_id=worker_id, capacity=capacity)
+
+    async def main() -> None:
+        async with redis_client(settings) as redis:
+            try:
+                service = Worker(settings, redis)
+            except PlatformError as exc:
+                fail(str(exc))
+            await serve_until_signalled(service.run)
+
+    run(main)

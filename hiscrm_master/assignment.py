@@ -1,0 +1,125 @@
+"""Worker liveness and account placement: a dead worker's accounts move to live ones,
+unowned accounts get an owner. Each move is a config update like any other."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+
+from hiscrm_bus.connection import call
+from hiscrm_bus.errors import AccountNotFound, VersionConflict
+from hiscrm_bus.messages import UpdateReason
+from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
+
+from .settings import MasterSettings
+from .updates import Updates
+
+log = logging.getLogger(__name__)
+
+
+class Assigner:
+    def __init__(self, redis: Redis, settings: MasterSettings, updates: Updates) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = settings.keys
+        self.updates = updates
+        self.registry = WorkerRegistry(redis, self.keys)
+        self._offline_logged: set[str] = set()
+
+    async def lease(self) -> bool:
+        """Hold a short lease so one Master at a time moves accounts."""
+        key = self.keys.lock("assignment")
+        ttl = int(self.settings.liveness_interval_s * 3000)
+        me = self.settings.master_id
+        if await call(self.redis.set(key, me, nx=True, px=ttl)):
+            return True
+        holder = await call(self.redis.get(key))
+        if holder is not None and holder in (me, me.encode()):
+            await call(self.redis.pexpire(key, ttl))
+            return True
+        return False
+
+    async def run_once(self) -> int:
+        """One pass; returns how many accounts were placed."""
+        if not await self.lease():
+            return 0
+        alive, dead = await self.registry.all()
+        loads = await self._loads(alive)
+        placed = 0
+        for worker_id, _last in dead:
+            accounts = await self.updates.store.ids_of_worker(worker_id)
+            if worker_id not in self._offline_logged:
+                log.warning(
+                    "worker %s is offline (heartbeat expired); moving its %d account(s)",
+                    worker_id,
+                    len(accounts),
+                )
+                self._offline_logged.add(worker_id)
+            moved, left = await self._place(accounts, alive, loads, "failover")
+            placed += moved
+            if not left:
+                await self.registry.forget(worker_id)
+                self._offline_logged.discard(worker_id)
+        unowned = await self.updates.store.unassigned_ids()
+        if unowned:
+            moved, _left = await self._place(unowned, alive, loads, "assignment")
+            placed += moved
+        return placed
+
+    async def _loads(self, alive: Sequence[WorkerInfo]) -> dict[str, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker in alive:
+                pipe.scard(self.keys.worker_accounts(worker.id))
+            counts = await call(pipe.execute())
+        return {w.id: int(c) for w, c in zip(alive, counts, strict=True)}
+
+    async def _place(
+        self,
+        account_ids: Sequence[str],
+        alive: Sequence[WorkerInfo],
+        loads: dict[str, int],
+        reason: UpdateReason,
+    ) -> tuple[int, int]:
+        """Give each account to the least-loaded live worker for its platform with room.
+        Returns (placed, left without a worker)."""
+        placed = left = 0
+        for account_id in account_ids:
+            try:
+                config = await self.updates.store.get(account_id)
+            except AccountNotFound:
+                continue
+            candidates = [
+                w for w in alive if w.supports(config.platform) and loads.get(w.id, 0) < w.capacity
+            ]
+            if not candidates:
+                log.warning(
+                    "account %s: no live worker with room for platform %s",
+                    account_id,
+                    config.platform,
+                )
+                left += 1
+                continue
+            target = min(candidates, key=lambda w: (loads.get(w.id, 0), w.id))
+            try:
+                result, sent = await self.updates.change(
+                    account_id,
+                    {"worker_id": target.id},
+                    reason,
+                    expect_version=config.config_version,
+                )
+            except (VersionConflict, AccountNotFound):
+                continue  # changed meanwhile; the next pass looks again
+            loads[target.id] = loads.get(target.id, 0) + 1
+            placed += 1
+            log.info(
+                "account %s assigned to worker %s (%s, was %s), version %d, update %s",
+                account_id,
+                target.id,
+                reason,
+                config.worker_id or "unassigned",
+                result.version,
+                sent.update_id if sent else "-",
+            )
+        return placed, left

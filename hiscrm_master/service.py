@@ -1,0 +1,183 @@
+"""The Master: a stateless set of loops over Redis, all in one task group.
+
+ACKs and worker events are read through consumer groups, so two Masters share the
+work and a restarted one picks up its own unacknowledged entries. Pending updates,
+worker liveness and placement are kept in Redis and changed with atomic scripts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+from anyio.abc import TaskStatus
+from redis.asyncio import Redis
+
+from hiscrm_bus.connection import RECOVERABLE
+from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig
+from hiscrm_bus.messages import (
+    AccountConfigUpdate,
+    AccountConfigUpdateAck,
+    LoginSuccess,
+    Message,
+    UpdateReason,
+)
+from hiscrm_bus.messages import (
+    TaskStatus as TaskStatusEvent,
+)
+from hiscrm_bus.pending import PendingUpdate
+from hiscrm_bus.streams import StreamReader
+
+from .assignment import Assigner
+from .login import on_login_success
+from .settings import MasterSettings
+from .updates import Updates
+
+log = logging.getLogger(__name__)
+
+
+class Master:
+    def __init__(self, settings: MasterSettings, redis: Redis) -> None:
+        self.settings = settings
+        self.id = settings.master_id
+        self.redis = redis
+        self.keys = settings.keys
+        self.updates = Updates(redis, settings, sender=self.id)
+        self.tracker = self.updates.tracker
+        self.store = self.updates.store
+        self.assigner = Assigner(redis, settings, self.updates)
+        group = settings.consumer_group
+        self.acks = StreamReader(redis, settings, self.keys.acks, group, self.id)
+        self.events = StreamReader(redis, settings, self.keys.events, group, self.id)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        log.info("master %s starting", self.id)
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.acks.run, self.on_ack)
+            await tg.start(self.events.run, self.on_event)
+            tg.start_soon(self._every, self.settings.sweep_interval_s, self.sweep, name="sweeper")
+            tg.start_soon(
+                self._every, self.settings.liveness_interval_s, self.assigner.run_once, name="live"
+            )
+            log.info("master %s ready", self.id)
+            task_status.started()
+
+    async def _every(self, interval: float, step: Callable[[], Awaitable[object]]) -> None:
+        while True:
+            try:
+                await step()
+            except RECOVERABLE as exc:
+                log.warning("master %s: Redis unavailable (%s); will try again", self.id, exc)
+            await anyio.sleep(interval)
+
+    async def on_ack(self, message: Message) -> None:
+        if not isinstance(message, AccountConfigUpdateAck):
+            log.warning("master %s: unexpected %s on the ACK stream", self.id, message.type)
+            return
+        ack = message
+        closed = await self.tracker.resolve(ack)
+        for update_id, status, latency_ms in closed:
+            if status == "applied":
+                log.info(
+                    "update %s for account %s applied by worker %s at version %d in %d ms",
+                    update_id,
+                    ack.account_id,
+                    ack.worker_id,
+                    ack.applied_version,
+                    latency_ms,
+                )
+            else:
+                log.warning(
+                    "update %s for account %s rejected by worker %s (version %d kept): %s",
+                    update_id,
+                    ack.account_id,
+                    ack.worker_id,
+                    ack.applied_version,
+                    ack.error,
+                )
+        if ack.ok and closed:
+            await self.store.set_stale(ack.account_id, False)
+        if not closed:
+            log.debug(
+                "ack from %s for %s version %d closed nothing (duplicate or reconcile)",
+                ack.worker_id,
+                ack.account_id,
+                ack.applied_version,
+            )
+
+    async def on_event(self, message: Message) -> None:
+        if isinstance(message, LoginSuccess):
+            await on_login_success(self.updates, message)
+        elif isinstance(message, TaskStatusEvent):
+            log.info(
+                "worker %s: account %s task %s (version %d)%s",
+                message.worker_id,
+                message.account_id,
+                message.state,
+                message.config_version,
+                f": {message.error}" if message.error else "",
+            )
+        else:
+            log.warning("master %s: unexpected %s on the event stream", self.id, message.type)
+
+    async def sweep(self) -> None:
+        """Retry the pending updates whose deadline passed; record the last failures."""
+        swept = await self.tracker.sweep()
+        retries: list[tuple[AccountConfigUpdate, str]] = []
+        for update in swept.retry:
+            target = await self._retarget(update)
+            if target is None:
+                continue
+            log.warning(
+                "no ACK from worker %s for update %s (account %s version %d); attempt %d/%d",
+                target,
+                update.update_id,
+                update.account_id,
+                update.version,
+                update.attempts,
+                self.settings.max_attempts,
+            )
+            retries.append((self._resend(update), target))
+        if retries:
+            await self.updates.publish_many(retries)
+        for update in swept.failed:
+            await self.store.set_stale(update.account_id, True)
+            log.error(
+                "config update %s for account %s version %d failed: no ACK from worker %s "
+                "after %d attempts; account marked config_stale",
+                update.update_id,
+                update.account_id,
+                update.version,
+                update.worker_id,
+                update.attempts,
+            )
+
+    async def _retarget(self, update: PendingUpdate) -> str | None:
+        """The worker that owns the account now (the ACK must come from it)."""
+        try:
+            config = await self.store.get(update.account_id)
+        except AccountNotFound:
+            await self.tracker.cancel(update, "account removed")
+            return None
+        except InvalidAccountConfig as exc:
+            # the hash no longer validates: the owner will reject it; keep retrying
+            log.warning("account %s: %s", update.account_id, exc)
+            return update.worker_id
+        if config.worker_id is None:
+            return None  # will fail in time unless assignment sends a newer one
+        if config.worker_id != update.worker_id:
+            await self.tracker.retarget(update.update_id, config.worker_id)
+        return config.worker_id
+
+    def _resend(self, update: PendingUpdate) -> AccountConfigUpdate:
+        reason: UpdateReason = update.reason  # type: ignore[assignment]
+        return AccountConfigUpdate(
+            sender=self.id,
+            update_id=update.update_id,
+            account_id=update.account_id,
+            config_version=update.version,
+            reason=reason,
+            updated_fields=update.fields,
+            attempt=update.attempts,
+        )

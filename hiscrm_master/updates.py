@@ -1,0 +1,121 @@
+"""Sending config updates: the versioned write's notice to the owning worker, tracked
+until its outcome. Used by the Master's loops and by the operator CLI alike."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from hiscrm_bus.accounts import AccountConfig, AccountStore, AccountUpdate
+from hiscrm_bus.connection import call
+from hiscrm_bus.messages import AccountConfigUpdate, UpdateReason, encode, new_id
+from hiscrm_bus.pending import PendingTracker
+from hiscrm_bus.settings import BusSettings
+
+log = logging.getLogger(__name__)
+BATCH = 500
+
+
+class Updates:
+    def __init__(self, redis: Redis, settings: BusSettings, sender: str) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = settings.keys
+        self.sender = sender
+        self.store = AccountStore(redis, self.keys)
+        self.tracker = PendingTracker(redis, settings)
+
+    def message(
+        self, update: AccountUpdate, reason: UpdateReason, attempt: int = 1
+    ) -> AccountConfigUpdate:
+        return AccountConfigUpdate(
+            sender=self.sender,
+            update_id=new_id(),
+            account_id=update.account_id,
+            config_version=update.version,
+            reason=reason,
+            updated_fields=update.fields,
+            attempt=attempt,
+        )
+
+    async def change(
+        self,
+        account_id: str,
+        changes: Mapping[str, Any],
+        reason: UpdateReason,
+        *,
+        expect_version: int | None = None,
+    ) -> tuple[AccountUpdate, AccountConfigUpdate | None]:
+        """Write ``changes`` (validated, versioned, atomic) and notify the owner.
+        Returns the write and the update sent (None when no worker owns the account)."""
+        result = await self.store.update(account_id, changes, expect_version=expect_version)
+        (sent,) = await self.notify([result], reason)
+        return result, sent
+
+    async def change_many(
+        self,
+        batch: Mapping[str, tuple[AccountConfig, Mapping[str, Any]]],
+        reason: UpdateReason,
+    ) -> tuple[list[AccountUpdate | Exception], list[AccountConfigUpdate | None]]:
+        """Fleet-wide change: pipelined writes, pending records and publishes in batches
+        of ``BATCH``; never one round trip per account."""
+        items = list(batch.items())
+        results: list[AccountUpdate | Exception] = []
+        sent: list[AccountConfigUpdate | None] = []
+        for start in range(0, len(items), BATCH):
+            chunk = dict(items[start : start + BATCH])
+            written = await self.store.update_many(chunk)
+            results += written
+            ok = [r for r in written if isinstance(r, AccountUpdate)]
+            sent += await self.notify(ok, reason)
+        return results, sent
+
+    async def notify(
+        self, results: Sequence[AccountUpdate], reason: UpdateReason
+    ) -> list[AccountConfigUpdate | None]:
+        """Record each update as pending, then publish it to its owner, in two round
+        trips. Recording first means even an instant ACK finds its pending entry."""
+        messages: list[AccountConfigUpdate | None] = []
+        owned: list[tuple[AccountConfigUpdate, str]] = []
+        for result in results:
+            if result.worker_id is None:
+                log.info(
+                    "account %s: version %d written; no worker owns it yet",
+                    result.account_id,
+                    result.version,
+                )
+                messages.append(None)
+                continue
+            message = self.message(result, reason)
+            messages.append(message)
+            owned.append((message, result.worker_id))
+        if owned:
+            await self.tracker.record_many(owned)
+            await self.publish_many(owned)
+        # a worker that just lost the account stops its task on this notice; it is
+        # not tracked (the new owner's ACK is what counts, and a dead worker never answers)
+        moved = [r for r in results if r.previous_worker_id not in (None, r.worker_id)]
+        if moved:
+            await self.publish_many(
+                [(self.message(r, "unassignment"), r.previous_worker_id or "") for r in moved]
+            )
+        return messages
+
+    async def publish_many(self, messages: Sequence[tuple[AccountConfigUpdate, str]]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for message, worker_id in messages:
+                pipe.publish(self.keys.control(worker_id), encode(message))
+            receivers = await call(pipe.execute())
+        for (message, worker_id), count in zip(messages, receivers, strict=True):
+            log.info(
+                "config update sent to worker %s: account %s version %d (%s) update %s%s",
+                worker_id,
+                message.account_id,
+                message.config_version,
+                message.reason,
+                message.update_id,
+                "" if count else " [no subscriber: it will reconcile or be retried]",
+            )

@@ -1,0 +1,288 @@
+"""The Worker service: register and heartbeat, follow the control channel, reconcile,
+hot-swap task configs and ACK every update.
+
+Correctness does not rest on pub/sub: after every (re)subscribe and on a fixed
+interval the worker compares the versions it applied with the hashes' versions, in one
+pipelined round trip, and reloads what is behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from redis.asyncio import Redis
+
+from hiscrm_bus import __version__
+from hiscrm_bus.accounts import AccountConfig, AccountStore, from_hash
+from hiscrm_bus.connection import RECOVERABLE
+from hiscrm_bus.control import ControlSubscription
+from hiscrm_bus.deadletter import DeadLetters
+from hiscrm_bus.errors import InvalidAccountConfig
+from hiscrm_bus.messages import (
+    AccountConfigUpdate,
+    AccountConfigUpdateAck,
+    Message,
+    utcnow,
+)
+from hiscrm_bus.messages import (
+    TaskStatus as TaskStatusEvent,
+)
+from hiscrm_bus.streams import append, append_many
+from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
+
+from .platforms import make_platforms
+from .runner import TaskRunner
+from .settings import WorkerSettings
+from .task import MonitorTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The result of bringing one account up to the version in its hash."""
+
+    ok: bool
+    applied_version: int
+    seen_version: int
+    error: str | None = None
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, redis: Redis) -> None:
+        self.settings = settings
+        self.id = settings.worker_id
+        self.redis = redis
+        self.keys = settings.keys
+        self.store = AccountStore(redis, self.keys)
+        self.registry = WorkerRegistry(redis, self.keys)
+        self.platforms = make_platforms(settings.platforms)
+        self.runner = TaskRunner(self.platforms, self._on_task_state)
+        self.subscription = ControlSubscription(
+            settings, self.id, self.handle, self.reconcile, DeadLetters(redis, settings)
+        )
+        # the version in force per account (also for accounts stopped here), and the
+        # newest version we rejected, so reconcile does not reject it again and again
+        self.applied: dict[str, int] = {}
+        self.rejected: dict[str, int] = {}
+        self._locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
+        self._events_out, self._events_in = anyio.create_memory_object_stream[TaskStatusEvent](1000)
+        self.started_at = utcnow()
+        self.reconciles = 0
+
+    # lifecycle
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        log.info("worker %s starting (platforms %s)", self.id, ",".join(self.platforms))
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.runner.run)
+            await self.heartbeat()
+            tg.start_soon(self._heartbeat_loop, name="heartbeat")
+            tg.start_soon(self._event_sender, name="events")
+            await tg.start(self.subscription.run)  # first reconcile happens in here
+            tg.start_soon(self._anti_entropy_loop, name="anti-entropy")
+            log.info("worker %s ready", self.id)
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    for account_id in self.runner.ids():
+                        self.runner.stop(account_id)
+                    await self._safe(self.heartbeat())
+                    log.info("worker %s stopped", self.id)
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            capacity=self.settings.capacity,
+            platforms=tuple(self.platforms),
+            started_at=self.started_at,
+            subscriptions=self.subscription.subscriptions,
+            tasks=self.runner.reports(),
+        )
+
+    async def heartbeat(self) -> None:
+        await self.registry.heartbeat(self.info(), self.settings.heartbeat_ttl_s)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.heartbeat_interval_s)
+            await self._safe(self.heartbeat())
+
+    async def _anti_entropy_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.reconcile_interval_s)
+            await self._safe(self.reconcile())
+
+    async def _safe(self, aw: Any) -> None:
+        try:
+            await aw
+        except RECOVERABLE as exc:
+            log.warning("worker %s: Redis unavailable (%s); will try again", self.id, exc)
+
+    # control messages
+
+    async def handle(self, message: Message) -> None:
+        if isinstance(message, AccountConfigUpdate):
+            await self.on_config_update(message)
+        else:
+            log.warning("worker %s: ignoring unexpected %s", self.id, message.type)
+
+    async def on_config_update(self, update: AccountConfigUpdate) -> None:
+        account_id = update.account_id
+        log.info(
+            "received account config update for %s: version %d, reason %s, fields %s, update %s",
+            account_id,
+            update.config_version,
+            update.reason,
+            ",".join(update.updated_fields) or "-",
+            update.update_id,
+        )
+        async with self._locks[account_id]:
+            applied = self.applied.get(account_id, 0)
+            if update.config_version <= applied:
+                log.info(
+                    "account %s: version %d already applied (have %d); update %s ignored",
+                    account_id,
+                    update.config_version,
+                    applied,
+                    update.update_id,
+                )
+                result = Applied(True, applied, update.config_version)
+            else:
+                log.info("reloading configuration for account %s", account_id)
+                raw = await self.store.get_raw([account_id])
+                result = self._apply(account_id, raw[0])
+        await self._ack(account_id, result, update.update_id)
+
+    def _ack_message(
+        self, account_id: str, result: Applied, update_id: str = ""
+    ) -> AccountConfigUpdateAck:
+        return AccountConfigUpdateAck(
+            sender=self.id,
+            update_id=update_id,
+            account_id=account_id,
+            worker_id=self.id,
+            applied_version=result.applied_version,
+            seen_version=result.seen_version,
+            ok=result.ok,
+            error=result.error,
+        )
+
+    async def _ack(self, account_id: str, result: Applied, update_id: str = "") -> None:
+        ack = self._ack_message(account_id, result, update_id)
+        await append(self.redis, self.keys.acks, ack, self.settings.stream_maxlen)
+
+    def _apply(self, account_id: str, raw: dict[Any, Any]) -> Applied:
+        """Bring one account to the version in ``raw`` (its HGETALL). Never raises."""
+        applied = self.applied.get(account_id, 0)
+        if not raw:  # removed
+            self.runner.stop(account_id)
+            self.applied.pop(account_id, None)
+            log.info("account %s: removed; task stopped", account_id)
+            return Applied(True, applied, applied)
+        try:
+            config = from_hash(raw)
+        except InvalidAccountConfig as exc:
+            seen = _version_of(raw)
+            self.rejected[account_id] = seen
+            log.error(
+                "account %s: version %d rejected, keeping version %d: %s",
+                account_id,
+                seen,
+                applied,
+                exc,
+            )
+            return Applied(False, applied, seen, f"invalid config: {exc}")
+        version = config.config_version
+        if version <= applied:
+            return Applied(True, applied, version)
+        if config.worker_id != self.id:
+            self.runner.stop(account_id)
+            log.info("account %s: now owned by %s; task stopped here", account_id, config.worker_id)
+        elif config.platform not in self.platforms:
+            error = f"platform {config.platform!r} is not supported by worker {self.id}"
+            self.rejected[account_id] = version
+            log.error("account %s: %s", account_id, error)
+            return Applied(False, applied, version, error)
+        else:
+            self.runner.apply(config)
+            log.info("account config reloaded for %s: version %d", account_id, version)
+        self.applied[account_id] = version
+        self.rejected.pop(account_id, None)
+        return Applied(True, version, version)
+
+    # reconcile
+
+    async def reconcile(self) -> None:
+        """Reload every account whose hash version is ahead of what we applied."""
+        self.reconciles += 1
+        mine = set(await self.store.ids_of_worker(self.id))
+        candidates = sorted(mine | set(self.runner.ids()))
+        versions = await self.store.versions(candidates)
+        behind = [
+            a
+            for a, v in versions.items()
+            if (v is None and a in self.runner)
+            or (v is not None and v > self.applied.get(a, 0) and v != self.rejected.get(a))
+        ]
+        if not behind:
+            return
+        log.info("worker %s: reconcile found %d account(s) behind", self.id, len(behind))
+        raws = await self.store.get_raw(behind)
+        results: list[tuple[str, Applied]] = []
+        for account_id, raw in zip(behind, raws, strict=True):
+            async with self._locks[account_id]:
+                results.append((account_id, self._apply(account_id, raw)))
+        acks = [self._ack_message(account_id, result) for account_id, result in results]
+        await append_many(self.redis, self.keys.acks, acks, self.settings.stream_maxlen)
+
+    # task status events
+
+    def _on_task_state(self, task: MonitorTask) -> None:
+        event = TaskStatusEvent(
+            sender=self.id,
+            account_id=task.account_id,
+            worker_id=self.id,
+            state=task.state,
+            config_version=task.config.config_version,
+            error=task.error,
+        )
+        try:
+            self._events_out.send_nowait(event)
+        except anyio.WouldBlock:
+            log.warning("worker %s: event queue full; dropped a task status", self.id)
+
+    async def _event_sender(self) -> None:
+        async with self._events_in:
+            async for event in self._events_in:
+                try:
+                    await append(self.redis, self.keys.events, event, self.settings.stream_maxlen)
+                except RECOVERABLE as exc:
+                    # the heartbeat carries the same state; an event is only a fast path
+                    log.warning("worker %s: could not send task status (%s)", self.id, exc)
+
+    def task(self, account_id: str) -> MonitorTask | None:
+        return self.runner.get(account_id)
+
+
+def _version_of(raw: dict[Any, Any]) -> int:
+    value = raw.get(b"config_version", raw.get("config_version", b"0"))
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+__all__ = ["AccountConfig", "Applied", "Worker"]

@@ -1,0 +1,32 @@
+"""Worker settings (``HISCRM_*``), on top of the bus settings."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from hiscrm_bus.accounts import ID_PATTERN
+from hiscrm_bus.settings import BusSettings
+
+
+class WorkerSettings(BusSettings):
+    worker_id: str = Field(default_factory=socket.gethostname, pattern=ID_PATTERN)
+    capacity: int = Field(50, ge=0, le=10_000)
+    platforms: tuple[str, ...] = ("sandbox", "douyin")
+    heartbeat_interval_s: float = Field(2.0, gt=0)
+    heartbeat_ttl_s: float = Field(10.0, gt=0)
+    # anti-entropy: compare applied versions with the hashes this often
+    reconcile_interval_s: float = Field(30.0, gt=0)
+    data_dir: Path = Path("var/worker")
+
+    @model_validator(mode="after")
+    def _ttl_outlives_interval(self) -> WorkerSettings:
+        if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
+            msg = (
+                f"heartbeat TTL ({self.heartbeat_ttl_s}s) must be longer than the heartbeat "
+                f"interval ({self.heartbeat_interval_s}s)"
+            )
+            raise ValueError(msg)
+        return self

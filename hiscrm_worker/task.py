@@ -1,0 +1,118 @@
+"""MonitorTask: one account's crawl loop, whose config can be swapped while it runs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+import anyio
+
+from hiscrm_bus.accounts import MISSING_USER_ID, AccountConfig
+from hiscrm_bus.messages import TaskState, utcnow
+from hiscrm_bus.workers import TaskReport
+
+from .platforms import CrawlItem, Platform, PlatformError
+
+log = logging.getLogger(__name__)
+StateListener = Callable[["MonitorTask"], None]
+ItemSink = Callable[[list[CrawlItem]], None]
+
+
+class MonitorTask:
+    """Crawls one account every ``monitor_interval_s`` while it is enabled and logged in.
+
+    :meth:`swap` replaces the config in one assignment and wakes the loop, so a task
+    waiting for login starts at once when ``platform_user_id`` arrives, and a shorter
+    interval cuts a sleep short.
+    """
+
+    def __init__(
+        self,
+        config: AccountConfig,
+        platform: Platform,
+        on_state: StateListener,
+        on_items: ItemSink | None = None,
+    ) -> None:
+        self.config = config
+        self.platform = platform
+        self.on_state = on_state
+        self.on_items = on_items
+        self.state: TaskState = "starting"
+        self.error: str | None = None
+        self.crawls = 0
+        self.items = 0
+        self.last_crawl_at: datetime | None = None
+        self._changed = anyio.Event()
+
+    @property
+    def account_id(self) -> str:
+        return self.config.id
+
+    def swap(self, config: AccountConfig) -> None:
+        old, self.config = self.config, config
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+        log.info(
+            "updated account config in MonitorTask for %s (version %d -> %d)",
+            config.id,
+            old.config_version,
+            config.config_version,
+        )
+
+    def report(self) -> TaskReport:
+        return TaskReport(
+            applied_version=self.config.config_version,
+            state=self.state,
+            error=self.error,
+            crawls=self.crawls,
+            items=self.items,
+            last_crawl_at=self.last_crawl_at,
+        )
+
+    def _set_state(self, state: TaskState, error: str | None = None) -> None:
+        if (state, error) != (self.state, self.error):
+            self.state, self.error = state, error
+            if state in {"error", "waiting_login"}:
+                log.error("account %s: %s", self.account_id, error)
+            else:
+                log.info("account %s: task %s", self.account_id, state)
+            self.on_state(self)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                config, changed = self.config, self._changed
+                if not config.enabled:
+                    self._set_state("disabled")
+                    await changed.wait()
+                elif not config.platform_user_id:
+                    self._set_state("waiting_login", MISSING_USER_ID)
+                    await changed.wait()
+                else:
+                    await self._crawl(config)
+                    with anyio.move_on_after(config.monitor_interval_s):
+                        await changed.wait()
+        finally:
+            self.state = "stopped"
+
+    async def _crawl(self, config: AccountConfig) -> None:
+        try:
+            items: list[CrawlItem] = []
+            if config.crawl_comments:
+                items += await self.platform.fetch_comments(config)
+            if config.crawl_dms:
+                items += await self.platform.fetch_dms(config)
+        except PlatformError as exc:
+            self._set_state("error", str(exc))
+            return
+        except Exception as exc:
+            log.exception("account %s: crawl failed", config.id)
+            self._set_state("error", f"crawl failed: {type(exc).__name__}: {exc}")
+            return
+        self.crawls += 1
+        self.items += len(items)
+        self.last_crawl_at = utcnow()
+        if items and self.on_items is not None:
+            self.on_items(items)
+        self._set_state("running")

@@ -1,0 +1,165 @@
+"""Real ``hiscrm master`` / ``hiscrm worker`` processes against a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+from hiscrm_bus.keys import Keys
+
+T = TypeVar("T")
+
+# short intervals so faults resolve in seconds; every one is a setting a user has too
+FAST_ENV = {
+    "HISCRM_ACK_TIMEOUT_S": "1.0",
+    "HISCRM_RETRY_BACKOFF": "1.5",
+    "HISCRM_MAX_ATTEMPTS": "6",
+    "HISCRM_SWEEP_INTERVAL_S": "0.1",
+    "HISCRM_LIVENESS_INTERVAL_S": "0.2",
+    "HISCRM_HEARTBEAT_INTERVAL_S": "0.2",
+    "HISCRM_HEARTBEAT_TTL_S": "30",
+    "HISCRM_RECONCILE_INTERVAL_S": "30",
+    "HISCRM_PING_INTERVAL_S": "1",
+    "HISCRM_PING_TIMEOUT_S": "1",
+    "HISCRM_BACKOFF_MIN_S": "0.02",
+    "HISCRM_BACKOFF_MAX_S": "0.5",
+    "HISCRM_CLAIM_IDLE_S": "2",
+}
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
+    """Poll a cheap Redis probe until it returns something truthy, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Stack:
+    def __init__(self, redis_url: str, prefix: str, workdir: Path) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.keys = Keys(prefix)
+        self.workdir = workdir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.r = redis.Redis.from_url(redis_url, decode_responses=True, encoding_errors="replace")
+        self.extra_env: dict[str, str] = {}
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(FAST_ENV)
+        env.update(self.extra_env)
+        env.update(extra)
+        env["HISCRM_REDIS_URL"] = self.redis_url
+        env["HISCRM_KEY_PREFIX"] = self.prefix
+        return env
+
+    def _spawn(self, name: str, args: list[str], **env: str) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("ab")
+        with log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hiscrm_cli", "--log-level", "debug", *args],
+                env=self.env(**env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def worker(self, worker_id: str, **env: str) -> subprocess.Popen[bytes]:
+        proc = self._spawn(worker_id, ["worker", "--id", worker_id], **env)
+        wait_for(lambda: self.r.exists(self.keys.worker(worker_id)), what=f"{worker_id} up")
+        return proc
+
+    def master(self, master_id: str = "m1", **env: str) -> subprocess.Popen[bytes]:
+        proc = self._spawn(master_id, ["master", "--id", master_id], **env)
+        wait_for(lambda: self._group_has_consumer(master_id), what=f"master {master_id} consuming")
+        return proc
+
+    def _group_has_consumer(self, name: str) -> bool:
+        try:
+            consumers = self.r.xinfo_consumers(self.keys.acks, "masters")
+        except redis.ResponseError:
+            return False
+        return any(c["name"] == name for c in consumers)
+
+    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "hiscrm_cli", "--log-level", "warning", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"hiscrm {' '.join(args)} failed: {result.stdout}{result.stderr}")
+        return result
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        proc.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            proc.wait(10)
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text(errors="replace")
+
+    # probes
+
+    def account(self, account_id: str) -> dict[str, str]:
+        return self.r.hgetall(self.keys.account(account_id))
+
+    def task(self, worker_id: str, account_id: str) -> dict[str, Any] | None:
+        raw = self.r.hget(self.keys.worker(worker_id), "tasks")
+        tasks: dict[str, Any] = json.loads(raw) if raw else {}
+        return tasks.get(account_id)
+
+    def wait_task(
+        self, worker_id: str, account_id: str, state: str, version: int | None = None
+    ) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            t = self.task(worker_id, account_id)
+            ok = t and t["state"] == state and (version is None or t["applied_version"] >= version)
+            return t if ok else None
+
+        return wait_for(probe, what=f"{account_id} {state} on {worker_id} (v{version})")
+
+    def outcomes(self) -> list[dict[str, str]]:
+        return [fields for _id, fields in self.r.xrange(self.keys.outcomes)]
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.r.close()
+
+
+@contextmanager
+def running_stack(redis_url: str, prefix: str, workdir: Path) -> Iterator[Stack]:
+    stack = Stack(redis_url, prefix, workdir)
+    try:
+        yield stack
+    finally:
+        stack.stop_all()

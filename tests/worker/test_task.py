@@ -1,0 +1,132 @@
+"""MonitorTask and TaskRunner in-process: swaps take hold at once, without a restart."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from hiscrm_bus.accounts import MISSING_USER_ID, AccountConfig
+from hiscrm_bus.messages import utcnow
+from hiscrm_worker.platforms import CrawlItem, PlatformError
+from hiscrm_worker.runner import TaskRunner
+from hiscrm_worker.task import MonitorTask
+
+
+class RecordingPlatform:
+    """A Platform whose crawls tests can wait for."""
+
+    name = "sandbox"
+
+    def __init__(self) -> None:
+        self.crawls: list[AccountConfig] = []
+        self.crawled = anyio.Event()
+        self.fail_with: str | None = None
+
+    async def fetch_comments(self, account: AccountConfig) -> list[CrawlItem]:
+        self.crawls.append(account)
+        self.crawled.set()
+        self.crawled = anyio.Event()
+        if self.fail_with:
+            raise PlatformError(self.fail_with)
+        item = CrawlItem("comment", f"c{len(self.crawls)}", account.id, "hi", "fan", utcnow())
+        return [item]
+
+    async def fetch_dms(self, account: AccountConfig) -> list[CrawlItem]:
+        return []
+
+
+class States:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.changed = anyio.Event()
+
+    def __call__(self, task: MonitorTask) -> None:
+        self.seen.append(task.state)
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def wait_for(self, task: MonitorTask, state: str) -> None:
+        with anyio.fail_after(5):
+            while task.state != state:
+                await self.changed.wait()
+
+
+@pytest.fixture
+async def runner() -> AsyncIterator[tuple[TaskRunner, RecordingPlatform, States]]:
+    platform = RecordingPlatform()
+    states = States()
+    runner = TaskRunner({"sandbox": platform}, states)
+    async with anyio.create_task_group() as tg:
+        await tg.start(runner.run)
+        yield runner, platform, states
+        tg.cancel_scope.cancel()
+
+
+def config(**changes: object) -> AccountConfig:
+    base = AccountConfig(id="acc-1", platform="sandbox", worker_id="w1", config_version=1)
+    return base.model_copy(update=changes)
+
+
+async def test_waits_for_login_then_crawls_as_soon_as_the_user_id_arrives(runner) -> None:
+    r, platform, states = runner
+    task = r.apply(config())
+    await states.wait_for(task, "waiting_login")
+    assert task.error == MISSING_USER_ID
+    assert platform.crawls == []
+    same = r.apply(config(platform_user_id="1864722759", config_version=2))
+    assert same is task  # swapped, not restarted
+    await states.wait_for(task, "running")
+    assert platform.crawls[0].platform_user_id == "1864722759"
+    assert task.report().applied_version == 2
+
+
+async def test_shorter_interval_wakes_a_sleeping_task(runner) -> None:
+    r, platform, states = runner
+    task = r.apply(config(platform_user_id="u", monitor_interval_s=3600))
+    await states.wait_for(task, "running")
+    assert len(platform.crawls) == 1
+    r.apply(config(platform_user_id="u", monitor_interval_s=0.05, config_version=2))
+    with anyio.fail_after(5):
+        while len(platform.crawls) < 4:
+            await platform.crawled.wait()
+    assert platform.crawls[-1].monitor_interval_s == 0.05
+
+
+async def test_disable_stops_crawling_and_enable_restarts_it(runner) -> None:
+    r, platform, states = runner
+    task = r.apply(config(platform_user_id="u", monitor_interval_s=0.05))
+    await states.wait_for(task, "running")
+    r.apply(config(platform_user_id="u", monitor_interval_s=0.05, enabled=False, config_version=2))
+    await states.wait_for(task, "disabled")
+    count = len(platform.crawls)
+    with anyio.move_on_after(0.3):  # a disabled task must not crawl in this window
+        await platform.crawled.wait()
+    assert len(platform.crawls) == count
+    r.apply(config(platform_user_id="u", monitor_interval_s=0.05, config_version=3))
+    await states.wait_for(task, "running")
+
+
+async def test_platform_error_is_a_task_state_not_a_dead_task(runner) -> None:
+    r, platform, states = runner
+    platform.fail_with = "page did not load"
+    task = r.apply(config(platform_user_id="u", monitor_interval_s=0.05))
+    await states.wait_for(task, "error")
+    assert task.error == "page did not load"
+    platform.fail_with = None
+    await states.wait_for(task, "running")
+    assert task.error is None
+
+
+async def test_stop_cancels_the_task(runner) -> None:
+    r, platform, states = runner
+    task = r.apply(config(platform_user_id="u", monitor_interval_s=0.05))
+    await states.wait_for(task, "running")
+    r.stop("acc-1")
+    assert "acc-1" not in r
+    assert task.state == "stopped"
+    count = len(platform.crawls)
+    with anyio.move_on_after(0.3):
+        await platform.crawled.wait()
+    assert len(platform.crawls) == count

@@ -95,10 +95,14 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
+def decode_hash(mapping: Mapping[Any, Any]) -> dict[str, Any]:
+    """A hash read with HGETALL as field values, not yet validated."""
+    return {_text(k): decode_value(_text(k), _text(v)) for k, v in mapping.items()}
+
+
 def from_hash(mapping: Mapping[Any, Any]) -> AccountConfig:
     """Decode a hash read with HGETALL. Raises InvalidAccountConfig with a clear reason."""
-    data = {_text(k): decode_value(_text(k), _text(v)) for k, v in mapping.items()}
-    return validate(data)
+    return validate(decode_hash(mapping))
 
 
 def validate(data: Mapping[str, Any]) -> AccountConfig:
@@ -128,8 +132,10 @@ def parse_assignments(pairs: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def check_changes(current: AccountConfig, changes: Mapping[str, Any]) -> AccountConfig:
-    """The config with ``changes`` applied, or InvalidAccountConfig. Writes nothing."""
+def check_changes(current: Mapping[str, Any], changes: Mapping[str, Any]) -> AccountConfig:
+    """The config with ``changes`` applied to ``current`` (decoded hash values, which
+    need not validate on their own: a change may repair them), or InvalidAccountConfig.
+    Writes nothing."""
     unknown = sorted(set(changes) - FIELDS)
     if unknown:
         known = ", ".join(sorted(SETTABLE))
@@ -137,7 +143,7 @@ def check_changes(current: AccountConfig, changes: Mapping[str, Any]) -> Account
     managed = sorted(set(changes) - SETTABLE)
     if managed:
         raise InvalidAccountConfig(f"field {', '.join(managed)} cannot be set directly")
-    return validate({**current.model_dump(), **changes})
+    return validate({**current, **changes})
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,15 +277,18 @@ class AccountStore:
     ) -> AccountUpdate:
         """Validate ``changes`` against the current config, then write them and bump the
         version atomically. Raises AccountNotFound, InvalidAccountConfig, VersionConflict."""
-        current = await self.get(account_id)
-        (result,) = await self.update_many({account_id: (current, changes)}, expect_version)
+        raw = await call(self.redis.hgetall(self.keys.account(account_id)))
+        if not raw:
+            raise AccountNotFound(f"no account {account_id!r}")
+        batch = {account_id: (decode_hash(raw), changes)}
+        (result,) = await self.update_many(batch, expect_version)
         if isinstance(result, Exception):
             raise result
         return result
 
     async def update_many(
         self,
-        batch: Mapping[str, tuple[AccountConfig, Mapping[str, Any]]],
+        batch: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]],
         expect_version: int | None = None,
     ) -> list[AccountUpdate | Exception]:
         """Versioned writes of many accounts in one pipeline (each atomic on its own).
@@ -290,7 +299,7 @@ class AccountStore:
         head, tail = self.keys.split(self.keys.worker_accounts)
         now = utcnow().isoformat()
         results: list[AccountUpdate | Exception | None] = []
-        sent: list[tuple[int, AccountConfig, AccountConfig, tuple[str, ...]]] = []
+        sent: list[tuple[int, Mapping[str, Any], AccountConfig, tuple[str, ...]]] = []
         async with self.redis.pipeline(transaction=False) as pipe:
             for account_id, (current, changes) in batch.items():
                 try:
@@ -317,7 +326,7 @@ class AccountStore:
                 results[index] = VersionConflict(f"account {new.id} changed meanwhile")
             else:
                 results[index] = AccountUpdate(
-                    new.id, version, fields, new.worker_id, current.worker_id
+                    new.id, version, fields, new.worker_id, current.get("worker_id")
                 )
         return [r if r is not None else VersionConflict("no reply") for r in results]
 

@@ -11,9 +11,11 @@ import typer
 from rich.table import Table
 
 from hiscrm_bus.accounts import (
-    AccountConfig,
     AccountStore,
     AccountUpdate,
+    check_changes,
+    decode_hash,
+    from_hash,
     parse_assignments,
     to_hash,
     validate,
@@ -104,8 +106,8 @@ def list_(redis_url: RedisUrl = None) -> None:
         table = Table("id", "platform", "worker", "enabled", "login", "platform_user_id", "version")
         for account_id, raw in zip(ids, raws, strict=True):
             try:
-                c = AccountConfig.model_validate({**_decoded(raw), "id": account_id})
-            except ValueError:
+                c = from_hash(raw)
+            except InvalidAccountConfig:
                 table.add_row(account_id, "[red]invalid hash[/red]", "", "", "", "", "")
                 continue
             version = f"{c.config_version}" + (" [red](stale)[/red]" if c.config_stale else "")
@@ -121,14 +123,6 @@ def list_(redis_url: RedisUrl = None) -> None:
         console.print(table)
 
     run(main)
-
-
-def _decoded(raw: dict[Any, Any]) -> dict[str, Any]:
-    from hiscrm_bus.accounts import decode_value
-
-    return {
-        k.decode(): decode_value(k.decode(), v.decode(errors="replace")) for k, v in raw.items()
-    }
 
 
 @app.command()
@@ -147,6 +141,11 @@ def show(
                 config = await updates.store.get(account_id)
             except AccountNotFound as exc:
                 fail(str(exc), EXIT_FAILED)
+            except InvalidAccountConfig as exc:
+                raw: dict[Any, Any] = await redis.hgetall(settings.keys.account(account_id))
+                for k, v in sorted(raw.items()):
+                    console.print(f"  {k.decode()} = {v.decode(errors='replace')}", highlight=False)
+                fail(f"the stored config of {account_id} is invalid: {exc}", EXIT_FAILED)
             pending = await updates.tracker.of_account(account_id)
             worker = (
                 await WorkerRegistry(redis, settings.keys).get(config.worker_id)
@@ -248,25 +247,18 @@ def set_(
             else:
                 ids = await store.ids()
             raws = await store.get_raw(ids)
-            batch: dict[str, tuple[AccountConfig, dict[str, Any]]] = {}
+            batch: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
             for aid, raw in zip(ids, raws, strict=True):
                 if not raw:
                     if account_id:
                         fail(f"no account {aid!r}", EXIT_FAILED)
                     continue
-                try:
-                    current = AccountConfig.model_validate(_decoded(raw))
-                except ValueError as exc:
-                    console.print(f"[yellow]skipping {aid}: its stored config is invalid[/yellow]")
-                    del exc
-                    continue
-                if platform is None or current.platform == platform:
+                current = decode_hash(raw)
+                if platform is None or current.get("platform") == platform:
                     batch[aid] = (current, changes)
             if not batch:
                 fail("no account matches", EXIT_FAILED)
             # refuse the whole command if the change is invalid for any account
-            from hiscrm_bus.accounts import check_changes
-
             for aid, (current, ch) in batch.items():
                 try:
                     check_changes(current, ch)

@@ -9,7 +9,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from hiscrm_bus.accounts import AccountConfig, AccountStore, AccountUpdate
+from hiscrm_bus.accounts import AccountStore, AccountUpdate
 from hiscrm_bus.connection import call
 from hiscrm_bus.messages import AccountConfigUpdate, UpdateReason, encode, new_id
 from hiscrm_bus.pending import PendingTracker
@@ -57,7 +57,7 @@ class Updates:
 
     async def change_many(
         self,
-        batch: Mapping[str, tuple[AccountConfig, Mapping[str, Any]]],
+        batch: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]],
         reason: UpdateReason,
     ) -> tuple[list[AccountUpdate | Exception], list[AccountConfigUpdate | None]]:
         """Fleet-wide change: pipelined writes, pending records and publishes in batches

@@ -102,7 +102,7 @@ async def test_update_many_writes_valid_ones_and_reports_invalid_ones(bus: Bus) 
     store = AccountStore(bus[0], bus[1].keys)
     for i in range(3):
         await store.create(AccountConfig(id=f"a{i}", platform="douyin"))
-    current = {a: await store.get(a) for a in ("a0", "a1", "a2")}
+    current = {a: (await store.get(a)).model_dump() for a in ("a0", "a1", "a2")}
     results = await store.update_many(
         {
             "a0": (current["a0"], {"monitor_interval_s": 5}),
@@ -151,3 +151,15 @@ async def test_mark_stale_never_resurrects_a_removed_account(bus: Bus) -> None:
     await store.remove("a")
     await store.set_stale("a", True)
     assert not await redis.exists(settings.keys.account("a"))
+
+
+async def test_a_change_can_repair_an_invalid_stored_value(bus: Bus) -> None:
+    redis, settings = bus
+    store = AccountStore(redis, settings.keys)
+    await store.create(AccountConfig(id="a", platform="douyin"))
+    await redis.hset(settings.keys.account("a"), "monitor_interval_s", "soon")
+    with pytest.raises(InvalidAccountConfig):
+        await store.update("a", {"name": "still broken"})
+    result = await store.update("a", {"monitor_interval_s": "12"})
+    assert result.version == 2
+    assert (await store.get("a")).monitor_interval_s == 12

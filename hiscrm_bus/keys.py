@@ -66,6 +66,27 @@ class Keys:
         return f"{self.prefix}events"
 
     @property
+    def ingest(self) -> str:
+        """Stream: worker → Master batches of crawled comments and messages."""
+        return f"{self.prefix}ingest"
+
+    def login(self, session_id: str) -> str:
+        """Hash (with TTL): one QR login session's state as the Master saw it."""
+        return f"{self.prefix}login:{session_id}"
+
+    def items(self, account_id: str, kind: str) -> str:
+        """Sorted set: the newest crawled item ids of one kind, scored by creation time."""
+        return f"{self.prefix}account:{account_id}:{kind}"
+
+    def item_bodies(self, account_id: str, kind: str) -> str:
+        """Hash: item id → the item as JSON, for the ids kept in :meth:`items`."""
+        return f"{self.prefix}account:{account_id}:{kind}:bodies"
+
+    def crawl_stats(self, account_id: str) -> str:
+        """Hash: per-account counts of stored items and the last crawl time."""
+        return f"{self.prefix}account:{account_id}:crawl"
+
+    @property
     def deadletter(self) -> str:
         """Stream: messages that failed to decode, with the reason and raw bytes."""
         return f"{self.prefix}deadletter"

@@ -81,6 +81,36 @@ class AccountConfigUpdateAck(Envelope):
     applied_at: datetime = Field(default_factory=utcnow)
 
 
+class LoginRequest(Envelope):
+    """Master → worker: open the platform's login page for the account and report."""
+
+    type: Literal["master:login:request"] = "master:login:request"
+    session_id: str = Field(min_length=1, max_length=64)
+    account_id: str = Field(min_length=1, max_length=200)
+    timeout_s: float = Field(120.0, gt=0, le=3600)
+
+
+class LoginQrCode(Envelope):
+    """Worker → Master: the QR code to scan (a PNG), first shown or refreshed."""
+
+    type: Literal["worker:login:qrcode"] = "worker:login:qrcode"
+    session_id: str = Field(min_length=1, max_length=64)
+    account_id: str = Field(min_length=1, max_length=200)
+    worker_id: str = Field(min_length=1, max_length=200)
+    png_b64: str = Field(min_length=1, max_length=2_000_000)
+    refresh: int = Field(0, ge=0)
+
+
+class LoginProgress(Envelope):
+    """Worker → Master: the login moved on (e.g. the code was scanned)."""
+
+    type: Literal["worker:login:progress"] = "worker:login:progress"
+    session_id: str = Field(min_length=1, max_length=64)
+    account_id: str = Field(min_length=1, max_length=200)
+    worker_id: str = Field(min_length=1, max_length=200)
+    status: Literal["page_opened", "scanned"]
+
+
 class LoginSuccess(Envelope):
     """Worker → Master: a login finished; the account now has a platform user id."""
 
@@ -89,6 +119,41 @@ class LoginSuccess(Envelope):
     worker_id: str = Field(min_length=1, max_length=200)
     platform_user_id: str = Field(max_length=200)
     user_info: dict[str, Any] = Field(default_factory=dict)
+    session_id: str = Field("", max_length=64)
+
+
+class LoginFailed(Envelope):
+    """Worker → Master: a login ended without success (expired, timed out, error)."""
+
+    type: Literal["worker:login:failed"] = "worker:login:failed"
+    session_id: str = Field(min_length=1, max_length=64)
+    account_id: str = Field(min_length=1, max_length=200)
+    worker_id: str = Field(min_length=1, max_length=200)
+    reason: Literal["expired", "timeout", "error", "busy", "unsupported"]
+    error: str = Field("", max_length=2000)
+
+
+class CrawledItem(BaseModel):
+    """One comment or direct message, with the platform's own id for de-duplication."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["comment", "dm"]
+    item_id: str = Field(min_length=1, max_length=200)
+    text: str = Field(max_length=20_000)
+    author: str = Field("", max_length=500)
+    created_at: datetime
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class CrawlBatch(Envelope):
+    """Worker → Master: what one crawl of one account found."""
+
+    type: Literal["worker:crawl:batch"] = "worker:crawl:batch"
+    account_id: str = Field(min_length=1, max_length=200)
+    worker_id: str = Field(min_length=1, max_length=200)
+    crawled_at: datetime = Field(default_factory=utcnow)
+    items: tuple[CrawledItem, ...] = Field((), max_length=5000)
 
 
 class TaskStatus(Envelope):
@@ -100,10 +165,20 @@ class TaskStatus(Envelope):
     state: TaskState
     config_version: int = Field(ge=0)
     error: str | None = Field(None, max_length=2000)
+    # what happened besides a state change, e.g. "page crashed and was replaced"
+    detail: str | None = Field(None, max_length=2000)
 
 
 Message = Annotated[
-    AccountConfigUpdate | AccountConfigUpdateAck | LoginSuccess | TaskStatus,
+    AccountConfigUpdate
+    | AccountConfigUpdateAck
+    | LoginRequest
+    | LoginQrCode
+    | LoginProgress
+    | LoginSuccess
+    | LoginFailed
+    | TaskStatus
+    | CrawlBatch,
     Field(discriminator="type"),
 ]
 _adapter: TypeAdapter[Message] = TypeAdapter(Message)

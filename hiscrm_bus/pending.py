@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from .connection import call
 from .messages import AccountConfigUpdate, AccountConfigUpdateAck, dumps
 from .settings import BusSettings
+from .streams import last_entry_id
 
 log = logging.getLogger(__name__)
 Status = Literal["pending", "applied", "rejected", "failed"]
@@ -354,8 +355,7 @@ class PendingTracker:
 
     async def last_outcome_id(self) -> str:
         """The newest outcome entry's id: wait for outcomes after it."""
-        last: Any = await call(self.redis.xrevrange(self.keys.outcomes, count=1))
-        return _s(last[0][0]) if last else "0-0"
+        return await last_entry_id(self.redis, self.keys.outcomes)
 
     async def watch_outcomes(self, after: str) -> AsyncGenerator[Outcome]:
         """Every outcome recorded after entry ``after``, as it is recorded, forever."""
@@ -386,6 +386,18 @@ class PendingTracker:
                         if len(found) == len(wanted):
                             break
         return found
+
+    async def wait_account_outcome(
+        self, account_id: str, above_version: int, after: str, timeout_s: float
+    ) -> Outcome | None:
+        """The first outcome recorded after ``after`` for an update of ``account_id``
+        newer than ``above_version``, or None at the deadline."""
+        with anyio.move_on_after(timeout_s):
+            async with aclosing(self.watch_outcomes(after)) as outcomes:
+                async for outcome in outcomes:
+                    if outcome.account_id == account_id and outcome.version > above_version:
+                        return outcome
+        return None
 
 
 def _s(value: bytes | str) -> str:

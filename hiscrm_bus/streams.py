@@ -45,6 +45,12 @@ async def append_many(redis: Redis, stream: str, messages: Sequence[Message], ma
         await call(pipe.execute())
 
 
+async def last_entry_id(redis: Redis, stream: str) -> str:
+    """The newest entry's id ("0-0" for an empty stream): read what comes after it."""
+    last: Any = await call(redis.xrevrange(stream, count=1))
+    return _s(last[0][0]) if last else "0-0"
+
+
 class StreamReader:
     """One consumer of a consumer group on one stream."""
 

@@ -369,8 +369,8 @@ def login_success(
             console.print(f"login success for {account_id} sent to the Master")
             if not wait:
                 return EXIT_OK
-            found = await _first_outcome_after(
-                updates, account_id, before.config_version, after, timeout
+            found = await updates.tracker.wait_account_outcome(
+                account_id, before.config_version, after, timeout
             )
             if found is None:
                 console.print("timed out waiting for the config update's outcome")
@@ -382,21 +382,6 @@ def login_success(
             return EXIT_OK if found.status == "applied" else EXIT_FAILED
 
     raise typer.Exit(run(main))
-
-
-async def _first_outcome_after(
-    updates: Updates, account_id: str, version: int, after: str, timeout_s: float
-) -> Outcome | None:
-    from contextlib import aclosing
-
-    import anyio
-
-    with anyio.move_on_after(timeout_s):
-        async with aclosing(updates.tracker.watch_outcomes(after)) as outcomes:
-            async for outcome in outcomes:
-                if outcome.account_id == account_id and outcome.version > version:
-                    return outcome
-    return None
 
 
 __all__ = ["EXIT_USAGE", "app"]

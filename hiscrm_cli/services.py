@@ -40,9 +40,27 @@ def worker(
     capacity: Annotated[
         int | None, typer.Option(envvar="HISCRM_CAPACITY", help="Most accounts it runs.")
     ] = None,
+    chromium: Annotated[
+        str | None, typer.Option(envvar="HISCRM_CHROMIUM", help="Chromium binary.")
+    ] = None,
+    sandbox_url: Annotated[
+        str | None, typer.Option(envvar="HISCRM_SANDBOX_URL", help="The sandbox site.")
+    ] = None,
+    data_dir: Annotated[
+        str | None,
+        typer.Option(envvar="HISCRM_DATA_DIR", help="Browser sessions and Chromium files."),
+    ] = None,
 ) -> None:
     """Run a worker: one monitor task per assigned account, hot-swapped on update."""
-    settings = build(WorkerSettings, redis_url=redis_url, worker_id=worker_id, capacity=capacity)
+    settings = build(
+        WorkerSettings,
+        redis_url=redis_url,
+        worker_id=worker_id,
+        capacity=capacity,
+        chromium=chromium,
+        sandbox_url=sandbox_url,
+        data_dir=data_dir,
+    )
 
     async def main() -> None:
         async with redis_client(settings) as redis:

@@ -4,10 +4,88 @@ from __future__ import annotations
 
 import logging
 
-from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig
-from hiscrm_bus.messages import LoginSuccess
+from redis.asyncio import Redis
+
+from hiscrm_bus.connection import call
+from hiscrm_bus.control import publish
+from hiscrm_bus.errors import AccountNotFound, HiscrmError, InvalidAccountConfig
+from hiscrm_bus.messages import (
+    LoginFailed,
+    LoginProgress,
+    LoginQrCode,
+    LoginRequest,
+    LoginSuccess,
+    new_id,
+)
+from hiscrm_bus.settings import BusSettings
+from hiscrm_bus.workers import WorkerRegistry
 
 from .updates import Updates
+
+SESSION_TTL_S = 24 * 3600
+
+
+class LoginUnavailable(HiscrmError):
+    """The login cannot start: no such account, no owner, or its worker is offline."""
+
+
+async def start_login(
+    redis: Redis, settings: BusSettings, account_id: str, timeout_s: float, sender: str
+) -> LoginRequest:
+    """Ask the account's worker to open the login page. Returns the request sent."""
+    updates = Updates(redis, settings, sender)
+    try:
+        account = await updates.store.get(account_id)
+    except AccountNotFound as exc:
+        raise LoginUnavailable(str(exc)) from None
+    if account.worker_id is None:
+        raise LoginUnavailable(f"account {account_id} has no worker yet; is a Master running?")
+    if await WorkerRegistry(redis, settings.keys).get(account.worker_id) is None:
+        raise LoginUnavailable(
+            f"worker {account.worker_id} of account {account_id} is offline; start it first"
+        )
+    request = LoginRequest(
+        sender=sender, session_id=new_id(), account_id=account_id, timeout_s=timeout_s
+    )
+    await record_session(
+        redis, settings, request.session_id, account_id=account_id,
+        worker_id=account.worker_id, status="requested",
+    )  # fmt: skip
+    if not await publish(redis, settings, account.worker_id, request):
+        raise LoginUnavailable(f"worker {account.worker_id} is not listening on its channel")
+    log.info("login %s for %s requested from worker %s", request.session_id, account_id,
+             account.worker_id)  # fmt: skip
+    return request
+
+
+async def record_session(
+    redis: Redis, settings: BusSettings, session_id: str, **fields: str | int
+) -> None:
+    key = settings.keys.login(session_id)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        pipe.expire(key, SESSION_TTL_S)
+        await call(pipe.execute())
+
+
+async def on_login_event(
+    redis: Redis, settings: BusSettings, event: LoginQrCode | LoginProgress | LoginFailed
+) -> None:
+    """Keep the session's state for operators; the CLI follows the events themselves."""
+    extra: dict[str, str | int] = {}
+    if isinstance(event, LoginQrCode):
+        status, extra = "qr_shown", {"refresh": event.refresh}
+        log.info("login %s for %s: QR code %s on worker %s", event.session_id, event.account_id,
+                 "shown" if not event.refresh else "refreshed", event.worker_id)  # fmt: skip
+    elif isinstance(event, LoginProgress):
+        status = event.status
+        log.info("login %s for %s: %s", event.session_id, event.account_id, event.status)
+    else:
+        status, extra = "failed", {"reason": event.reason, "error": event.error}
+        log.warning("login %s for %s failed (%s): %s", event.session_id, event.account_id,
+                    event.reason, event.error)  # fmt: skip
+    await record_session(redis, settings, event.session_id, status=status, **extra)
+
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,10 @@ from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig
 from hiscrm_bus.messages import (
     AccountConfigUpdate,
     AccountConfigUpdateAck,
+    CrawlBatch,
+    LoginFailed,
+    LoginProgress,
+    LoginQrCode,
     LoginSuccess,
     Message,
     UpdateReason,
@@ -30,7 +34,8 @@ from hiscrm_bus.pending import PendingUpdate
 from hiscrm_bus.streams import StreamReader
 
 from .assignment import Assigner
-from .login import on_login_success
+from .ingest import IngestStore
+from .login import on_login_event, on_login_success, record_session
 from .settings import MasterSettings
 from .updates import Updates
 
@@ -50,12 +55,15 @@ class Master:
         group = settings.consumer_group
         self.acks = StreamReader(redis, settings, self.keys.acks, group, self.id)
         self.events = StreamReader(redis, settings, self.keys.events, group, self.id)
+        self.ingest = StreamReader(redis, settings, self.keys.ingest, group, self.id)
+        self.items = IngestStore(redis, self.keys)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         log.info("master %s starting", self.id)
         async with anyio.create_task_group() as tg:
             await tg.start(self.acks.run, self.on_ack)
             await tg.start(self.events.run, self.on_event)
+            await tg.start(self.ingest.run, self.on_batch)
             tg.start_soon(self._every, self.settings.sweep_interval_s, self.sweep, name="sweeper")
             tg.start_soon(
                 self._every, self.settings.liveness_interval_s, self.assigner.run_once, name="live"
@@ -108,18 +116,41 @@ class Master:
 
     async def on_event(self, message: Message) -> None:
         if isinstance(message, LoginSuccess):
-            await on_login_success(self.updates, message)
+            ok = await on_login_success(self.updates, message)
+            if message.session_id:
+                await record_session(
+                    self.redis, self.settings, message.session_id,
+                    status="success" if ok else "refused",
+                    platform_user_id=message.platform_user_id,
+                )  # fmt: skip
+        elif isinstance(message, LoginQrCode | LoginProgress | LoginFailed):
+            await on_login_event(self.redis, self.settings, message)
         elif isinstance(message, TaskStatusEvent):
             log.info(
-                "worker %s: account %s task %s (version %d)%s",
+                "worker %s: account %s task %s (version %d)%s%s",
                 message.worker_id,
                 message.account_id,
                 message.state,
                 message.config_version,
                 f": {message.error}" if message.error else "",
+                f" [{message.detail}]" if message.detail else "",
             )
         else:
             log.warning("master %s: unexpected %s on the event stream", self.id, message.type)
+
+    async def on_batch(self, message: Message) -> None:
+        if not isinstance(message, CrawlBatch):
+            log.warning("master %s: unexpected %s on the ingest stream", self.id, message.type)
+            return
+        added = await self.items.store(message)
+        if any(added.values()):
+            log.info(
+                "account %s: %d new comment(s), %d new DM(s) from worker %s",
+                message.account_id,
+                added.get("comment", 0),
+                added.get("dm", 0),
+                message.worker_id,
+            )
 
     async def sweep(self) -> None:
         """Retry the pending updates whose deadline passed; record the last failures."""

@@ -91,3 +91,6 @@ class TaskRunner:
             running.task.state = "stopped"
             log.info("account %s: task stopped", account_id)
             self.on_state(running.task)
+            if self._tg is not None:
+                # free what the platform holds for it (its browser context)
+                self._tg.start_soon(running.task.platform.release, account_id)

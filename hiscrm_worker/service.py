@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from redis.asyncio import Redis
 
 from hiscrm_bus import __version__
@@ -28,16 +28,18 @@ from hiscrm_bus.errors import InvalidAccountConfig
 from hiscrm_bus.messages import (
     AccountConfigUpdate,
     AccountConfigUpdateAck,
+    CrawlBatch,
+    LoginRequest,
     Message,
     utcnow,
 )
-from hiscrm_bus.messages import (
-    TaskStatus as TaskStatusEvent,
-)
+from hiscrm_bus.messages import TaskStatus as TaskStatusEvent
 from hiscrm_bus.streams import append, append_many
 from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
 
-from .platforms import make_platforms
+from .browser import BrowserPool, check_chromium
+from .login import LoginRunner
+from .platforms import BROWSER_PLATFORMS, CrawledItem, build_platforms
 from .runner import TaskRunner
 from .settings import WorkerSettings
 from .task import MonitorTask
@@ -63,8 +65,13 @@ class Worker:
         self.keys = settings.keys
         self.store = AccountStore(redis, self.keys)
         self.registry = WorkerRegistry(redis, self.keys)
-        self.platforms = make_platforms(settings.platforms)
-        self.runner = TaskRunner(self.platforms, self._on_task_state)
+        chromium = settings.chromium
+        if BROWSER_PLATFORMS & set(settings.platforms):
+            chromium = check_chromium(chromium)
+        self.pool = BrowserPool(chromium, settings.data_dir, self._on_recover)
+        self.platforms = build_platforms(settings.platforms, self.pool, settings.sandbox_url)
+        self.runner = TaskRunner(self.platforms, self._on_task_state, self._on_items)
+        self.logins = LoginRunner(self)
         self.subscription = ControlSubscription(
             settings, self.id, self.handle, self.reconcile, DeadLetters(redis, settings)
         )
@@ -73,15 +80,18 @@ class Worker:
         self.applied: dict[str, int] = {}
         self.rejected: dict[str, int] = {}
         self._locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
-        self._events_out, self._events_in = anyio.create_memory_object_stream[TaskStatusEvent](1000)
+        # events and crawl batches to send, in order, by one sender task
+        self._out, self._out_in = anyio.create_memory_object_stream[tuple[str, Message]](1000)
         self.started_at = utcnow()
         self.reconciles = 0
+        self.tg: TaskGroup | None = None
 
     # lifecycle
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         log.info("worker %s starting (platforms %s)", self.id, ",".join(self.platforms))
         async with anyio.create_task_group() as tg:
+            self.tg = tg
             await tg.start(self.runner.run)
             await self.heartbeat()
             tg.start_soon(self._heartbeat_loop, name="heartbeat")
@@ -97,7 +107,8 @@ class Worker:
                     for account_id in self.runner.ids():
                         self.runner.stop(account_id)
                     await self._safe(self.heartbeat())
-                    log.info("worker %s stopped", self.id)
+                await self.pool.close()
+                log.info("worker %s stopped", self.id)
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -136,6 +147,9 @@ class Worker:
     async def handle(self, message: Message) -> None:
         if isinstance(message, AccountConfigUpdate):
             await self.on_config_update(message)
+        elif isinstance(message, LoginRequest):
+            if self.tg is not None:
+                self.tg.start_soon(self.logins.run, message, name=f"login:{message.account_id}")
         else:
             log.warning("worker %s: ignoring unexpected %s", self.id, message.type)
 
@@ -248,9 +262,16 @@ class Worker:
         acks = [self._ack_message(account_id, result) for account_id, result in results]
         await append_many(self.redis, self.keys.acks, acks, self.settings.stream_maxlen)
 
-    # task status events
+    # outgoing events and crawl batches
 
-    def _on_task_state(self, task: MonitorTask) -> None:
+    def send(self, stream: str, message: Message) -> None:
+        """Queue a message for the events or ingest stream without waiting."""
+        try:
+            self._out.send_nowait((stream, message))
+        except anyio.WouldBlock:
+            log.warning("worker %s: outgoing queue full; dropped a %s", self.id, message.type)
+
+    def _on_task_state(self, task: MonitorTask, detail: str | None = None) -> None:
         event = TaskStatusEvent(
             sender=self.id,
             account_id=task.account_id,
@@ -258,20 +279,32 @@ class Worker:
             state=task.state,
             config_version=task.config.config_version,
             error=task.error,
+            detail=detail,
         )
-        try:
-            self._events_out.send_nowait(event)
-        except anyio.WouldBlock:
-            log.warning("worker %s: event queue full; dropped a task status", self.id)
+        self.send(self.keys.events, event)
+
+    def _on_recover(self, account_id: str, what: str) -> None:
+        task = self.runner.get(account_id)
+        if task is not None:
+            self._on_task_state(task, what)
+
+    def _on_items(self, task: MonitorTask, items: list[CrawledItem]) -> None:
+        batch = CrawlBatch(
+            sender=self.id, account_id=task.account_id, worker_id=self.id, items=tuple(items)
+        )
+        self.send(self.keys.ingest, batch)
 
     async def _event_sender(self) -> None:
-        async with self._events_in:
-            async for event in self._events_in:
-                try:
-                    await append(self.redis, self.keys.events, event, self.settings.stream_maxlen)
-                except RECOVERABLE as exc:
-                    # the heartbeat carries the same state; an event is only a fast path
-                    log.warning("worker %s: could not send task status (%s)", self.id, exc)
+        async with self._out_in:
+            async for stream, message in self._out_in:
+                while True:
+                    try:
+                        await append(self.redis, stream, message, self.settings.stream_maxlen)
+                        break
+                    except RECOVERABLE as exc:
+                        # crawled items must not be lost to a Redis blip: hold and retry
+                        log.warning("worker %s: could not send %s (%s)", self.id, message.type, exc)
+                        await anyio.sleep(self.settings.backoff_max_s)
 
     def task(self, account_id: str) -> MonitorTask | None:
         return self.runner.get(account_id)

@@ -14,12 +14,15 @@ from hiscrm_bus.settings import BusSettings
 class WorkerSettings(BusSettings):
     worker_id: str = Field(default_factory=socket.gethostname, pattern=ID_PATTERN)
     capacity: int = Field(50, ge=0, le=10_000)
-    platforms: tuple[str, ...] = ("sandbox", "douyin")
+    platforms: tuple[str, ...] = ("sandbox", "douyin", "synthetic")
     heartbeat_interval_s: float = Field(2.0, gt=0)
     heartbeat_ttl_s: float = Field(10.0, gt=0)
     # anti-entropy: compare applied versions with the hashes this often
     reconcile_interval_s: float = Field(30.0, gt=0)
+    # per-account browser sessions (mode 0600) and Chromium's own files
     data_dir: Path = Path("var/worker")
+    chromium: str = "/usr/bin/chromium"
+    sandbox_url: str = "http://127.0.0.1:8765"
 
     @model_validator(mode="after")
     def _ttl_outlives_interval(self) -> WorkerSettings:

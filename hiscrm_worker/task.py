@@ -12,11 +12,11 @@ from hiscrm_bus.accounts import MISSING_USER_ID, AccountConfig
 from hiscrm_bus.messages import TaskState, utcnow
 from hiscrm_bus.workers import TaskReport
 
-from .platforms import CrawlItem, Platform, PlatformError
+from .platforms import CrawledItem, Platform, PlatformError
 
 log = logging.getLogger(__name__)
 StateListener = Callable[["MonitorTask"], None]
-ItemSink = Callable[[list[CrawlItem]], None]
+ItemSink = Callable[["MonitorTask", list[CrawledItem]], None]
 
 
 class MonitorTask:
@@ -98,7 +98,7 @@ class MonitorTask:
 
     async def _crawl(self, config: AccountConfig) -> None:
         try:
-            items: list[CrawlItem] = []
+            items: list[CrawledItem] = []
             if config.crawl_comments:
                 items += await self.platform.fetch_comments(config)
             if config.crawl_dms:
@@ -114,5 +114,5 @@ class MonitorTask:
         self.items += len(items)
         self.last_crawl_at = utcnow()
         if items and self.on_items is not None:
-            self.on_items(items)
+            self.on_items(self, items)
         self._set_state("running")

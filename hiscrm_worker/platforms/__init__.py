@@ -2,35 +2,47 @@
 
 from __future__ import annotations
 
-from .base import CrawlItem, Platform, PlatformError
-from .sandbox import SandboxPlatform
+from ..browser import BrowserPool
+from .base import (
+    CrawledItem,
+    LoginFailedError,
+    LoginReporter,
+    LoginResult,
+    Platform,
+    PlatformError,
+)
 
-__all__ = ["CrawlItem", "Platform", "PlatformError", "SandboxPlatform", "make_platforms"]
+__all__ = [
+    "BROWSER_PLATFORMS",
+    "KNOWN",
+    "CrawledItem",
+    "LoginFailedError",
+    "LoginReporter",
+    "LoginResult",
+    "Platform",
+    "PlatformError",
+    "build_platforms",
+]
+KNOWN = ("sandbox", "douyin", "synthetic")
+BROWSER_PLATFORMS = frozenset({"sandbox", "douyin"})
 
 
-def make_platforms(names: tuple[str, ...]) -> dict[str, Platform]:
+def build_platforms(
+    names: tuple[str, ...], pool: BrowserPool, sandbox_url: str
+) -> dict[str, Platform]:
     """The platforms this worker supports. Unknown names are refused at start-up."""
-    known: dict[str, type[SandboxPlatform]] = {"sandbox": SandboxPlatform}
+    from .douyin import DouyinPlatform
+    from .sandbox import SandboxPlatform
+    from .synthetic import SyntheticPlatform
+
     out: dict[str, Platform] = {}
     for name in names:
-        if name == "douyin":
-            # the browser-driven douyin platform lands with the browser issue; until
-            # then a douyin account reports a clear task error instead of crawling
-            out[name] = UnavailablePlatform(name, "the douyin browser platform is not built yet")
-        elif name in known:
-            out[name] = known[name]()
+        if name == "sandbox":
+            out[name] = SandboxPlatform(pool, sandbox_url)
+        elif name == "douyin":
+            out[name] = DouyinPlatform(pool)
+        elif name == "synthetic":
+            out[name] = SyntheticPlatform()
         else:
-            raise PlatformError(f"unknown platform {name!r} (known: sandbox, douyin)")
+            raise PlatformError(f"unknown platform {name!r} (known: {', '.join(KNOWN)})")
     return out
-
-
-class UnavailablePlatform:
-    def __init__(self, name: str, why: str) -> None:
-        self.name = name
-        self.why = why
-
-    async def fetch_comments(self, account: object) -> list[CrawlItem]:
-        raise PlatformError(self.why)
-
-    async def fetch_dms(self, account: object) -> list[CrawlItem]:
-        raise PlatformError(self.why)

@@ -1,45 +1,144 @@
-"""The sandbox platform without a browser: it produces generated comments and messages.
-
-A real Platform implementation (not a branch in the task runner), so the whole
-hot-update path runs offline. The browser-driven sandbox site replaces its internals
-when the browser issue lands; its contract stays.
-"""
+"""The sandbox platform: the shipped sandbox site (``hiscrm sandbox serve``) driven in
+a real headless Chromium, exactly as a real platform would be."""
 
 from __future__ import annotations
 
-import itertools
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from playwright.async_api import Error as PlaywrightError
+from playwright.async_api import Page
 
 from hiscrm_bus.accounts import AccountConfig
-from hiscrm_bus.messages import utcnow
+from hiscrm_bus.messages import CrawledItem
 
-from .base import CrawlItem, PlatformError
+from ..browser import BrowserPool
+from .base import LoginFailedError, LoginReporter, LoginResult, PlatformError
+
+log = logging.getLogger(__name__)
+
+# what this platform reads from the site's pages (hiscrm_sandbox/pages.py)
+QR = "#qr"
+_CHANGED = """([state, src]) => {
+  if (location.pathname === '/profile') return true;
+  const s = document.querySelector('#status'), q = document.querySelector('#qr');
+  if (!s || !q) return false;
+  const loaded = q.complete && q.naturalWidth > 0;
+  return s.dataset.state !== state || (loaded && q.getAttribute('src') !== src);
+}"""
+_SNAPSHOT = """() => {
+  const s = document.querySelector('#status'), q = document.querySelector('#qr');
+  return {path: location.pathname, state: s ? s.dataset.state : '',
+          src: q ? (q.getAttribute('src') || '') : '', refresh: q ? +(q.dataset.refresh || 0) : 0};
+}"""
+_FETCH_JSON = """async (path) => {
+  const r = await fetch(path, {credentials: 'same-origin'});
+  return {status: r.status, body: await r.json()};
+}"""
+
+
+def _navigating(exc: PlaywrightError) -> bool:
+    text = exc.message.lower()
+    return "context was destroyed" in text or "navigat" in text
 
 
 class SandboxPlatform:
     name = "sandbox"
 
-    def __init__(self) -> None:
-        self._counters: dict[str, itertools.count[int]] = {}
+    def __init__(self, pool: BrowserPool, base_url: str) -> None:
+        self.pool = pool
+        self.base_url = base_url.rstrip("/")
+        self._seen: dict[tuple[str, str], int] = {}
 
-    def _next(self, account: AccountConfig) -> int:
-        return next(self._counters.setdefault(account.id, itertools.count(1)))
+    async def login(self, account: AccountConfig, reporter: LoginReporter) -> LoginResult:
+        ctx = await self.pool.context(account.id, account.proxy)
+        page = await ctx.new_page()
+        try:
+            await self._goto(page, "/login")
+            await reporter.progress("page_opened")
+            state, src = "", ""
+            while True:
+                try:
+                    await page.wait_for_function(_CHANGED, arg=[state, src], timeout=0, polling=100)
+                    snap = await page.evaluate(_SNAPSHOT)
+                except PlaywrightError as exc:
+                    if _navigating(exc):
+                        continue  # the page moved on (to the profile) while we looked
+                    raise
+                if snap["path"] == "/profile":
+                    break
+                if snap["state"] == "failed":
+                    raise LoginFailedError("expired", "the QR code expired too many times")
+                if snap["src"] != src and snap["state"] in ("pending", "scanned"):
+                    await reporter.qr(await page.locator(QR).screenshot(), snap["refresh"])
+                if snap["state"] == "scanned" and state != "scanned":
+                    await reporter.progress("scanned")
+                state, src = snap["state"], snap["src"]
+            result = await page.evaluate(_FETCH_JSON, "/api/profile/self")
+            user = (result.get("body") or {}).get("user") or {}
+            if result.get("status") != 200 or not user.get("uid"):
+                raise LoginFailedError("error", f"profile after login: HTTP {result.get('status')}")
+            await self.pool.save_state(account.id)
+            info = {k: user[k] for k in ("sec_uid", "nickname", "unique_id") if k in user}
+            return LoginResult(str(user["uid"]), info)
+        except PlaywrightError as exc:
+            raise LoginFailedError("error", f"browser: {exc.message.splitlines()[0]}") from exc
+        finally:
+            if not page.is_closed():
+                await page.close()
 
-    async def fetch_comments(self, account: AccountConfig) -> list[CrawlItem]:
-        if not account.platform_user_id:
-            raise PlatformError("sandbox: not logged in")
-        n = self._next(account)
-        return [
-            CrawlItem(
-                kind="comment",
-                item_id=f"{account.platform_user_id}-c{n}",
-                account_id=account.id,
-                text=f"generated comment {n}",
-                author="sandbox-fan",
-                created_at=utcnow(),
+    async def _goto(self, page: Page, path: str) -> None:
+        try:
+            await page.goto(self.base_url + path, timeout=15_000)
+        except PlaywrightError as exc:
+            raise PlatformError(
+                f"sandbox site unreachable at {self.base_url}: {exc.message.splitlines()[0]}"
+            ) from exc
+
+    async def _fetch(self, account: AccountConfig, kind: str) -> list[CrawledItem]:
+        """Open the page and take the items from the response the page itself receives."""
+        page = await self.pool.page(account.id, account.proxy)
+        try:
+            async with page.expect_response(
+                lambda r: r.url.split("?")[0].endswith(f"/api/{kind}"), timeout=15_000
+            ) as info:
+                await self._goto(page, f"/{kind}")
+            response = await info.value
+            if response.status == 401:
+                raise PlatformError(
+                    f"sandbox session of {account.id} is not logged in: "
+                    f"run `hiscrm login {account.id}`"
+                )
+            doc: dict[str, Any] = await response.json()
+        except PlaywrightError as exc:
+            raise PlatformError(f"sandbox {kind}: {exc.message.splitlines()[0]}") from exc
+        seen = self._seen.get((account.id, kind), 0)
+        items, newest = [], seen
+        for raw in doc.get(kind, []):
+            seq = int(raw.get("seq", 0))
+            if seq <= seen:
+                continue
+            newest = max(newest, seq)
+            items.append(
+                CrawledItem(
+                    kind="comment" if kind == "comments" else "dm",
+                    item_id=str(raw["id"]),
+                    text=str(raw.get("text", "")),
+                    author=str(raw.get("author", "")),
+                    created_at=datetime.fromtimestamp(int(raw["create_time"]), UTC),
+                )
             )
-        ]
+        self._seen[(account.id, kind)] = newest
+        return items
 
-    async def fetch_dms(self, account: AccountConfig) -> list[CrawlItem]:
-        if not account.platform_user_id:
-            raise PlatformError("sandbox: not logged in")
-        return []
+    async def fetch_comments(self, account: AccountConfig) -> list[CrawledItem]:
+        return await self._fetch(account, "comments")
+
+    async def fetch_dms(self, account: AccountConfig) -> list[CrawledItem]:
+        return await self._fetch(account, "dms")
+
+    async def release(self, account_id: str) -> None:
+        for kind in ("comments", "dms"):
+            self._seen.pop((account_id, kind), None)
+        await self.pool.release(account_id)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 def _add(stack: Stack, account_id: str, worker: str = "w1") -> None:
     stack.cli(
-        "account", "add", account_id, "--platform", "sandbox", "--worker", worker,
+        "account", "add", account_id, "--platform", "synthetic", "--worker", worker,
         "--interval", "0.2", check=True,
     )  # fmt: skip
 

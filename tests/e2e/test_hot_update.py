@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 def _add(stack: Stack, account_id: str, worker: str = "w1", interval: str = "0.2") -> None:
     stack.cli(
-        "account", "add", account_id, "--platform", "sandbox", "--worker", worker,
+        "account", "add", account_id, "--platform", "synthetic", "--worker", worker,
         "--interval", interval, check=True,
     )  # fmt: skip
 
@@ -212,7 +212,7 @@ def test_dead_worker_accounts_move_to_a_live_worker(stack: Stack) -> None:
 def test_unassigned_account_gets_a_worker_and_reassignment_moves_the_task(stack: Stack) -> None:
     stack.master()
     stack.worker("w1")
-    stack.cli("account", "add", "acc-1", "--platform", "sandbox", check=True)
+    stack.cli("account", "add", "acc-1", "--platform", "synthetic", check=True)
     wait_for(lambda: stack.account("acc-1").get("worker_id") == "w1", what="assignment")
     stack.wait_task("w1", "acc-1", "waiting_login")
     stack.worker("w2")

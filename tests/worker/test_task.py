@@ -9,7 +9,7 @@ import pytest
 
 from hiscrm_bus.accounts import MISSING_USER_ID, AccountConfig
 from hiscrm_bus.messages import utcnow
-from hiscrm_worker.platforms import CrawlItem, PlatformError
+from hiscrm_worker.platforms import CrawledItem, PlatformError
 from hiscrm_worker.runner import TaskRunner
 from hiscrm_worker.task import MonitorTask
 
@@ -23,18 +23,27 @@ class RecordingPlatform:
         self.crawls: list[AccountConfig] = []
         self.crawled = anyio.Event()
         self.fail_with: str | None = None
+        self.released: list[str] = []
+        self.released_event = anyio.Event()
 
-    async def fetch_comments(self, account: AccountConfig) -> list[CrawlItem]:
+    async def fetch_comments(self, account: AccountConfig) -> list[CrawledItem]:
         self.crawls.append(account)
         self.crawled.set()
         self.crawled = anyio.Event()
         if self.fail_with:
             raise PlatformError(self.fail_with)
-        item = CrawlItem("comment", f"c{len(self.crawls)}", account.id, "hi", "fan", utcnow())
-        return [item]
+        n = len(self.crawls)
+        return [CrawledItem(kind="comment", item_id=f"c{n}", text="hi", created_at=utcnow())]
 
-    async def fetch_dms(self, account: AccountConfig) -> list[CrawlItem]:
+    async def fetch_dms(self, account: AccountConfig) -> list[CrawledItem]:
         return []
+
+    async def login(self, account: AccountConfig, reporter: object) -> object:
+        raise PlatformError("no login here")
+
+    async def release(self, account_id: str) -> None:
+        self.released.append(account_id)
+        self.released_event.set()
 
 
 class States:
@@ -125,6 +134,9 @@ async def test_stop_cancels_the_task(runner) -> None:
     await states.wait_for(task, "running")
     r.stop("acc-1")
     assert "acc-1" not in r
+    with anyio.fail_after(5):  # released by a task the runner started
+        await platform.released_event.wait()
+    assert platform.released == ["acc-1"]
     assert task.state == "stopped"
     count = len(platform.crawls)
     with anyio.move_on_after(0.3):

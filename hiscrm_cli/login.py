@@ -1,0 +1,127 @@
+"""``hiscrm login ACCOUNT``: a QR login followed from request to the worker's ACK."""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+
+from hiscrm_bus.connection import call
+from hiscrm_bus.messages import (
+    LoginFailed,
+    LoginProgress,
+    LoginQrCode,
+    LoginSuccess,
+    Message,
+    decode,
+)
+from hiscrm_bus.streams import last_entry_id
+from hiscrm_master.login import LoginUnavailable, start_login
+from hiscrm_master.settings import MasterSettings
+from hiscrm_master.updates import Updates
+
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    RedisUrl,
+    build,
+    console,
+    fail,
+    redis_client,
+    run,
+)
+from .qrview import qr_to_text
+
+SENDER = "cli"
+
+
+def login(
+    account_id: Annotated[str, typer.Argument(metavar="ACCOUNT")],
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds the login may take.")] = 120.0,
+    qr_dir: Annotated[Path, typer.Option(help="Where the QR code PNGs are saved.")] = Path(
+        "var/qr"
+    ),
+    redis_url: RedisUrl = None,
+) -> None:
+    """Log an account in with a QR code: shows the code, follows the scan, and waits
+    until the worker applied the new platform_user_id."""
+    settings = build(MasterSettings, redis_url=redis_url, master_id=SENDER)
+
+    async def main() -> int:
+        async with redis_client(settings) as redis:
+            updates = Updates(redis, settings, SENDER)
+            version = (await updates.store.get(account_id)).config_version
+            events_from = await last_entry_id(redis, settings.keys.events)
+            outcomes_from = await updates.tracker.last_outcome_id()
+            try:
+                request = await start_login(redis, settings, account_id, timeout, SENDER)
+            except LoginUnavailable as exc:
+                fail(str(exc), EXIT_USAGE)
+            started = time.monotonic()
+            console.print(f"login {request.session_id} for {account_id}: waiting for the worker…")
+            result: Message | None = None
+            # the worker ends every session itself; the margin covers the event's trip
+            with anyio.move_on_after(timeout + 15), console.status("waiting for a scan…"):
+                result = await _follow(redis, settings.keys.events, events_from,
+                                       request.session_id, account_id, qr_dir)  # fmt: skip
+            if result is None:
+                console.print("[red]timed out[/red]: the worker reported no end to the login")
+                return EXIT_TIMEOUT
+            if isinstance(result, LoginFailed):
+                console.print(f"[red]login failed[/red] ({result.reason}): {result.error}")
+                return EXIT_TIMEOUT if result.reason == "timeout" else EXIT_FAILED
+            assert isinstance(result, LoginSuccess)
+            console.print(f"[green]logged in[/green]: platform_user_id {result.platform_user_id}")
+            with console.status("waiting for the worker to apply it…"):
+                outcome = await updates.tracker.wait_account_outcome(
+                    account_id, version, outcomes_from, 30
+                )
+            if outcome is None:
+                console.print("timed out waiting for the config update's outcome")
+                return EXIT_TIMEOUT
+            console.print(
+                f"config update {outcome.status}: version {outcome.version} by worker "
+                f"{outcome.worker_id} in {outcome.latency_ms} ms "
+                f"(login took {time.monotonic() - started:.1f}s)"
+            )
+            return EXIT_OK if outcome.status == "applied" else EXIT_FAILED
+
+    raise typer.Exit(run(main))
+
+
+async def _follow(
+    redis: Any, stream: str, after: str, session_id: str, account_id: str, qr_dir: Path
+) -> Message | None:
+    cursor = after
+    while True:
+        reply: Any = await call(redis.xread({stream: cursor}, count=100, block=1000))
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                cursor = entry_id
+                message = decode(fields.get(b"msg", b""))
+                if getattr(message, "session_id", None) != session_id:
+                    continue
+                if isinstance(message, LoginQrCode):
+                    _show_qr(message, account_id, qr_dir)
+                elif isinstance(message, LoginProgress):
+                    console.print(f"login: {message.status.replace('_', ' ')}")
+                elif isinstance(message, LoginSuccess | LoginFailed):
+                    return message
+
+
+def _show_qr(message: LoginQrCode, account_id: str, qr_dir: Path) -> None:
+    png = base64.b64decode(message.png_b64)
+    qr_dir.mkdir(parents=True, exist_ok=True)
+    path = qr_dir / f"{account_id}-{message.session_id[:8]}-{message.refresh}.png"
+    path.write_bytes(png)
+    what = "QR code" if message.refresh == 0 else f"QR code refreshed ({message.refresh})"
+    console.print(f"{what}: saved to {path}; scan it with the app")
+    text = qr_to_text(png)
+    if text and console.is_terminal:
+        console.print(text, highlight=False)

@@ -1,0 +1,60 @@
+"""Draw a QR code PNG in the terminal with half-block characters."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+
+def qr_to_text(png: bytes) -> str | None:
+    """The QR code as text (two module rows per line), or None if it cannot be read."""
+    try:
+        img = Image.open(io.BytesIO(png)).convert("L")
+    except (OSError, ValueError):
+        return None
+    width, height = img.size
+    px = img.load()
+    if px is None:
+        return None
+
+    def dark(x: int, y: int) -> bool:
+        value = px[x, y]
+        return (value if isinstance(value, int | float) else value[0]) < 128
+
+    box = img.point(lambda v: 255 if v < 128 else 0).getbbox()
+    if box is None:
+        return None
+    left, top, right, bottom = box
+    # the top-left finder pattern is 7 modules wide: its first dark run gives the module size
+    run = 0
+    while left + run < right and dark(left + run, top):
+        run += 1
+    if run < 7:
+        return None
+    cols = round((right - left) / (run / 7))
+    rows = round((bottom - top) / (run / 7))
+    module = (right - left) / max(cols, 1)
+    if not (21 <= cols <= 177 and abs(cols - rows) <= 1):
+        return None
+
+    def cell(c: int, r: int) -> bool:
+        if r >= rows:
+            return False
+        x = min(int(left + (c + 0.5) * module), width - 1)
+        y = min(int(top + (r + 0.5) * module), height - 1)
+        return dark(x, y)
+
+    quiet = 2
+    lines = []
+    for r in range(-quiet, rows + quiet, 2):
+        line = []
+        for c in range(-quiet, cols + quiet):
+            inside = 0 <= c < cols
+            upper = inside and 0 <= r < rows and cell(c, r)
+            lower = inside and 0 <= r + 1 < rows and cell(c, r + 1)
+            # light modules are drawn, dark ones left blank: readable on dark terminals
+            line.append({(False, False): "█", (True, False): "▄", (False, True): "▀"}.get(
+                (upper, lower), " "))  # fmt: skip
+        lines.append("".join(line))
+    return "\n".join(lines)

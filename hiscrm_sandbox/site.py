@@ -1,0 +1,169 @@
+"""The sandbox site's HTTP server (stdlib ``http.server``, loopback by default)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from http import HTTPStatus
+from http.cookies import SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import qrcode
+from qrcode.image.pure import PyPNGImage
+
+from . import pages
+from .state import SiteState
+
+log = logging.getLogger(__name__)
+COOKIE = "sandbox_session"
+
+
+def qr_png(data: str) -> bytes:
+    out = io.BytesIO()
+    qrcode.make(data, image_factory=PyPNGImage, box_size=6, border=2).save(out)
+    return out.getvalue()
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: SandboxServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    # plumbing
+
+    def _send(
+        self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, doc: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(doc).encode(), "application/json", headers)
+
+    def _html(self, body: str) -> None:
+        self._send(200, body.encode(), "text/html; charset=utf-8")
+
+    def _body(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        if not length:
+            return {}
+        try:
+            doc = json.loads(self.rfile.read(length))
+        except ValueError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def _user(self) -> dict[str, Any] | None:
+        cookie = SimpleCookie(self.headers.get("Cookie", ""))
+        morsel = cookie.get(COOKIE)
+        return self.server.state.user_of(morsel.value if morsel else None)
+
+    # routes
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        path, query = url.path, parse_qs(url.query)
+        state = self.server.state
+        if path in ("/", "/login"):
+            self._html(pages.LOGIN)
+        elif m := re.fullmatch(r"/api/qr/([\w-]+)\.png", path):
+            self._send(200, qr_png(f"{self.server.base_url}/scan?token={m[1]}"), "image/png")
+        elif m := re.fullmatch(r"/api/qr/([\w-]+)/status", path):
+            login = state.qr_status(m[1])
+            if login is None:
+                self._json(404, {"error": "unknown code"})
+                return
+            headers = {}
+            if login.status == "confirmed" and login.session_id:
+                headers["Set-Cookie"] = f"{COOKIE}={login.session_id}; Path=/; HttpOnly"
+            self._json(200, {"status": login.status, "refresh": login.refresh}, headers)
+        elif path == "/api/profile/self":
+            user = self._user()
+            if user is None:
+                self._json(401, {"status_code": 8, "status_msg": "not logged in"})
+            else:
+                self._json(200, {"status_code": 0, "user": user})
+        elif path in ("/profile", "/comments", "/dms"):
+            if self._user() is None:
+                self._send(302, b"", "text/plain", {"Location": "/login"})
+            else:
+                self._html(pages.PAGES[path])
+        elif path in ("/api/comments", "/api/dms"):
+            user = self._user()
+            if user is None:
+                self._json(401, {"status_code": 8, "status_msg": "not logged in"})
+                return
+            kind = path.rsplit("/", 1)[1]
+            limit = int((query.get("limit") or ["50"])[0])
+            self._json(200, {"status_code": 0, kind: state.list_items(kind, user["uid"], limit)})
+        else:
+            self._json(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        state = self.server.state
+        body = self._body()
+        if path == "/api/qr/new":
+            login = state.new_qr(body.get("previous"))
+            if login is None:
+                self._json(410, {"error": "too many refreshes"})
+            else:
+                self._json(200, {"token": login.token, "refresh": login.refresh,
+                                 "expires_in": state.qr_ttl_s})  # fmt: skip
+        elif path == "/api/scan":
+            user_id = str(body.get("user_id") or "").strip()
+            if not user_id:
+                self._json(400, {"error": "user_id is required"})
+                return
+            login = state.scan(
+                user_id, str(body.get("nickname") or ""), body.get("token"),
+                bool(body.get("confirm", True)),
+            )  # fmt: skip
+            if login is None:
+                self._json(404, {"error": "no login is waiting for a scan"})
+            else:
+                self._json(200, {"token": login.token, "status": login.status})
+        elif path in ("/api/comments", "/api/dms"):
+            user_id = str(body.get("user_id") or "").strip()
+            text = str(body.get("text") or "")
+            if not user_id or not text:
+                self._json(400, {"error": "user_id and text are required"})
+                return
+            kind = path.rsplit("/", 1)[1]
+            item = state.add_item(kind, user_id, text, str(body.get("author") or "fan"))
+            self._json(201, item)
+        else:
+            self._json(404, {"error": "not found"})
+
+
+class SandboxServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, state: SiteState) -> None:
+        super().__init__((host, port), Handler)
+        self.state = state
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+
+def serve(host: str, port: int, qr_ttl_s: float, max_refresh: int) -> SandboxServer:
+    """A bound server; call ``serve_forever()`` on it."""
+    return SandboxServer(host, port, SiteState(qr_ttl_s=qr_ttl_s, max_refresh=max_refresh))
+
+
+__all__ = ["HTTPStatus", "SandboxServer", "serve"]

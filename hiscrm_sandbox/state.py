@@ -1,0 +1,107 @@
+"""The sandbox site's state: users, QR logins, browser sessions, comments and DMs."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+QrStatus = Literal["pending", "scanned", "confirmed", "expired"]
+
+
+@dataclass
+class QrLogin:
+    token: str
+    created: float
+    expires_at: float
+    refresh: int
+    status: QrStatus = "pending"
+    user_id: str | None = None
+    session_id: str | None = None
+
+
+@dataclass
+class SiteState:
+    qr_ttl_s: float = 60.0
+    max_refresh: int = 3
+    logins: dict[str, QrLogin] = field(default_factory=dict)
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sessions: dict[str, str] = field(default_factory=dict)
+    items: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def new_qr(self, previous: str | None = None) -> QrLogin | None:
+        """A fresh QR login; a refresh of ``previous`` counts against ``max_refresh``."""
+        with self.lock:
+            refresh = 0
+            if previous is not None and previous in self.logins:
+                refresh = self.logins[previous].refresh + 1
+                if refresh > self.max_refresh:
+                    return None
+            now = time.time()
+            login = QrLogin(secrets.token_urlsafe(12), now, now + self.qr_ttl_s, refresh)
+            self.logins[login.token] = login
+            return login
+
+    def qr_status(self, token: str) -> QrLogin | None:
+        with self.lock:
+            login = self.logins.get(token)
+            if login and login.status in ("pending", "scanned") and time.time() > login.expires_at:
+                login.status = "expired"
+            return login
+
+    def scan(self, user_id: str, nickname: str, token: str | None, confirm: bool) -> QrLogin | None:
+        """What a phone does: scan the newest pending code (or ``token``), then confirm."""
+        with self.lock:
+            now = time.time()
+            pending = [
+                lg
+                for lg in self.logins.values()
+                if lg.status in ("pending", "scanned") and now <= lg.expires_at
+                and (token is None or lg.token == token)
+            ]  # fmt: skip
+            if not pending:
+                return None
+            login = max(pending, key=lambda lg: lg.created)
+            login.user_id = user_id
+            login.status = "scanned"
+            self.users.setdefault(
+                user_id,
+                {
+                    "uid": user_id,
+                    "sec_uid": f"MS4wLjABAAAA{user_id}",
+                    "nickname": nickname or f"user{user_id}",
+                    "unique_id": f"dy{user_id}",
+                },
+            )
+            if confirm:
+                login.status = "confirmed"
+                login.session_id = secrets.token_urlsafe(16)
+                self.sessions[login.session_id] = user_id
+            return login
+
+    def user_of(self, session_id: str | None) -> dict[str, Any] | None:
+        with self.lock:
+            uid = self.sessions.get(session_id or "")
+            return self.users.get(uid) if uid else None
+
+    def add_item(self, kind: str, user_id: str, text: str, author: str) -> dict[str, Any]:
+        with self.lock:
+            n = next(self._ids)
+            item = {
+                "id": f"{kind[0]}{n}",
+                "text": text,
+                "author": author,
+                "create_time": int(time.time()),
+                "seq": n,
+            }
+            self.items.setdefault((kind, user_id), []).append(item)
+            return item
+
+    def list_items(self, kind: str, user_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(reversed(self.items.get((kind, user_id), [])[-limit:]))

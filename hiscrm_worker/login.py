@@ -1,0 +1,136 @@
+"""QR logins on the worker: open the platform's login page, report the QR code and the
+progress to the Master, and end in a login success or a login-failed event, never a
+hung session. Only the platform user id and public profile leave the worker; the
+browser session is saved to its data directory."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import TYPE_CHECKING, Literal
+
+import anyio
+
+from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig
+from hiscrm_bus.messages import LoginFailed, LoginProgress, LoginQrCode, LoginRequest, LoginSuccess
+
+from .platforms import LoginFailedError, PlatformError
+
+if TYPE_CHECKING:
+    from .service import Worker
+
+log = logging.getLogger(__name__)
+FailReason = Literal["expired", "timeout", "error", "busy", "unsupported"]
+
+
+class _Reporter:
+    def __init__(self, worker: Worker, request: LoginRequest) -> None:
+        self.worker = worker
+        self.request = request
+
+    async def qr(self, png: bytes, refresh: int) -> None:
+        log.info(
+            "login %s for %s: QR code %s",
+            self.request.session_id,
+            self.request.account_id,
+            "shown" if refresh == 0 else f"refreshed ({refresh})",
+        )
+        self.worker.send(
+            self.worker.keys.events,
+            LoginQrCode(
+                sender=self.worker.id,
+                session_id=self.request.session_id,
+                account_id=self.request.account_id,
+                worker_id=self.worker.id,
+                png_b64=base64.b64encode(png).decode(),
+                refresh=refresh,
+            ),
+        )
+
+    async def progress(self, status: Literal["page_opened", "scanned"]) -> None:
+        log.info("login %s for %s: %s", self.request.session_id, self.request.account_id, status)
+        self.worker.send(
+            self.worker.keys.events,
+            LoginProgress(
+                sender=self.worker.id,
+                session_id=self.request.session_id,
+                account_id=self.request.account_id,
+                worker_id=self.worker.id,
+                status=status,
+            ),
+        )
+
+
+class LoginRunner:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.active: set[str] = set()
+
+    async def run(self, request: LoginRequest) -> None:
+        account_id = request.account_id
+        if account_id in self.active:
+            self._failed(request, "busy", "a login for this account is already running")
+            return
+        self.active.add(account_id)
+        try:
+            await self._run(request)
+        finally:
+            self.active.discard(account_id)
+
+    async def _run(self, request: LoginRequest) -> None:
+        worker = self.worker
+        try:
+            account = await worker.store.get(request.account_id)
+        except (AccountNotFound, InvalidAccountConfig) as exc:
+            self._failed(request, "error", str(exc))
+            return
+        platform = worker.platforms.get(account.platform)
+        if account.worker_id != worker.id or platform is None:
+            self._failed(request, "error", f"account {account.id} is not run by worker {worker.id}")
+            return
+        log.info("login %s for %s: opening the %s login page", request.session_id, account.id,
+                 account.platform)  # fmt: skip
+        try:
+            with anyio.fail_after(request.timeout_s):
+                result = await platform.login(account, _Reporter(worker, request))
+        except TimeoutError:
+            self._failed(request, "timeout", f"no login within {request.timeout_s:g}s")
+            return
+        except LoginFailedError as exc:
+            self._failed(request, exc.reason, str(exc))
+            return
+        except PlatformError as exc:
+            self._failed(request, "error", str(exc))
+            return
+        except Exception as exc:
+            log.exception("login %s for %s crashed", request.session_id, account.id)
+            self._failed(request, "error", f"{type(exc).__name__}: {exc}")
+            return
+        log.info("login %s for %s: logged in as %s", request.session_id, account.id,
+                 result.platform_user_id)  # fmt: skip
+        worker.send(
+            worker.keys.events,
+            LoginSuccess(
+                sender=worker.id,
+                account_id=account.id,
+                worker_id=worker.id,
+                platform_user_id=result.platform_user_id,
+                user_info=result.user_info,
+                session_id=request.session_id,
+            ),
+        )
+
+    def _failed(self, request: LoginRequest, reason: FailReason, error: str) -> None:
+        log.warning("login %s for %s failed (%s): %s", request.session_id, request.account_id,
+                    reason, error)  # fmt: skip
+        self.worker.send(
+            self.worker.keys.events,
+            LoginFailed(
+                sender=self.worker.id,
+                session_id=request.session_id,
+                account_id=request.account_id,
+                worker_id=self.worker.id,
+                reason=reason,
+                error=error,
+            ),
+        )

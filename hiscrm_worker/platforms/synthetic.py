@@ -1,0 +1,47 @@
+"""The synthetic platform: generated comments, no browser, no site.
+
+For control-plane runs and benchmarks with many workers, where a browser per worker
+would measure Chromium rather than hiscrm. It cannot log in: give the account a
+``platform_user_id`` with ``hiscrm account login-success``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from hiscrm_bus.accounts import AccountConfig
+from hiscrm_bus.messages import CrawledItem, utcnow
+
+from .base import LoginFailedError, LoginReporter, LoginResult, PlatformError
+
+
+class SyntheticPlatform:
+    name = "synthetic"
+
+    def __init__(self) -> None:
+        self._counters: dict[str, itertools.count[int]] = {}
+
+    async def login(self, account: AccountConfig, reporter: LoginReporter) -> LoginResult:
+        raise LoginFailedError(
+            "unsupported", "the synthetic platform has no login page; use login-success"
+        )
+
+    async def fetch_comments(self, account: AccountConfig) -> list[CrawledItem]:
+        if not account.platform_user_id:
+            raise PlatformError("synthetic: not logged in")
+        n = next(self._counters.setdefault(account.id, itertools.count(1)))
+        return [
+            CrawledItem(
+                kind="comment",
+                item_id=f"{account.platform_user_id}-c{n}",
+                text=f"generated comment {n}",
+                author="synthetic-fan",
+                created_at=utcnow(),
+            )
+        ]
+
+    async def fetch_dms(self, account: AccountConfig) -> list[CrawledItem]:
+        return []
+
+    async def release(self, account_id: str) -> None:
+        self._counters.pop(account_id, None)

@@ -1,6 +1,7 @@
 # hiscrm — `make test` runs every gate; `make demo` runs the product. Both bootstrap
 # what they need on a fresh Debian machine: a venv with the project and its test deps,
-# and Debian's redis-server (installed with apt-get when run as root).
+# and Debian's redis-server and chromium (installed with apt-get when run as root;
+# Playwright drives Debian's Chromium, it never downloads a browser).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -18,13 +19,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
+SYSTEM_PACKAGES := redis-server:redis-server chromium:chromium
+
 system-deps:
-	@if ! command -v redis-server >/dev/null 2>&1; then \
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  bin=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$bin >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing redis-server with apt-get"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	    echo "installing$$missing with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "redis-server is missing: install it (Debian: sudo apt-get install redis-server)"; exit 1; \
+	    echo "missing system packages:$$missing (Debian: sudo apt-get install$$missing)"; exit 1; \
 	  fi; \
 	fi
 

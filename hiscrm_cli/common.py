@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 
 from hiscrm_bus.connection import connect
-from hiscrm_bus.errors import BusUnavailable, ConfigurationError, HiscrmError
+from hiscrm_bus.errors import AccountNotFound, BusUnavailable, ConfigurationError, HiscrmError
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the operation ran and failed (rejected, failed, problems found)
@@ -83,6 +83,8 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
         return anyio.run(main)
     except BusUnavailable as exc:
         fail(str(exc))
+    except AccountNotFound as exc:
+        fail(str(exc), EXIT_FAILED)
     except (ConfigurationError, HiscrmError) as exc:
         fail(str(exc))
 

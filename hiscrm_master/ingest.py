@@ -3,7 +3,6 @@ capped so Redis memory stays bounded."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -105,7 +104,3 @@ class IngestStore:
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def item_json(item: CrawledItem) -> dict[str, Any]:
-    return json.loads(item.model_dump_json())  # type: ignore[no-any-return]

@@ -59,7 +59,7 @@ _LIST = """<!doctype html>
 <script>
 fetch('/api/{kind}').then(r => r.json()).then(d => {{
   const ul = document.getElementById('items');
-  for (const it of d['{kind}']) {{
+  for (const it of (d['{kind}'] || [])) {{
     const li = document.createElement('li');
     li.dataset.id = it.id; li.textContent = it.author + ': ' + it.text; ul.appendChild(li);
   }}

@@ -149,6 +149,10 @@ class Handler(BaseHTTPRequestHandler):
 class SandboxServer(ThreadingHTTPServer):
     daemon_threads = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a browser closing a connection mid-response is normal here; log, don't print
+        log.debug("connection from %s ended abruptly", client_address, exc_info=True)
+
     def __init__(self, host: str, port: int, state: SiteState) -> None:
         super().__init__((host, port), Handler)
         self.state = state

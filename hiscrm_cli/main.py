@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import account, data, login, sandbox, services
+from . import account, data, diagnose, login, sandbox, services
 from .common import setup_logging
 
 app = typer.Typer(
@@ -41,5 +41,6 @@ app.command()(services.master)
 app.command()(services.worker)
 app.command()(login.login)
 app.command()(data.data)
+app.command("diagnose")(diagnose.diagnose_command)
 app.add_typer(account.app, name="account")
 app.add_typer(sandbox.app, name="sandbox")

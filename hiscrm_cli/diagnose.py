@@ -1,0 +1,88 @@
+"""``hiscrm diagnose [ACCOUNT] [--json]``: why isn't my crawler running?"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from hiscrm_master.diagnosis import Diagnosis, Finding, diagnose
+from hiscrm_master.settings import MasterSettings
+from hiscrm_master.snapshot import collect
+
+from .common import EXIT_FAILED, EXIT_OK, RedisUrl, build, console, fail, redis_client, run
+
+
+def diagnose_command(
+    account_id: Annotated[str | None, typer.Argument(metavar="[ACCOUNT]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+    redis_url: RedisUrl = None,
+) -> None:
+    """Check accounts, workers, updates and crawling; every finding names a remedy.
+    Exit 0 when healthy, 1 when anything is a problem, 2 when Redis is unreachable."""
+    settings = build(MasterSettings, redis_url=redis_url, master_id="cli")
+
+    async def main() -> Diagnosis:
+        async with redis_client(settings) as redis:
+            snap = await collect(redis, settings, account_id)
+        if account_id and not snap.accounts:
+            fail(f"no account {account_id!r}", EXIT_FAILED)
+        return diagnose(snap)
+
+    result = run(main)
+    if as_json:
+        print(json.dumps(result.doc(), ensure_ascii=False, indent=2))
+    else:
+        render(result)
+    raise typer.Exit(EXIT_OK if result.healthy else EXIT_FAILED)
+
+
+def _style(finding: Finding) -> str:
+    return "red" if finding.severity == "problem" else "yellow"
+
+
+def render(result: Diagnosis) -> None:
+    accounts = Table(
+        "account", "worker", "login", "version", "task", "pending", "items", "last crawl",
+        title="accounts",
+    )  # fmt: skip
+    for a in result.accounts:
+        bad = any(p.severity == "problem" for p in a.problems)
+        task = (a.task_state or "-") + (f": {a.task_error}" if a.task_error else "")
+        applied = str(a.applied_version) if a.applied_version is not None else "-"
+        config = str(a.config_version) if a.config_version is not None else "?"
+        accounts.add_row(
+            f"[red]{a.id}[/red]" if bad else a.id,
+            a.worker or "-",
+            f"{a.login_status or '-'} {a.platform_user_id or ''}".strip(),
+            f"{applied}/{config}",
+            task,
+            str(len(a.pending_updates)),
+            f"{a.comments} c, {a.dms} dm",
+            (a.last_crawl_at or "never")[11:19] or "never",
+        )
+    console.print(accounts)
+    workers = Table("worker", "alive", "heartbeat age", "accounts", title="workers")
+    for w in result.workers:
+        age = w["heartbeat_age_s"]
+        workers.add_row(
+            w["id"],
+            "[green]yes[/green]" if w["alive"] else "[red]no[/red]",
+            f"{age:.1f} s" if age is not None else "-",
+            ", ".join(w["accounts"]) or "-",
+        )
+    console.print(workers)
+    findings = [(None, p) for p in result.problems] + [
+        (a.id, p) for a in result.accounts for p in a.problems
+    ]
+    if not findings:
+        console.print("[green]all green: no problem found[/green]")
+        return
+    for account, f in findings:
+        where = f"{account}: " if account else ""
+        console.print(
+            f"[{_style(f)}]{f.severity}[/{_style(f)}] {where}{f.message}", highlight=False
+        )
+        console.print(f"    → {f.remedy}", highlight=False)

@@ -1,0 +1,277 @@
+"""The rules of ``hiscrm diagnose``: pure functions over a collected Snapshot, each
+finding with a concrete remedy. Nothing here touches Redis."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from .snapshot import AccountView, Snapshot, WorkerView
+
+Severity = Literal["problem", "info"]
+MASTER_IDLE_S = 15.0  # a running Master polls its streams every second
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    message: str
+    remedy: str
+    severity: Severity = "problem"
+
+    def doc(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass
+class AccountReport:
+    id: str
+    platform: str | None
+    worker: str | None
+    login_status: str | None
+    platform_user_id: str | None
+    config_version: int | None
+    applied_version: int | None
+    task_state: str | None
+    task_error: str | None
+    pending_updates: list[dict[str, Any]]
+    comments: int
+    dms: int
+    last_crawl_at: str | None
+    problems: list[Finding] = field(default_factory=list)
+
+    def doc(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["problems"] = [p.doc() for p in self.problems]
+        return d
+
+
+@dataclass
+class Diagnosis:
+    accounts: list[AccountReport]
+    workers: list[dict[str, Any]]
+    problems: list[Finding]
+
+    @property
+    def healthy(self) -> bool:
+        return not any(
+            f.severity == "problem"
+            for f in self.problems + [p for a in self.accounts for p in a.problems]
+        )
+
+    def doc(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "accounts": [a.doc() for a in self.accounts],
+            "workers": self.workers,
+            "problems": [p.doc() for p in self.problems],
+        }
+
+
+def diagnose(snap: Snapshot) -> Diagnosis:
+    accounts = [account_report(snap, view) for view in snap.accounts]
+    return Diagnosis(accounts, worker_reports(snap), fleet_findings(snap))
+
+
+def worker_reports(snap: Snapshot) -> list[dict[str, Any]]:
+    owned: dict[str, list[str]] = {}
+    for view in snap.accounts:
+        if view.config and view.config.worker_id:
+            owned.setdefault(view.config.worker_id, []).append(view.id)
+    out = []
+    for wid, worker in sorted(snap.workers.items()):
+        out.append(
+            {
+                "id": wid,
+                "alive": worker.alive,
+                "heartbeat_age_s": _age(snap, worker),
+                "accounts": sorted(owned.get(wid, [])),
+                "platforms": list(worker.info.platforms) if worker.info else [],
+                "capacity": worker.info.capacity if worker.info else None,
+            }
+        )
+    return out
+
+
+def _age(snap: Snapshot, worker: WorkerView) -> float | None:
+    return round(snap.now - worker.last_heartbeat, 1) if worker.last_heartbeat else None
+
+
+def fleet_findings(snap: Snapshot) -> list[Finding]:
+    found = []
+    if snap.masters_idle_s is None and snap.accounts:
+        found.append(
+            Finding(
+                "no_master",
+                "no Master has ever consumed ACKs on this Redis",
+                "start one: `hiscrm master`",
+            )
+        )
+    elif snap.masters_idle_s is not None and snap.masters_idle_s > MASTER_IDLE_S:
+        found.append(
+            Finding(
+                "no_master",
+                f"no Master has read ACKs for {snap.masters_idle_s:.0f} s",
+                "start one: `hiscrm master` (updates stay pending until a Master runs)",
+            )
+        )
+    live_platforms = {p for w in snap.workers.values() if w.info for p in w.info.platforms}
+    wanted = sorted({v.config.platform for v in snap.accounts if v.config})
+    for platform in wanted:
+        if platform not in live_platforms:
+            found.append(
+                Finding(
+                    "no_worker_for_platform",
+                    f"no worker alive for platform {platform}",
+                    f"start a worker that supports {platform}: `hiscrm worker`",
+                )
+            )
+    for source, count in sorted(snap.dead_letters.items()):
+        found.append(
+            Finding(
+                "dead_letters",
+                f"{count} undecodable message(s) from {source} were dead-lettered",
+                "inspect them: `redis-cli XRANGE <prefix>deadletter - + COUNT 10`",
+                "info",
+            )
+        )
+    return found
+
+
+def account_report(snap: Snapshot, view: AccountView) -> AccountReport:
+    cfg = view.config
+    owner = cfg.worker_id if cfg else view.raw.get("worker_id")
+    worker = snap.workers.get(owner) if owner else None
+    task = worker.task(view.id) if worker else None
+    report = AccountReport(
+        id=view.id,
+        platform=cfg.platform if cfg else view.raw.get("platform"),
+        worker=owner,
+        login_status=cfg.login_status if cfg else view.raw.get("login_status"),
+        platform_user_id=cfg.platform_user_id if cfg else view.raw.get("platform_user_id"),
+        config_version=cfg.config_version if cfg else None,
+        applied_version=task.applied_version if task else None,
+        task_state=task.state if task else None,
+        task_error=task.error if task else None,
+        pending_updates=[
+            {
+                "update_id": p.update_id,
+                "version": p.version,
+                "attempts": p.attempts,
+                "age_s": round(max(0.0, snap.now - p.created_at_ms / 1000), 1),
+            }
+            for p in view.pending
+        ],
+        comments=view.stats.comments,
+        dms=view.stats.dms,
+        last_crawl_at=view.stats.last_crawl_at.isoformat() if view.stats.last_crawl_at else None,
+    )
+    report.problems = account_findings(snap, view, worker)
+    return report
+
+
+def account_findings(snap: Snapshot, view: AccountView, worker: WorkerView | None) -> list[Finding]:
+    aid = view.id
+    cfg = view.config
+    if cfg is None:
+        return [
+            Finding(
+                "invalid_config",
+                f"the stored config of {aid} does not validate: {view.invalid}",
+                f"repair it: `hiscrm account set {aid} FIELD=VALUE`",
+            )
+        ]
+    found: list[Finding] = []
+    if cfg.config_stale:
+        found.append(
+            Finding(
+                "config_stale",
+                f"an update to {aid} was given up after its last retry",
+                f"check worker {cfg.worker_id}, then send any change with "
+                f"`hiscrm account set {aid} FIELD=VALUE --wait`",
+            )
+        )
+    if cfg.worker_id is None:
+        found.append(
+            Finding(
+                "unassigned",
+                f"{aid} has no worker",
+                f"start a worker for {cfg.platform} and a Master; the Master assigns one",
+            )
+        )
+        return found
+    if worker is None or not worker.alive:
+        age = (
+            f" (last heartbeat {_age(snap, worker):.0f} s ago)"
+            if worker and worker.last_heartbeat
+            else ""
+        )
+        found.append(
+            Finding(
+                "worker_offline",
+                f"worker {cfg.worker_id} of {aid} is not alive{age}",
+                f"start it: `hiscrm worker --id {cfg.worker_id}`; a running Master moves "
+                "its accounts to a live worker once its heartbeat expires",
+            )
+        )
+        return found
+    if not cfg.enabled:
+        found.append(
+            Finding(
+                "disabled",
+                f"{aid} is disabled",
+                f"enable it: `hiscrm account set {aid} enabled=true`",
+                "info",
+            )
+        )
+        return found
+    task = worker.task(aid)
+    reconcile = snap.settings.get("reconcile_interval_s", 30.0)
+    oldest = max((snap.now - p.created_at_ms / 1000 for p in view.pending), default=0.0)
+    if task is None:
+        found.append(
+            Finding(
+                "no_task",
+                f"worker {cfg.worker_id} runs no task for {aid} yet",
+                f"it reconciles within {reconcile:.0f} s; if not, restart it",
+            )
+        )
+    elif task.applied_version < cfg.config_version:
+        behind = f" for {oldest:.0f} s" if oldest else ""
+        found.append(
+            Finding(
+                "version_behind",
+                f"worker {cfg.worker_id} has not applied version {cfg.config_version} "
+                f"of {aid}{behind} (it runs version {task.applied_version})",
+                "its control subscription may be down; it will reconcile within "
+                f"{reconcile:.0f} s, or restart it: `hiscrm worker --id {cfg.worker_id}`",
+            )
+        )
+    if not cfg.platform_user_id:
+        found.append(
+            Finding(
+                "not_logged_in",
+                f"{aid} has no platform_user_id: its crawler waits for a login",
+                f"log it in: `hiscrm login {aid}`",
+            )
+        )
+    elif task is not None and task.state == "error":
+        found.append(
+            Finding(
+                "task_error",
+                f"the task of {aid} failed: {task.error}",
+                f"if the session expired, log in again: `hiscrm login {aid}`; "
+                "else see the worker's log",
+            )
+        )
+    retried = [p for p in view.pending if p.attempts > 1]
+    if retried:
+        found.append(
+            Finding(
+                "update_retrying",
+                f"{len(retried)} update(s) to {aid} are being retried "
+                f"(attempt {max(p.attempts for p in retried)})",
+                f"worker {cfg.worker_id} is not ACKing: check its log and connection to Redis",
+            )
+        )
+    return found

@@ -1,0 +1,119 @@
+"""Everything ``hiscrm diagnose`` judges, collected from Redis in a few round trips."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from hiscrm_bus.accounts import AccountConfig, AccountStore, decode_hash, validate
+from hiscrm_bus.connection import call
+from hiscrm_bus.errors import InvalidAccountConfig
+from hiscrm_bus.pending import PendingTracker, PendingUpdate
+from hiscrm_bus.settings import BusSettings
+from hiscrm_bus.workers import TaskReport, WorkerInfo, WorkerRegistry
+
+from .ingest import CrawlStats, IngestStore
+
+
+@dataclass(frozen=True)
+class AccountView:
+    id: str
+    config: AccountConfig | None
+    raw: dict[str, Any]
+    invalid: str | None
+    pending: list[PendingUpdate]
+    stats: CrawlStats
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    id: str
+    info: WorkerInfo | None  # None: heartbeat expired
+    last_heartbeat: float  # epoch seconds
+
+    @property
+    def alive(self) -> bool:
+        return self.info is not None
+
+    def task(self, account_id: str) -> TaskReport | None:
+        return self.info.tasks.get(account_id) if self.info else None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: float  # epoch seconds, Redis' clock
+    accounts: list[AccountView]
+    workers: dict[str, WorkerView]
+    masters_idle_s: float | None  # least idle Master consumer; None: no Master ever ran
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    settings: dict[str, float] = field(default_factory=dict)
+
+
+async def collect(redis: Redis, settings: BusSettings, account_id: str | None = None) -> Snapshot:
+    keys = settings.keys
+    store = AccountStore(redis, keys)
+    tracker = PendingTracker(redis, settings)
+    ingest = IngestStore(redis, keys)
+    seconds, micros = await call(redis.time())
+    now = float(seconds) + float(micros) / 1e6
+    ids = [account_id] if account_id else await store.ids()
+    raws = await store.get_raw(ids)
+    accounts = []
+    for aid, raw in zip(ids, raws, strict=True):
+        if not raw:
+            continue
+        decoded = decode_hash(raw)
+        config, invalid = None, None
+        try:
+            config = validate(decoded)
+        except InvalidAccountConfig as exc:
+            invalid = str(exc)
+        accounts.append(
+            AccountView(
+                id=aid,
+                config=config,
+                raw=decoded,
+                invalid=invalid,
+                pending=await tracker.of_account(aid),
+                stats=await ingest.stats(aid),
+            )
+        )
+    alive, dead = await WorkerRegistry(redis, keys).all()
+    workers = {
+        w.id: WorkerView(w.id, w, w.heartbeat_at.timestamp() if w.heartbeat_at else 0.0)
+        for w in alive
+    }
+    workers.update({wid: WorkerView(wid, None, last) for wid, last in dead})
+    # owners that never registered at all
+    for view in accounts:
+        owner = view.config.worker_id if view.config else None
+        if owner and owner not in workers:
+            workers[owner] = WorkerView(owner, None, 0.0)
+    return Snapshot(
+        now=now,
+        accounts=accounts,
+        workers=workers,
+        masters_idle_s=await _masters_idle(redis, keys.acks),
+        dead_letters=await _dead_letters(redis, keys.deadletter_counts),
+        settings={
+            "ack_timeout_s": settings.ack_timeout_s,
+            "reconcile_interval_s": float(getattr(settings, "reconcile_interval_s", 30.0)),
+        },
+    )
+
+
+async def _masters_idle(redis: Redis, stream: str) -> float | None:
+    try:
+        consumers: list[dict[Any, Any]] = await call(redis.xinfo_consumers(stream, "masters"))
+    except ResponseError:
+        return None
+    idles = [float(c.get("idle", c.get(b"idle", 0))) / 1000 for c in consumers]
+    return min(idles) if idles else None
+
+
+async def _dead_letters(redis: Redis, key: str) -> dict[str, int]:
+    raw: dict[Any, Any] = await call(redis.hgetall(key))
+    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}

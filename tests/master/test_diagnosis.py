@@ -1,0 +1,120 @@
+"""The diagnose rules, case by case, on hand-built snapshots (no Redis)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hiscrm_bus.accounts import AccountConfig
+from hiscrm_bus.pending import PendingUpdate
+from hiscrm_bus.workers import TaskReport, WorkerInfo
+from hiscrm_master.diagnosis import diagnose
+from hiscrm_master.ingest import CrawlStats
+from hiscrm_master.snapshot import AccountView, Snapshot, WorkerView
+
+NOW = 1_800_000_000.0
+
+
+def account(**changes: object) -> AccountView:
+    base = dict(
+        id="acc-1", platform="douyin", worker_id="w1", platform_user_id="1864722759",
+        login_status="logged_in", config_version=3,
+    )  # fmt: skip
+    base.update(changes)
+    cfg = AccountConfig.model_validate(base)
+    return AccountView("acc-1", cfg, {}, None, [], CrawlStats(5, 1, datetime.now(UTC)))
+
+
+def worker(state: str = "running", applied: int = 3, alive: bool = True, **task: object) -> WorkerView:
+    tasks = {"acc-1": TaskReport(applied_version=applied, state=state, **task)}  # type: ignore[arg-type]
+    info = WorkerInfo(id="w1", platforms=("douyin",), tasks=tasks) if alive else None
+    return WorkerView("w1", info, NOW - 1)
+
+
+def snap(view: AccountView, *workers: WorkerView, masters_idle: float | None = 0.5) -> Snapshot:
+    return Snapshot(NOW, [view], {w.id: w for w in workers}, masters_idle,
+                    settings={"reconcile_interval_s": 30})  # fmt: skip
+
+
+def codes(s: Snapshot) -> list[str]:
+    d = diagnose(s)
+    return [p.code for p in d.problems] + [p.code for a in d.accounts for p in a.problems]
+
+
+def test_healthy_fleet_is_all_green() -> None:
+    d = diagnose(snap(account(), worker()))
+    assert d.healthy and codes(snap(account(), worker())) == []
+    doc = d.doc()
+    (a,) = doc["accounts"]
+    assert (a["config_version"], a["applied_version"], a["task_state"]) == (3, 3, "running")
+    assert (a["comments"], a["dms"]) == (5, 1)
+    assert doc["workers"][0] == {
+        "id": "w1", "alive": True, "heartbeat_age_s": 1.0, "accounts": ["acc-1"],
+        "platforms": ["douyin"], "capacity": 50,
+    }  # fmt: skip
+
+
+def test_missing_platform_user_id_says_to_log_in() -> None:
+    s = snap(account(platform_user_id=None, login_status="not_logged_in"), worker("waiting_login"))
+    d = diagnose(s)
+    (finding,) = d.accounts[0].problems
+    assert finding.code == "not_logged_in"
+    assert "hiscrm login acc-1" in finding.remedy
+    assert not d.healthy
+
+
+def test_worker_behind_the_hash_version() -> None:
+    view = account()
+    view.pending.append(PendingUpdate("u1", "acc-1", "w1", 3, "admin_update", (), 1, "pending",
+                                      int((NOW - 40) * 1000), 0))  # fmt: skip
+    (finding,) = diagnose(snap(view, worker(applied=2))).accounts[0].problems
+    assert finding.code == "version_behind"
+    assert "worker w1 has not applied version 3 of acc-1 for 40 s" in finding.message
+    assert "reconcile within 30 s" in finding.remedy
+    assert diagnose(snap(view, worker(applied=2))).accounts[0].pending_updates[0]["age_s"] == 40
+
+
+def test_dead_worker_and_no_worker_for_the_platform() -> None:
+    s = snap(account(), worker(alive=False))
+    assert codes(s) == ["no_worker_for_platform", "worker_offline"]
+    d = diagnose(s)
+    assert "no worker alive for platform douyin" in d.problems[0].message
+    assert "hiscrm worker --id w1" in d.accounts[0].problems[0].remedy
+
+
+def test_unassigned_account() -> None:
+    assert codes(snap(account(worker_id=None), worker())) == ["unassigned"]
+
+
+def test_no_master_running() -> None:
+    assert codes(snap(account(), worker(), masters_idle=120)) == ["no_master"]
+    assert codes(snap(account(), worker(), masters_idle=None)) == ["no_master"]
+
+
+def test_task_error_and_stale_config_and_retries() -> None:
+    view = account(config_stale=True)
+    view.pending.append(PendingUpdate("u1", "acc-1", "w1", 3, "admin_update", (), 3, "pending",
+                                      int(NOW * 1000), 0))  # fmt: skip
+    s = snap(view, worker("error", error="douyin: status_code 8"))
+    assert codes(s) == ["config_stale", "task_error", "update_retrying"]
+
+
+def test_disabled_account_is_information_not_a_problem() -> None:
+    d = diagnose(snap(account(enabled=False), worker("disabled")))
+    assert [p.code for p in d.accounts[0].problems] == ["disabled"]
+    assert d.healthy
+
+
+def test_invalid_stored_config() -> None:
+    view = AccountView("acc-1", None, {"platform": "douyin", "worker_id": "w1"},
+                       "monitor_interval_s='soon'", [], CrawlStats(0, 0, None))  # fmt: skip
+    d = diagnose(snap(view, worker()))
+    (finding,) = d.accounts[0].problems
+    assert finding.code == "invalid_config" and "hiscrm account set acc-1" in finding.remedy
+
+
+def test_dead_letters_are_reported_as_information() -> None:
+    s = snap(account(), worker())
+    s.dead_letters["hiscrm:acks"] = 2
+    d = diagnose(s)
+    assert [(p.code, p.severity) for p in d.problems] == [("dead_letters", "info")]
+    assert d.healthy

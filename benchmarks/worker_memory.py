@@ -71,17 +71,26 @@ def tree(pid: int) -> list[int]:
 
 def run(accounts: int, workdir: Path) -> dict[str, float]:
     port, site_port = free_port(), free_port()
-    env = dict(os.environ, HISCRM_REDIS_URL=f"redis://127.0.0.1:{port}/0",
-               HISCRM_SANDBOX_URL=f"http://127.0.0.1:{site_port}",
-               HISCRM_DATA_DIR=str(workdir / "worker"), HISCRM_HEARTBEAT_INTERVAL_S="0.5")  # fmt: skip
+    env = dict(
+        os.environ,
+        HISCRM_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+        HISCRM_SANDBOX_URL=f"http://127.0.0.1:{site_port}",
+        HISCRM_DATA_DIR=str(workdir / "worker"),
+        HISCRM_HEARTBEAT_INTERVAL_S="0.5",
+    )
     procs = [
-        subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--dir", str(workdir)],
-                         stdout=subprocess.DEVNULL),  # fmt: skip
+        subprocess.Popen(
+            ["redis-server", "--port", str(port), "--save", "", "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL,
+        ),
     ]
     r = redis.Redis(port=port, decode_responses=True)
     wait(lambda: _ping(r), what="redis")
-    procs.append(subprocess.Popen([*PY, "sandbox", "serve", "--port", str(site_port)], env=env,
-                                  stdout=subprocess.DEVNULL))  # fmt: skip
+    procs.append(
+        subprocess.Popen(
+            [*PY, "sandbox", "serve", "--port", str(site_port)], env=env, stdout=subprocess.DEVNULL
+        )
+    )
     procs.append(subprocess.Popen([*PY, "master"], env=env, stderr=subprocess.DEVNULL))
     worker = subprocess.Popen([*PY, "worker", "--id", "w1"], env=env, stderr=subprocess.DEVNULL)
     procs.append(worker)
@@ -90,24 +99,51 @@ def run(accounts: int, workdir: Path) -> dict[str, float]:
         wait(lambda: _up(f"http://127.0.0.1:{site_port}/login"), what="site")
         for n in range(accounts):
             acc = f"acc-{n}"
-            subprocess.run([*PY, "account", "add", acc, "--platform", "sandbox", "--worker",
-                            "w1", "--interval", "5"], env=env, check=True, capture_output=True)  # fmt: skip
-            login = subprocess.Popen([*PY, "login", acc, "--qr-dir", str(workdir / "qr")],
-                                     env=env, stdout=subprocess.PIPE, text=True)  # fmt: skip
+            subprocess.run(
+                [
+                    *PY,
+                    "account",
+                    "add",
+                    acc,
+                    "--platform",
+                    "sandbox",
+                    "--worker",
+                    "w1",
+                    "--interval",
+                    "5",
+                ],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            login = subprocess.Popen(
+                [*PY, "login", acc, "--qr-dir", str(workdir / "qr")],
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             assert login.stdout is not None
             for line in login.stdout:
                 if "QR code" in line:
                     break
-            subprocess.run([*PY, "sandbox", "scan", "--user-id", f"9{n:04d}"], env=env,
-                           check=True, capture_output=True)  # fmt: skip
+            subprocess.run(
+                [*PY, "sandbox", "scan", "--user-id", f"9{n:04d}"],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
             login.communicate(timeout=60)
             assert login.returncode == 0, f"login of {acc} failed"
         wait(lambda: _all_running(r, accounts), what="all tasks running")
         time.sleep(6)  # let every task crawl at least once at its 5 s interval
         pids = tree(worker.pid)
         total = sum(pss_kib(p) for p in pids)
-        return {"accounts": accounts, "processes": len(pids), "pss_mib": round(total / 1024, 1),
-                "worker_python_pss_mib": round(pss_kib(worker.pid) / 1024, 1)}  # fmt: skip
+        return {
+            "accounts": accounts,
+            "processes": len(pids),
+            "pss_mib": round(total / 1024, 1),
+            "worker_python_pss_mib": round(pss_kib(worker.pid) / 1024, 1),
+        }
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)

@@ -104,7 +104,9 @@ class StreamReader:
                 failures += 1
                 log.warning("stream %s: Redis unavailable (%s); retrying", self.stream, exc)
             except rexc.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                # a reader blocked in XREADGROUP gets UNBLOCKED when the stream key is
+                # deleted, and NOGROUP when the group is destroyed: recreate both
+                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                     raise
                 log.warning("stream %s: consumer group vanished; recreating it", self.stream)
             await anyio.sleep(self._backoff.compute(failures) if failures else 0)

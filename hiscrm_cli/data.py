@@ -44,8 +44,9 @@ def data(
             return
         table = Table("id", "created", "author", "text", title=f"{account_id}: {kind}")
         for item in items:
-            table.add_row(item.item_id, item.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                          item.author, item.text)  # fmt: skip
+            table.add_row(
+                item.item_id, item.created_at.strftime("%Y-%m-%d %H:%M:%S"), item.author, item.text
+            )
         console.print(table)
         last = stats.last_crawl_at.isoformat(timespec="seconds") if stats.last_crawl_at else "never"
         console.print(f"{stats.comments} comments, {stats.dms} DMs stored; last crawl {last}")

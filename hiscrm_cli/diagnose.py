@@ -45,9 +45,16 @@ def _style(finding: Finding) -> str:
 
 def render(result: Diagnosis) -> None:
     accounts = Table(
-        "account", "worker", "login", "version", "task", "pending", "items", "last crawl",
+        "account",
+        "worker",
+        "login",
+        "version",
+        "task",
+        "pending",
+        "items",
+        "last crawl",
         title="accounts",
-    )  # fmt: skip
+    )
     for a in result.accounts:
         bad = any(p.severity == "problem" for p in a.problems)
         task = (a.task_state or "-") + (f": {a.task_error}" if a.task_error else "")

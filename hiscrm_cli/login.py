@@ -68,8 +68,9 @@ def login(
             result: Message | None = None
             # the worker ends every session itself; the margin covers the event's trip
             with anyio.move_on_after(timeout + 15), console.status("waiting for a scan…"):
-                result = await _follow(redis, settings.keys.events, events_from,
-                                       request.session_id, account_id, qr_dir)  # fmt: skip
+                result = await _follow(
+                    redis, settings.keys.events, events_from, request.session_id, account_id, qr_dir
+                )
             if result is None:
                 console.print("[red]timed out[/red]: the worker reported no end to the login")
                 return EXIT_TIMEOUT

@@ -54,7 +54,10 @@ def qr_to_text(png: bytes) -> str | None:
             upper = inside and 0 <= r < rows and cell(c, r)
             lower = inside and 0 <= r + 1 < rows and cell(c, r + 1)
             # light modules are drawn, dark ones left blank: readable on dark terminals
-            line.append({(False, False): "█", (True, False): "▄", (False, True): "▀"}.get(
-                (upper, lower), " "))  # fmt: skip
+            line.append(
+                {(False, False): "█", (True, False): "▄", (False, True): "▀"}.get(
+                    (upper, lower), " "
+                )
+            )
         lines.append("".join(line))
     return "\n".join(lines)

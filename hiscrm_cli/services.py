@@ -20,9 +20,15 @@ def master(
     master_id: Annotated[
         str | None, typer.Option("--id", envvar="HISCRM_MASTER_ID", help="Master id.")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(envvar="HISCRM_METRICS_PORT", help="Serve Prometheus metrics on this port."),
+    ] = None,
 ) -> None:
     """Run the Master: ACKs, worker events, retries, liveness and placement."""
-    settings = build(MasterSettings, redis_url=redis_url, master_id=master_id)
+    settings = build(
+        MasterSettings, redis_url=redis_url, master_id=master_id, metrics_port=metrics_port
+    )
 
     async def main() -> None:
         async with redis_client(settings) as redis:

@@ -48,13 +48,21 @@ async def start_login(
         sender=sender, session_id=new_id(), account_id=account_id, timeout_s=timeout_s
     )
     await record_session(
-        redis, settings, request.session_id, account_id=account_id,
-        worker_id=account.worker_id, status="requested",
-    )  # fmt: skip
+        redis,
+        settings,
+        request.session_id,
+        account_id=account_id,
+        worker_id=account.worker_id,
+        status="requested",
+    )
     if not await publish(redis, settings, account.worker_id, request):
         raise LoginUnavailable(f"worker {account.worker_id} is not listening on its channel")
-    log.info("login %s for %s requested from worker %s", request.session_id, account_id,
-             account.worker_id)  # fmt: skip
+    log.info(
+        "login %s for %s requested from worker %s",
+        request.session_id,
+        account_id,
+        account.worker_id,
+    )
     return request
 
 
@@ -75,15 +83,25 @@ async def on_login_event(
     extra: dict[str, str | int] = {}
     if isinstance(event, LoginQrCode):
         status, extra = "qr_shown", {"refresh": event.refresh}
-        log.info("login %s for %s: QR code %s on worker %s", event.session_id, event.account_id,
-                 "shown" if not event.refresh else "refreshed", event.worker_id)  # fmt: skip
+        log.info(
+            "login %s for %s: QR code %s on worker %s",
+            event.session_id,
+            event.account_id,
+            "shown" if not event.refresh else "refreshed",
+            event.worker_id,
+        )
     elif isinstance(event, LoginProgress):
         status = event.status
         log.info("login %s for %s: %s", event.session_id, event.account_id, event.status)
     else:
         status, extra = "failed", {"reason": event.reason, "error": event.error}
-        log.warning("login %s for %s failed (%s): %s", event.session_id, event.account_id,
-                    event.reason, event.error)  # fmt: skip
+        log.warning(
+            "login %s for %s failed (%s): %s",
+            event.session_id,
+            event.account_id,
+            event.reason,
+            event.error,
+        )
     await record_session(redis, settings, event.session_id, status=status, **extra)
 
 

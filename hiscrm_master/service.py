@@ -36,6 +36,7 @@ from hiscrm_bus.streams import StreamReader
 from .assignment import Assigner
 from .ingest import IngestStore
 from .login import on_login_event, on_login_success, record_session
+from .metrics import MasterMetrics
 from .settings import MasterSettings
 from .updates import Updates
 
@@ -57,6 +58,7 @@ class Master:
         self.events = StreamReader(redis, settings, self.keys.events, group, self.id)
         self.ingest = StreamReader(redis, settings, self.keys.ingest, group, self.id)
         self.items = IngestStore(redis, self.keys)
+        self.metrics = MasterMetrics()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         log.info("master %s starting", self.id)
@@ -68,8 +70,25 @@ class Master:
             tg.start_soon(
                 self._every, self.settings.liveness_interval_s, self.assigner.run_once, name="live"
             )
+            if self.settings.metrics_port is not None:
+                self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+                log.info(
+                    "metrics on http://%s:%d/metrics",
+                    self.settings.metrics_host,
+                    self.settings.metrics_port,
+                )
+                tg.start_soon(
+                    self._every,
+                    self.settings.liveness_interval_s,
+                    self.refresh_metrics,
+                    name="metrics",
+                )
             log.info("master %s ready", self.id)
             task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self.metrics.close()
 
     async def _every(self, interval: float, step: Callable[[], Awaitable[object]]) -> None:
         while True:
@@ -87,6 +106,7 @@ class Master:
         closed = await self.tracker.resolve(ack)
         for update_id, status, latency_ms in closed:
             if status == "applied":
+                self.metrics.latency.observe(latency_ms / 1000)
                 log.info(
                     "update %s for account %s applied by worker %s at version %d in %d ms",
                     update_id,
@@ -114,15 +134,21 @@ class Master:
                 ack.applied_version,
             )
 
+    async def refresh_metrics(self) -> None:
+        alive, _dead = await self.assigner.registry.all()
+        self.metrics.refresh(await self.tracker.stats(), alive)
+
     async def on_event(self, message: Message) -> None:
         if isinstance(message, LoginSuccess):
             ok = await on_login_success(self.updates, message)
             if message.session_id:
                 await record_session(
-                    self.redis, self.settings, message.session_id,
+                    self.redis,
+                    self.settings,
+                    message.session_id,
                     status="success" if ok else "refused",
                     platform_user_id=message.platform_user_id,
-                )  # fmt: skip
+                )
         elif isinstance(message, LoginQrCode | LoginProgress | LoginFailed):
             await on_login_event(self.redis, self.settings, message)
         elif isinstance(message, TaskStatusEvent):

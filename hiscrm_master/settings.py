@@ -21,3 +21,6 @@ class MasterSettings(BusSettings):
     sweep_interval_s: float = Field(0.2, gt=0)
     # how often dead workers are looked for and unassigned accounts placed
     liveness_interval_s: float = Field(1.0, gt=0)
+    # Prometheus metrics (off unless a port is given)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"

@@ -118,17 +118,21 @@ class Handler(BaseHTTPRequestHandler):
             if login is None:
                 self._json(410, {"error": "too many refreshes"})
             else:
-                self._json(200, {"token": login.token, "refresh": login.refresh,
-                                 "expires_in": state.qr_ttl_s})  # fmt: skip
+                self._json(
+                    200,
+                    {"token": login.token, "refresh": login.refresh, "expires_in": state.qr_ttl_s},
+                )
         elif path == "/api/scan":
             user_id = str(body.get("user_id") or "").strip()
             if not user_id:
                 self._json(400, {"error": "user_id is required"})
                 return
             login = state.scan(
-                user_id, str(body.get("nickname") or ""), body.get("token"),
+                user_id,
+                str(body.get("nickname") or ""),
+                body.get("token"),
                 bool(body.get("confirm", True)),
-            )  # fmt: skip
+            )
             if login is None:
                 self._json(404, {"error": "no login is waiting for a scan"})
             else:

@@ -61,9 +61,10 @@ class SiteState:
             pending = [
                 lg
                 for lg in self.logins.values()
-                if lg.status in ("pending", "scanned") and now <= lg.expires_at
+                if lg.status in ("pending", "scanned")
+                and now <= lg.expires_at
                 and (token is None or lg.token == token)
-            ]  # fmt: skip
+            ]
             if not pending:
                 return None
             login = max(pending, key=lambda lg: lg.created)

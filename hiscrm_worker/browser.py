@@ -123,8 +123,11 @@ class BrowserPool:
         ctx.on("close", lambda c: self._on_context_closed(account_id, c))
         self._contexts[account_id] = ctx
         self._proxies[account_id] = proxy
-        log.info("account %s: browser context opened%s", account_id,
-                 " from saved session" if "storage_state" in options else "")  # fmt: skip
+        log.info(
+            "account %s: browser context opened%s",
+            account_id,
+            " from saved session" if "storage_state" in options else "",
+        )
         return ctx
 
     def _on_context_closed(self, account_id: str, ctx: BrowserContext) -> None:

@@ -88,8 +88,12 @@ class LoginRunner:
         if account.worker_id != worker.id or platform is None:
             self._failed(request, "error", f"account {account.id} is not run by worker {worker.id}")
             return
-        log.info("login %s for %s: opening the %s login page", request.session_id, account.id,
-                 account.platform)  # fmt: skip
+        log.info(
+            "login %s for %s: opening the %s login page",
+            request.session_id,
+            account.id,
+            account.platform,
+        )
         try:
             with anyio.fail_after(request.timeout_s):
                 result = await platform.login(account, _Reporter(worker, request))
@@ -106,8 +110,12 @@ class LoginRunner:
             log.exception("login %s for %s crashed", request.session_id, account.id)
             self._failed(request, "error", f"{type(exc).__name__}: {exc}")
             return
-        log.info("login %s for %s: logged in as %s", request.session_id, account.id,
-                 result.platform_user_id)  # fmt: skip
+        log.info(
+            "login %s for %s: logged in as %s",
+            request.session_id,
+            account.id,
+            result.platform_user_id,
+        )
         worker.send(
             worker.keys.events,
             LoginSuccess(
@@ -121,8 +129,9 @@ class LoginRunner:
         )
 
     def _failed(self, request: LoginRequest, reason: FailReason, error: str) -> None:
-        log.warning("login %s for %s failed (%s): %s", request.session_id, request.account_id,
-                    reason, error)  # fmt: skip
+        log.warning(
+            "login %s for %s failed (%s): %s", request.session_id, request.account_id, reason, error
+        )
         self.worker.send(
             self.worker.keys.events,
             LoginFailed(

@@ -26,10 +26,22 @@ def _start_site(tmp_path: Path, qr_ttl: float, max_refresh: int) -> Site:
     log = (tmp_path / f"site-{port}.log").open("ab")
     with log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hiscrm_cli", "sandbox", "serve", "--port", str(port),
-             "--qr-ttl", str(qr_ttl), "--max-refresh", str(max_refresh)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "hiscrm_cli",
+                "sandbox",
+                "serve",
+                "--port",
+                str(port),
+                "--qr-ttl",
+                str(qr_ttl),
+                "--max-refresh",
+                str(max_refresh),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:

@@ -19,10 +19,23 @@ pytestmark = pytest.mark.e2e
 
 def _login(stack: Stack, account_id: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "hiscrm_cli", "--log-level", "warning", "login", account_id,
-         "--qr-dir", str(stack.workdir / "qr"), *args],
-        env=stack.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hiscrm_cli",
+            "--log-level",
+            "warning",
+            "login",
+            account_id,
+            "--qr-dir",
+            str(stack.workdir / "qr"),
+            *args,
+        ],
+        env=stack.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _read_until(proc: subprocess.Popen[str], needle: str) -> str:
@@ -46,9 +59,17 @@ def _setup(stack: Stack, site: Site, interval: str = "0.5") -> None:
     stack.master()
     stack.worker("w1")
     stack.cli(
-        "account", "add", "acc-1", "--platform", "sandbox", "--worker", "w1",
-        "--interval", interval, check=True,
-    )  # fmt: skip
+        "account",
+        "add",
+        "acc-1",
+        "--platform",
+        "sandbox",
+        "--worker",
+        "w1",
+        "--interval",
+        interval,
+        check=True,
+    )
     stack.wait_task("w1", "acc-1", "waiting_login")
 
 
@@ -65,10 +86,23 @@ def test_qr_login_hot_reloads_the_worker_and_crawls_comments_exactly_once(
     png = next((stack.workdir / "qr").glob("acc-1-*.png")).read_bytes()
     assert png.startswith(b"\x89PNG"), shown
     scan = subprocess.run(
-        [sys.executable, "-m", "hiscrm_cli", "sandbox", "scan", "--user-id", "1864722759",
-         "--nickname", "小王", "--url", site.url],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hiscrm_cli",
+            "sandbox",
+            "scan",
+            "--user-id",
+            "1864722759",
+            "--nickname",
+            "小王",
+            "--url",
+            site.url,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert scan.returncode == 0, scan.stdout + scan.stderr
     out, _ = login.communicate(timeout=60)
     assert login.returncode == 0, shown + out
@@ -83,10 +117,24 @@ def test_qr_login_hot_reloads_the_worker_and_crawls_comments_exactly_once(
     assert stack.procs["w1"].pid == worker_pid and stack.procs["w1"].poll() is None
 
     post = subprocess.run(
-        [sys.executable, "-m", "hiscrm_cli", "sandbox", "post-comment", "great video",
-         "--user-id", "1864722759", "--author", "fan1", "--url", site.url],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hiscrm_cli",
+            "sandbox",
+            "post-comment",
+            "great video",
+            "--user-id",
+            "1864722759",
+            "--author",
+            "fan1",
+            "--url",
+            site.url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "posted" in post.stdout
     items = wait_for(lambda: _comments(stack, "acc-1"), what="the comment in hiscrm data")
     assert [(i["text"], i["author"]) for i in items] == [("great video", "fan1")]
@@ -105,10 +153,22 @@ def test_qr_login_hot_reloads_the_worker_and_crawls_comments_exactly_once(
     stack.worker("w1")
     stack.wait_task("w1", "acc-1", "running", version=2)
     subprocess.run(
-        [sys.executable, "-m", "hiscrm_cli", "sandbox", "send-dm", "hello there",
-         "--user-id", "1864722759", "--url", site.url],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hiscrm_cli",
+            "sandbox",
+            "send-dm",
+            "hello there",
+            "--user-id",
+            "1864722759",
+            "--url",
+            site.url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     dms = wait_for(
         lambda: json.loads(stack.cli("data", "acc-1", "--kind", "dms", "--json").stdout)["items"],
         what="the DM after a restart",
@@ -157,8 +217,11 @@ def test_missing_chromium_is_one_sentence_and_exit_2(browser_stack: Stack) -> No
     result = subprocess.run(
         [sys.executable, "-m", "hiscrm_cli", "worker", "--id", "w1"],
         env=stack.env(HISCRM_CHROMIUM="/nonexistent/chromium"),
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 2
     assert "apt-get install chromium" in result.stderr
     assert "Traceback" not in result.stderr

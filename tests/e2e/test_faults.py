@@ -17,9 +17,17 @@ pytestmark = pytest.mark.e2e
 
 def _add(stack: Stack, account_id: str, worker: str = "w1") -> None:
     stack.cli(
-        "account", "add", account_id, "--platform", "synthetic", "--worker", worker,
-        "--interval", "0.2", check=True,
-    )  # fmt: skip
+        "account",
+        "add",
+        account_id,
+        "--platform",
+        "synthetic",
+        "--worker",
+        worker,
+        "--interval",
+        "0.2",
+        check=True,
+    )
 
 
 def test_unacked_update_is_retried_then_failed_and_marked_stale(stack: Stack) -> None:
@@ -50,9 +58,15 @@ def test_redis_restart_loses_no_update(own_stack: Stack, own_redis_server: Redis
     stack.wait_task("w1", "acc-1", "waiting_login")
     own_redis_server.restart()  # every connection drops; data survives (AOF)
     result = stack.cli(
-        "account", "login-success", "acc-1", "--platform-user-id", "u-1", "--wait",
-        "--timeout", "30",
-    )  # fmt: skip
+        "account",
+        "login-success",
+        "acc-1",
+        "--platform-user-id",
+        "u-1",
+        "--wait",
+        "--timeout",
+        "30",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     stack.wait_task("w1", "acc-1", "running", version=2)
     assert master.poll() is None and worker.poll() is None

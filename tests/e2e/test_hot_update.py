@@ -15,9 +15,17 @@ pytestmark = pytest.mark.e2e
 
 def _add(stack: Stack, account_id: str, worker: str = "w1", interval: str = "0.2") -> None:
     stack.cli(
-        "account", "add", account_id, "--platform", "synthetic", "--worker", worker,
-        "--interval", interval, check=True,
-    )  # fmt: skip
+        "account",
+        "add",
+        account_id,
+        "--platform",
+        "synthetic",
+        "--worker",
+        worker,
+        "--interval",
+        interval,
+        check=True,
+    )
 
 
 def test_seed_scenario_login_hot_reloads_the_running_worker(stack: Stack) -> None:
@@ -29,9 +37,17 @@ def test_seed_scenario_login_hot_reloads_the_running_worker(stack: Stack) -> Non
     assert "Account missing platform_user_id" in stack.log("w1")
 
     result = stack.cli(
-        "account", "login-success", "acc-1", "--platform-user-id", "1864722759",
-        "--user-info", '{"nickname": "小王"}', "--wait", "--timeout", "10",
-    )  # fmt: skip
+        "account",
+        "login-success",
+        "acc-1",
+        "--platform-user-id",
+        "1864722759",
+        "--user-info",
+        '{"nickname": "小王"}',
+        "--wait",
+        "--timeout",
+        "10",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "applied: version 2 by worker w1" in result.stdout
 
@@ -148,11 +164,17 @@ def test_invalid_value_behind_the_cli_is_rejected_and_old_config_kept(stack: Sta
     stack.r.hset(key, "monitor_interval_s", "soon")
     stack.r.publish(
         stack.keys.control("w1"),
-        json.dumps({
-            "type": "master:account:config_update", "sender": "tool", "update_id": "u-bad",
-            "account_id": "acc-1", "config_version": 3, "reason": "admin_update",
-        }),
-    )  # fmt: skip
+        json.dumps(
+            {
+                "type": "master:account:config_update",
+                "sender": "tool",
+                "update_id": "u-bad",
+                "account_id": "acc-1",
+                "config_version": 3,
+                "reason": "admin_update",
+            }
+        ),
+    )
     ack = wait_for(lambda: _ack_for(stack, "u-bad"), what="rejected ACK")
     assert ack["ok"] is False
     assert "monitor_interval_s" in ack["error"]

@@ -16,23 +16,30 @@ NOW = 1_800_000_000.0
 
 def account(**changes: object) -> AccountView:
     base = dict(
-        id="acc-1", platform="douyin", worker_id="w1", platform_user_id="1864722759",
-        login_status="logged_in", config_version=3,
-    )  # fmt: skip
+        id="acc-1",
+        platform="douyin",
+        worker_id="w1",
+        platform_user_id="1864722759",
+        login_status="logged_in",
+        config_version=3,
+    )
     base.update(changes)
     cfg = AccountConfig.model_validate(base)
     return AccountView("acc-1", cfg, {}, None, [], CrawlStats(5, 1, datetime.now(UTC)))
 
 
-def worker(state: str = "running", applied: int = 3, alive: bool = True, **task: object) -> WorkerView:
+def worker(
+    state: str = "running", applied: int = 3, alive: bool = True, **task: object
+) -> WorkerView:
     tasks = {"acc-1": TaskReport(applied_version=applied, state=state, **task)}  # type: ignore[arg-type]
     info = WorkerInfo(id="w1", platforms=("douyin",), tasks=tasks) if alive else None
     return WorkerView("w1", info, NOW - 1)
 
 
 def snap(view: AccountView, *workers: WorkerView, masters_idle: float | None = 0.5) -> Snapshot:
-    return Snapshot(NOW, [view], {w.id: w for w in workers}, masters_idle,
-                    settings={"reconcile_interval_s": 30})  # fmt: skip
+    return Snapshot(
+        NOW, [view], {w.id: w for w in workers}, masters_idle, settings={"reconcile_interval_s": 30}
+    )
 
 
 def codes(s: Snapshot) -> list[str]:
@@ -48,9 +55,13 @@ def test_healthy_fleet_is_all_green() -> None:
     assert (a["config_version"], a["applied_version"], a["task_state"]) == (3, 3, "running")
     assert (a["comments"], a["dms"]) == (5, 1)
     assert doc["workers"][0] == {
-        "id": "w1", "alive": True, "heartbeat_age_s": 1.0, "accounts": ["acc-1"],
-        "platforms": ["douyin"], "capacity": 50,
-    }  # fmt: skip
+        "id": "w1",
+        "alive": True,
+        "heartbeat_age_s": 1.0,
+        "accounts": ["acc-1"],
+        "platforms": ["douyin"],
+        "capacity": 50,
+    }
 
 
 def test_missing_platform_user_id_says_to_log_in() -> None:
@@ -64,8 +75,11 @@ def test_missing_platform_user_id_says_to_log_in() -> None:
 
 def test_worker_behind_the_hash_version() -> None:
     view = account()
-    view.pending.append(PendingUpdate("u1", "acc-1", "w1", 3, "admin_update", (), 1, "pending",
-                                      int((NOW - 40) * 1000), 0))  # fmt: skip
+    view.pending.append(
+        PendingUpdate(
+            "u1", "acc-1", "w1", 3, "admin_update", (), 1, "pending", int((NOW - 40) * 1000), 0
+        )
+    )
     (finding,) = diagnose(snap(view, worker(applied=2))).accounts[0].problems
     assert finding.code == "version_behind"
     assert "worker w1 has not applied version 3 of acc-1 for 40 s" in finding.message
@@ -92,8 +106,9 @@ def test_no_master_running() -> None:
 
 def test_task_error_and_stale_config_and_retries() -> None:
     view = account(config_stale=True)
-    view.pending.append(PendingUpdate("u1", "acc-1", "w1", 3, "admin_update", (), 3, "pending",
-                                      int(NOW * 1000), 0))  # fmt: skip
+    view.pending.append(
+        PendingUpdate("u1", "acc-1", "w1", 3, "admin_update", (), 3, "pending", int(NOW * 1000), 0)
+    )
     s = snap(view, worker("error", error="douyin: status_code 8"))
     assert codes(s) == ["config_stale", "task_error", "update_retrying"]
 
@@ -105,8 +120,14 @@ def test_disabled_account_is_information_not_a_problem() -> None:
 
 
 def test_invalid_stored_config() -> None:
-    view = AccountView("acc-1", None, {"platform": "douyin", "worker_id": "w1"},
-                       "monitor_interval_s='soon'", [], CrawlStats(0, 0, None))  # fmt: skip
+    view = AccountView(
+        "acc-1",
+        None,
+        {"platform": "douyin", "worker_id": "w1"},
+        "monitor_interval_s='soon'",
+        [],
+        CrawlStats(0, 0, None),
+    )
     d = diagnose(snap(view, worker()))
     (finding,) = d.accounts[0].problems
     assert finding.code == "invalid_config" and "hiscrm account set acc-1" in finding.remedy

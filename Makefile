@@ -50,7 +50,7 @@ soak: bootstrap
 	$(VENV)/bin/pytest -m soak $(PYTEST_ARGS)
 
 demo: bootstrap
-	./scripts/demo.sh
+	$(VENV)/bin/hiscrm up --demo
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache .hypothesis

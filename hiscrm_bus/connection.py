@@ -50,7 +50,9 @@ def make_client(settings: BusSettings, *, retries: bool = True) -> Redis:
         return Redis.from_url(
             settings.redis_url,
             socket_connect_timeout=settings.redis_timeout_s,
-            socket_timeout=None,
+            # every blocking read we issue blocks for at most a second or two, so a
+            # read that takes longer means a dead path, not a slow answer
+            socket_timeout=settings.redis_timeout_s,
             retry=retry,
             health_check_interval=0,
         )

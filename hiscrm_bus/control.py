@@ -88,8 +88,11 @@ class ControlSubscription:
             await anyio.sleep(self._backoff.compute(failures))
 
     async def _subscribe(self, pubsub: PubSub) -> None:
-        await call(pubsub.subscribe(self.channel))
+        # the connect itself is under the deadline too: redis-py's handshake waits for
+        # replies without a socket timeout, so a path that accepts TCP but is dead
+        # would otherwise hang here forever
         with anyio.fail_after(self.settings.ping_timeout_s + self.settings.redis_timeout_s):
+            await call(pubsub.subscribe(self.channel))
             while True:
                 reply = await call(pubsub.get_message(timeout=self.settings.ping_timeout_s))
                 if reply is not None and reply["type"] == "subscribe":

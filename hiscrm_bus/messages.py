@@ -27,6 +27,8 @@ UpdateReason = Literal[
     "removed",
     "failover",
 ]
+# versions come from Redis' 64-bit HINCRBY; anything larger is not a real version
+MAX_VERSION = 2**63 - 1
 TaskState = Literal["starting", "waiting_login", "running", "disabled", "error", "stopped"]
 
 
@@ -55,7 +57,7 @@ class AccountConfigUpdate(Envelope):
     type: Literal["master:account:config_update"] = CONFIG_UPDATE
     update_id: str = Field(min_length=1, max_length=64)
     account_id: str = Field(min_length=1, max_length=200)
-    config_version: int = Field(ge=0)
+    config_version: int = Field(ge=0, le=MAX_VERSION)
     reason: UpdateReason
     updated_fields: tuple[str, ...] = ()
     attempt: int = Field(1, ge=1)
@@ -74,8 +76,8 @@ class AccountConfigUpdateAck(Envelope):
     update_id: str = Field("", max_length=64)
     account_id: str = Field(min_length=1, max_length=200)
     worker_id: str = Field(min_length=1, max_length=200)
-    applied_version: int = Field(ge=0)
-    seen_version: int = Field(ge=0)
+    applied_version: int = Field(ge=0, le=MAX_VERSION)
+    seen_version: int = Field(ge=0, le=MAX_VERSION)
     ok: bool
     error: str | None = Field(None, max_length=2000)
     applied_at: datetime = Field(default_factory=utcnow)

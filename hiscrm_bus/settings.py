@@ -16,7 +16,7 @@ class BusSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = Field("hiscrm:", min_length=1)
     # how long a connect / command may take before Redis counts as unreachable
-    redis_timeout_s: float = Field(5.0, gt=0)
+    redis_timeout_s: float = Field(5.0, ge=2)
     # the subscriber's own liveness check on its pub/sub connection
     ping_interval_s: float = Field(5.0, gt=0)
     ping_timeout_s: float = Field(3.0, gt=0)

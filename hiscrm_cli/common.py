@@ -27,8 +27,8 @@ EXIT_TIMEOUT = 3
 
 S = TypeVar("S", bound=BaseSettings)
 T = TypeVar("T")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 RedisUrl = Annotated[
     str | None,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import account, data, diagnose, login, sandbox, services
+from . import account, data, diagnose, login, sandbox, services, up
 from .common import setup_logging
 
 app = typer.Typer(
@@ -17,19 +17,25 @@ app = typer.Typer(
 )
 
 
+SERVICES = ("master", "worker")
+
+
 @app.callback()
 def main(
+    ctx: typer.Context,
     log_level: Annotated[
-        str,
+        str | None,
         typer.Option(
             envvar="HISCRM_LOG_LEVEL",
-            help="debug, info, warning or error.",
+            help="debug, info, warning or error (default: info for services, else warning).",
         ),
-    ] = "info",
+    ] = None,
     log_format: Annotated[
         str, typer.Option(envvar="HISCRM_LOG_FORMAT", help="text or json.")
     ] = "text",
 ) -> None:
+    if log_level is None:
+        log_level = "info" if ctx.invoked_subcommand in SERVICES else "warning"
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise typer.BadParameter(f"{log_level!r} is not one of debug, info, warning, error")
     if log_format not in ("text", "json"):
@@ -42,5 +48,6 @@ app.command()(services.worker)
 app.command()(login.login)
 app.command()(data.data)
 app.command("diagnose")(diagnose.diagnose_command)
+app.command()(up.up)
 app.add_typer(account.app, name="account")
 app.add_typer(sandbox.app, name="sandbox")

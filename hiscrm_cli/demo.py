@@ -1,0 +1,192 @@
+"""The seed's scenario, played on a running stack, with a timeline as it happens:
+account added → task waiting for login → QR login → platform_user_id saved → config
+update sent → worker applied it → comments crawled → diagnose all green."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+
+from hiscrm_bus.accounts import AccountConfig
+from hiscrm_bus.connection import call
+from hiscrm_bus.messages import LoginFailed, LoginQrCode, LoginSuccess, TaskStatus, decode
+from hiscrm_bus.streams import last_entry_id
+from hiscrm_master.diagnosis import diagnose
+from hiscrm_master.ingest import IngestStore
+from hiscrm_master.login import start_login
+from hiscrm_master.settings import MasterSettings
+from hiscrm_master.snapshot import collect
+from hiscrm_master.updates import Updates
+
+from .common import EXIT_FAILED, EXIT_OK, console, redis_client
+from .qrview import qr_to_text
+
+T = TypeVar("T")
+ACCOUNT = "demo-1"
+USER_ID = "1864722759"
+SENDER = "demo"
+
+
+class Timeline:
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        console.print(f"[dim]+{time.monotonic() - self.start:6.2f}s[/dim]  {text}", highlight=False)
+
+
+async def _step(what: str, timeout_s: float, wait: Callable[[], Awaitable[T]]) -> T:
+    with console.status(what), anyio.fail_after(timeout_s):
+        return await wait()
+
+
+def _post(url: str, doc: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(doc).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+async def play(redis_url: str, site_url: str) -> int:
+    settings = MasterSettings(redis_url=redis_url, master_id=SENDER)
+    keys = settings.keys
+    say = Timeline()
+    async with redis_client(settings) as redis:
+        updates = Updates(redis, settings, SENDER)
+        events_from = await last_entry_id(redis, keys.events)
+
+        async def next_event(match: Callable[[Any], bool]) -> Any:
+            nonlocal events_from
+            while True:
+                reply: Any = await call(redis.xread({keys.events: events_from}, block=1000))
+                for _stream, entries in reply or []:
+                    for entry_id, fields in entries:
+                        events_from = entry_id
+                        message = decode(fields.get(b"msg", b""))
+                        if match(message):
+                            return message
+
+        config = AccountConfig(
+            id=ACCOUNT, platform="sandbox", name="demo shop", monitor_interval_s=2.0
+        )
+        await updates.store.create(config)
+        say(f"account {ACCOUNT} added (platform sandbox, no worker yet: the Master assigns one)")
+        status: TaskStatus = await _step(
+            "waiting for the worker to start the task…",
+            30,
+            lambda: next_event(lambda m: isinstance(m, TaskStatus) and m.account_id == ACCOUNT),
+        )
+        state = f"[yellow]{status.state}[/yellow]"
+        say(f"worker {status.worker_id} runs the task: {state} — {status.error}")
+
+        outcomes_from = await updates.tracker.last_outcome_id()
+        request = await start_login(redis, settings, ACCOUNT, 60, SENDER)
+        say(f"login {request.session_id[:8]} requested from worker {status.worker_id}")
+        qr: LoginQrCode = await _step(
+            "waiting for the QR code…",
+            60,
+            lambda: next_event(
+                lambda m: (
+                    isinstance(m, LoginQrCode | LoginFailed) and m.session_id == request.session_id
+                )
+            ),
+        )
+        if isinstance(qr, LoginFailed):
+            say(f"[red]login failed[/red]: {qr.error}")
+            return EXIT_FAILED
+        png = base64.b64decode(qr.png_b64)
+        say(f"QR code shown ({len(png)} byte PNG captured from the login page in Chromium)")
+        text = qr_to_text(png)
+        if text and console.is_terminal:
+            console.print(text, highlight=False)
+        await anyio.to_thread.run_sync(
+            _post, f"{site_url}/api/scan", {"user_id": USER_ID, "nickname": "demo shop"}
+        )
+        say(f"scanned with the (simulated) phone as user {USER_ID}")
+        done = await _step(
+            "waiting for the login to finish…",
+            60,
+            lambda: next_event(
+                lambda m: (
+                    isinstance(m, LoginSuccess | LoginFailed)
+                    and getattr(m, "session_id", "") == request.session_id
+                )
+            ),
+        )
+        if isinstance(done, LoginFailed):
+            say(f"[red]login failed[/red]: {done.error}")
+            return EXIT_FAILED
+        outcome = await _step(
+            "waiting for the worker's ACK…",
+            30,
+            lambda: updates.tracker.wait_account_outcome(ACCOUNT, 1, outcomes_from, 30),
+        )
+        saved = await updates.store.get(ACCOUNT)
+        say(
+            f"Master saved platform_user_id {saved.platform_user_id} (config_version "
+            f"{saved.config_version}) and sent master:account:config_update"
+        )
+        if outcome is None or outcome.status != "applied":
+            say(f"[red]the update was not applied[/red]: {outcome}")
+            return EXIT_FAILED
+        say(
+            f"worker {outcome.worker_id} applied version {outcome.version} without a restart "
+            f"in [green]{outcome.latency_ms} ms[/green]"
+        )
+        running: TaskStatus = await _step(
+            "waiting for the task to run…",
+            30,
+            lambda: next_event(
+                lambda m: (
+                    isinstance(m, TaskStatus) and m.account_id == ACCOUNT and m.state == "running"
+                )
+            ),
+        )
+        say(f"task [green]{running.state}[/green] at version {running.config_version}")
+
+        for n, text in enumerate(("好看！", "在哪里买？", "已关注"), 1):
+            await anyio.to_thread.run_sync(
+                _post,
+                f"{site_url}/api/comments",
+                {"user_id": USER_ID, "text": text, "author": f"fan{n}"},
+            )
+        await anyio.to_thread.run_sync(
+            _post, f"{site_url}/api/dms", {"user_id": USER_ID, "text": "在吗？", "author": "fan1"}
+        )
+        say("3 comments and a DM posted on the sandbox site")
+        store = IngestStore(redis, keys)
+
+        async def crawled() -> Any:
+            cursor = await last_entry_id(redis, keys.ingest)
+            while (stats := await store.stats(ACCOUNT)).comments < 3 or stats.dms < 1:
+                # each crawl batch the worker sends is a moment to look again
+                reply: Any = await call(redis.xread({keys.ingest: cursor}, block=1000))
+                for _stream, entries in reply or []:
+                    cursor = entries[-1][0]
+            return stats
+
+        stats = await _step("waiting for the crawler…", 30, crawled)
+        newest = await store.newest(ACCOUNT, "comments", 3)
+        say(
+            f"crawled {stats.comments} comments and {stats.dms} DM: "
+            + ", ".join(f"“{i.text}”" for i in newest)
+        )
+
+        result = diagnose(await collect(redis, settings))
+        if result.healthy:
+            say("hiscrm diagnose: [green]all green[/green]")
+            return EXIT_OK
+        for account in result.accounts:
+            for p in account.problems:
+                say(f"[red]{p.code}[/red]: {p.message}")
+        return EXIT_FAILED

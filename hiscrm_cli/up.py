@@ -1,0 +1,183 @@
+"""``hiscrm up [--demo]``: the whole stack on one machine — an embedded redis-server,
+the sandbox site, a Master and one worker — stopped cleanly, all of it, on Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import redis
+import typer
+
+from hiscrm_bus.settings import BusSettings
+
+from .common import EXIT_FAILED, EXIT_OK, console, fail, run
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalStack:
+    """Child processes, each in its own session so a stop takes its whole tree (the
+    worker's Chromium included) and a terminal's Ctrl-C reaches only ``hiscrm up``."""
+
+    def __init__(self, data_dir: Path, log_level: str) -> None:
+        self.data_dir = data_dir.resolve()
+        self.log_level = log_level
+        self.logs = self.data_dir / "logs"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.redis_port = free_port()
+        self.site_port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.site_url = f"http://127.0.0.1:{self.site_port}"
+
+    def env(self) -> dict[str, str]:
+        return dict(
+            os.environ,
+            HISCRM_REDIS_URL=self.redis_url,
+            HISCRM_SANDBOX_URL=self.site_url,
+            HISCRM_DATA_DIR=str(self.data_dir / "worker"),
+            HISCRM_HEARTBEAT_INTERVAL_S=os.environ.get("HISCRM_HEARTBEAT_INTERVAL_S", "1"),
+        )
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with (self.logs / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                args,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        (self.data_dir / "pids.json").write_text(
+            json.dumps({n: p.pid for n, p in self.procs.items()})
+        )
+
+    def _hiscrm(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "hiscrm_cli", "--log-level", self.log_level, *args]
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            fail(
+                "redis-server was not found: install it (Debian: `apt-get install "
+                "redis-server`) or run `make demo`, which does"
+            )
+        (self.data_dir / "redis").mkdir(parents=True, exist_ok=True)
+        with console.status("starting redis-server…"):
+            self._spawn(
+                "redis",
+                [
+                    binary,
+                    "--port",
+                    str(self.redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(self.data_dir / "redis"),
+                    "--appendonly",
+                    "yes",
+                    "--save",
+                    "",
+                ],
+            )
+            self._wait_ready("redis", self._redis_ready)
+        console.print(f"redis-server   {self.redis_url}  (data in {self.data_dir / 'redis'})")
+        with console.status("starting the sandbox site, the Master and a worker…"):
+            self._spawn("sandbox", self._hiscrm("sandbox", "serve", "--port", str(self.site_port)))
+            self._spawn("master", self._hiscrm("master", "--id", "master-1"))
+            self._spawn("worker", self._hiscrm("worker", "--id", "w1"))
+            self._wait_ready("worker", self._worker_ready)
+        console.print(f"sandbox site   {self.site_url}")
+        console.print(f"master, worker w1 (logs in {self.logs})")
+
+    def _wait_ready(self, name: str, ready: object, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():  # type: ignore[operator]
+            for pname, proc in self.procs.items():
+                if proc.poll() is not None:
+                    fail(
+                        f"{pname} exited with {proc.returncode}; see {self.logs / (pname + '.log')}"
+                    )
+            if time.monotonic() > deadline:
+                fail(f"{name} did not come up within {timeout:.0f}s; see {self.logs}")
+            time.sleep(0.05)  # a starting process offers nothing to wait on
+
+    def _redis_ready(self) -> bool:
+        try:
+            with redis.Redis(port=self.redis_port, socket_connect_timeout=0.2) as r:
+                return bool(r.ping())
+        except redis.RedisError:
+            return False
+
+    def _worker_ready(self) -> bool:
+        keys = BusSettings(redis_url=self.redis_url).keys
+        with redis.Redis(port=self.redis_port) as r:
+            return bool(r.exists(keys.worker("w1")))
+
+    def stop(self) -> None:
+        """SIGTERM in reverse order of start, then SIGKILL what is left of each tree."""
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                proc.terminate()
+        for name, proc in reversed(list(self.procs.items())):
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                console.print(f"{name} did not stop in time; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its children (Chromium) too
+            proc.wait()
+
+
+def up(
+    demo: Annotated[bool, typer.Option("--demo", help="Play the login scenario and exit.")] = False,
+    keep: Annotated[bool, typer.Option("--keep", help="With --demo: keep running after.")] = False,
+    data_dir: Annotated[Path, typer.Option(help="Where Redis data and logs go.")] = Path("var/up"),
+    log_level: Annotated[str, typer.Option(help="Log level of the services.")] = "info",
+) -> None:
+    """Run the whole stack on this machine until Ctrl-C (with --demo: play the seed's
+    scenario, print its timeline, and stop)."""
+    from .demo import play
+
+    stack = LocalStack(data_dir, log_level)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    code = EXIT_OK
+    try:
+        stack.start()
+        console.print(f"use it from another shell: export HISCRM_REDIS_URL={stack.redis_url}")
+        if demo:
+            code = run(lambda: play(stack.redis_url, stack.site_url))
+        if not demo or keep:
+            console.print("running; Ctrl-C stops everything")
+            while all(p.poll() is None for p in stack.procs.values()):
+                time.sleep(0.5)  # nothing to do but wait for Ctrl-C
+            crashed = [n for n, p in stack.procs.items() if p.poll() is not None]
+            console.print(f"[red]{', '.join(crashed)} exited[/red]; see {stack.logs}")
+            code = EXIT_FAILED
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    finally:
+        with console.status("stopping everything…"):
+            stack.stop()
+        console.print("stopped; no process left behind")
+    raise typer.Exit(code)

@@ -161,6 +161,7 @@ def up(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)  # even where a shell started us ignoring it
     code = EXIT_OK
     try:
         stack.start()

@@ -21,7 +21,7 @@ from hiscrm_bus.accounts import (
     validate,
 )
 from hiscrm_bus.control import publish
-from hiscrm_bus.errors import AccountExists, AccountNotFound, InvalidAccountConfig
+from hiscrm_bus.errors import AccountExists, InvalidAccountConfig
 from hiscrm_bus.messages import AccountConfigUpdate, LoginSuccess, new_id
 from hiscrm_bus.pending import Outcome
 from hiscrm_bus.streams import append
@@ -139,8 +139,6 @@ def show(
             updates = Updates(redis, settings, SENDER)
             try:
                 config = await updates.store.get(account_id)
-            except AccountNotFound as exc:
-                fail(str(exc), EXIT_FAILED)
             except InvalidAccountConfig as exc:
                 raw: dict[Any, Any] = await redis.hgetall(settings.keys.account(account_id))
                 for k, v in sorted(raw.items()):
@@ -192,10 +190,7 @@ def remove(
     async def main() -> None:
         async with redis_client(settings) as redis:
             store = AccountStore(redis, settings.keys)
-            try:
-                version, worker = await store.remove(account_id)
-            except AccountNotFound as exc:
-                fail(str(exc), EXIT_FAILED)
+            version, worker = await store.remove(account_id)
             if worker:
                 notice = AccountConfigUpdate(
                     sender=SENDER,
@@ -360,10 +355,7 @@ def login_success(
     async def main() -> int:
         async with redis_client(settings) as redis:
             updates = Updates(redis, settings, SENDER)
-            try:
-                before = await updates.store.get(account_id)
-            except AccountNotFound as exc:
-                fail(str(exc), EXIT_FAILED)
+            before = await updates.store.get(account_id)
             after = await updates.tracker.last_outcome_id()
             await append(redis, settings.keys.events, event, settings.stream_maxlen)
             console.print(f"login success for {account_id} sent to the Master")

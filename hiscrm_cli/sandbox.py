@@ -71,6 +71,11 @@ def scan(
     console.print(f"scanned login {doc['token']}: {doc['status']}")
 
 
+def _post_item(kind: str, text: str, user_id: str, author: str, url: str) -> str:
+    doc = _post(url, f"/api/{kind}", {"user_id": user_id, "text": text, "author": author})
+    return str(doc["id"])
+
+
 @app.command("post-comment")
 def post_comment(
     text: Annotated[str, typer.Argument()],
@@ -79,8 +84,7 @@ def post_comment(
     url: Url = DEFAULT_URL,
 ) -> None:
     """Post a comment on a user's content."""
-    doc = _post(url, "/api/comments", {"user_id": user_id, "text": text, "author": author})
-    console.print(f"comment {doc['id']} posted")
+    console.print(f"comment {_post_item('comments', text, user_id, author, url)} posted")
 
 
 @app.command("send-dm")
@@ -91,5 +95,4 @@ def send_dm(
     url: Url = DEFAULT_URL,
 ) -> None:
     """Send a direct message to a user."""
-    doc = _post(url, "/api/dms", {"user_id": user_id, "text": text, "author": author})
-    console.print(f"message {doc['id']} sent")
+    console.print(f"message {_post_item('dms', text, user_id, author, url)} sent")

@@ -110,6 +110,17 @@ class Stack:
             raise AssertionError(f"hiscrm {' '.join(args)} failed: {result.stdout}{result.stderr}")
         return result
 
+    def add(
+        self,
+        account_id: str,
+        worker: str | None = "w1",
+        interval: str = "0.2",
+        platform: str = "synthetic",
+    ) -> None:
+        """``hiscrm account add`` (the synthetic platform needs no browser)."""
+        args = ["account", "add", account_id, "--platform", platform, "--interval", interval]
+        self.cli(*args, *(["--worker", worker] if worker else []), check=True)
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]
         proc.send_signal(sig)

@@ -15,26 +15,11 @@ from tests.redis_server import RedisServer
 pytestmark = pytest.mark.e2e
 
 
-def _add(stack: Stack, account_id: str, worker: str = "w1") -> None:
-    stack.cli(
-        "account",
-        "add",
-        account_id,
-        "--platform",
-        "synthetic",
-        "--worker",
-        worker,
-        "--interval",
-        "0.2",
-        check=True,
-    )
-
-
 def test_unacked_update_is_retried_then_failed_and_marked_stale(stack: Stack) -> None:
     stack.extra_env.update(HISCRM_ACK_TIMEOUT_S="0.2", HISCRM_MAX_ATTEMPTS="2")
     stack.master()
     w1 = stack.worker("w1")
-    _add(stack, "acc-1")
+    stack.add("acc-1")
     stack.wait_task("w1", "acc-1", "waiting_login")
     w1.send_signal(signal.SIGSTOP)
     result = stack.cli("account", "set", "acc-1", "name=x", "--wait", "--timeout", "20")
@@ -54,7 +39,7 @@ def test_redis_restart_loses_no_update(own_stack: Stack, own_redis_server: Redis
     stack = own_stack
     master = stack.master()
     worker = stack.worker("w1")
-    _add(stack, "acc-1")
+    stack.add("acc-1")
     stack.wait_task("w1", "acc-1", "waiting_login")
     own_redis_server.restart()  # every connection drops; data survives (AOF)
     result = stack.cli(
@@ -82,7 +67,7 @@ def _fault_run(stack: Stack, rounds: int, seed: int) -> None:
     stack.worker("w1")
     accounts = [f"acc-{i}" for i in range(5)]
     for a in accounts:
-        _add(stack, a)
+        stack.add(a)
     for n in range(rounds):
         fault = rng.choice(["none", "kill-pubsub", "kill-worker", "kill-master", "stop-worker"])
         if fault == "kill-pubsub":

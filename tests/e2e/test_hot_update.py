@@ -13,25 +13,10 @@ from tests.e2e.stack import Stack, wait_for
 pytestmark = pytest.mark.e2e
 
 
-def _add(stack: Stack, account_id: str, worker: str = "w1", interval: str = "0.2") -> None:
-    stack.cli(
-        "account",
-        "add",
-        account_id,
-        "--platform",
-        "synthetic",
-        "--worker",
-        worker,
-        "--interval",
-        interval,
-        check=True,
-    )
-
-
 def test_seed_scenario_login_hot_reloads_the_running_worker(stack: Stack) -> None:
     stack.master()
     w1 = stack.worker("w1")
-    _add(stack, "acc-1")
+    stack.add("acc-1")
     task = stack.wait_task("w1", "acc-1", "waiting_login")
     assert task["error"] == MISSING_USER_ID
     assert "Account missing platform_user_id" in stack.log("w1")
@@ -70,7 +55,7 @@ def test_seed_scenario_login_hot_reloads_the_running_worker(stack: Stack) -> Non
 def test_set_wait_reports_version_worker_outcome_and_latency(stack: Stack) -> None:
     stack.master()
     stack.worker("w1")
-    _add(stack, "acc-1")
+    stack.add("acc-1")
     result = stack.cli("account", "set", "acc-1", "monitor_interval_s=5", "name=shop", "--wait")
     assert result.returncode == 0, result.stderr
     assert "version 2" in result.stdout and "worker w1" in result.stdout
@@ -82,7 +67,7 @@ def test_set_wait_reports_version_worker_outcome_and_latency(stack: Stack) -> No
     "change", ["monitor_interval_s=fast", "monitor_interval_s=-1", "colour=blue", "id=x"]
 )
 def test_bad_value_from_the_cli_is_refused_and_nothing_written(stack: Stack, change: str) -> None:
-    _add(stack, "acc-1")
+    stack.add("acc-1")
     before = stack.account("acc-1")
     result = stack.cli("account", "set", "acc-1", change, "--wait", "--timeout", "1")
     assert result.returncode == 2
@@ -101,7 +86,7 @@ def test_unreachable_redis_is_one_sentence_and_exit_2(stack: Stack) -> None:
 def test_killed_pubsub_connection_still_gets_the_update(stack: Stack) -> None:
     stack.master()
     stack.worker("w1")
-    _add(stack, "acc-1")
+    stack.add("acc-1")
     stack.wait_task("w1", "acc-1", "waiting_login")
     killed = stack.r.client_kill_filter(_type="pubsub")
     assert killed >= 1
@@ -113,7 +98,7 @@ def test_killed_pubsub_connection_still_gets_the_update(stack: Stack) -> None:
 def test_worker_sigkilled_misses_three_updates_then_converges(stack: Stack) -> None:
     stack.master()
     stack.worker("w1")
-    _add(stack, "acc-1")
+    stack.add("acc-1")
     stack.cli("account", "login-success", "acc-1", "--platform-user-id", "u-1", "--wait")
     stack.wait_task("w1", "acc-1", "running", version=2)
     stack.kill("w1")
@@ -131,7 +116,7 @@ def test_worker_sigkilled_misses_three_updates_then_converges(stack: Stack) -> N
 def test_master_sigkilled_with_updates_pending_loses_none(stack: Stack) -> None:
     stack.master()
     w1 = stack.worker("w1")
-    _add(stack, "acc-1")
+    stack.add("acc-1")
     stack.wait_task("w1", "acc-1", "waiting_login")
     w1.send_signal(signal.SIGSTOP)  # the worker hears nothing while frozen
     for name in ("a", "b", "c"):
@@ -150,7 +135,7 @@ def test_master_sigkilled_with_updates_pending_loses_none(stack: Stack) -> None:
 def test_invalid_value_behind_the_cli_is_rejected_and_old_config_kept(stack: Stack) -> None:
     stack.master()
     stack.worker("w1")
-    _add(stack, "acc-1")
+    stack.add("acc-1")
     stack.cli("account", "login-success", "acc-1", "--platform-user-id", "u-1", "--wait")
     stack.wait_task("w1", "acc-1", "running", version=2)
     # a buggy tool writes the hash directly and bumps the version, then a valid-looking
@@ -194,7 +179,7 @@ def _ack_for(stack: Stack, update_id: str) -> dict[str, object] | None:
 def test_garbage_everywhere_is_dead_lettered_and_both_processes_live_on(stack: Stack) -> None:
     master = stack.master()
     worker = stack.worker("w1")
-    _add(stack, "acc-1")
+    stack.add("acc-1")
     stack.wait_task("w1", "acc-1", "waiting_login")
     stack.r.publish(stack.keys.control("w1"), b"\xff\xfe not json")
     stack.r.xadd(stack.keys.acks, {"msg": '{"type": "master:account:config_update:ack"}'})
@@ -219,7 +204,7 @@ def test_dead_worker_accounts_move_to_a_live_worker(stack: Stack) -> None:
     stack.extra_env["HISCRM_HEARTBEAT_TTL_S"] = "1"
     stack.master()
     stack.worker("w1")
-    _add(stack, "acc-1")
+    stack.add("acc-1")
     stack.cli("account", "login-success", "acc-1", "--platform-user-id", "u", "--wait")
     stack.wait_task("w1", "acc-1", "running")
     stack.worker("w2")
@@ -247,7 +232,7 @@ def test_unassigned_account_gets_a_worker_and_reassignment_moves_the_task(stack:
 def test_enable_disable_and_interval_take_hold_at_once(stack: Stack) -> None:
     stack.master()
     stack.worker("w1")
-    _add(stack, "acc-1", interval="3600")
+    stack.add("acc-1", interval="3600")
     stack.cli("account", "login-success", "acc-1", "--platform-user-id", "u", "--wait")
     stack.wait_task("w1", "acc-1", "running", version=2)
     crawls = stack.task("w1", "acc-1")["crawls"]
@@ -265,7 +250,7 @@ def test_fleet_wide_set_tallies_per_worker(stack: Stack) -> None:
     stack.worker("w1")
     stack.worker("w2")
     for i in range(6):
-        _add(stack, f"acc-{i}", worker="w1" if i % 2 else "w2")
+        stack.add(f"acc-{i}", worker="w1" if i % 2 else "w2")
     result = stack.cli("account", "set", "--all", "crawl_dms=false", "--wait")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "6/6 outcomes" in result.stdout
@@ -282,7 +267,7 @@ def test_two_masters_share_the_work_without_loss_or_double_retry(stack: Stack) -
     stack.master("m2")
     stack.worker("w1")
     for i in range(10):
-        _add(stack, f"acc-{i}")
+        stack.add(f"acc-{i}")
     for round_ in range(3):
         result = stack.cli("account", "set", "--all", f"name=r{round_}", "--wait")
         assert result.returncode == 0, result.stdout + result.stderr
@@ -295,7 +280,7 @@ def test_two_masters_share_the_work_without_loss_or_double_retry(stack: Stack) -
 
 def test_sigterm_stops_the_worker_cleanly(stack: Stack) -> None:
     stack.worker("w1")
-    _add(stack, "acc-1")
+    stack.add("acc-1")
     stack.wait_task("w1", "acc-1", "waiting_login")
     proc = stack.procs["w1"]
     proc.send_signal(signal.SIGTERM)

@@ -13,25 +13,10 @@ from tests.redis_server import free_port
 pytestmark = pytest.mark.e2e
 
 
-def _add(stack: Stack) -> None:
-    stack.cli(
-        "account",
-        "add",
-        "acc-1",
-        "--platform",
-        "synthetic",
-        "--worker",
-        "w1",
-        "--interval",
-        "0.2",
-        check=True,
-    )
-
-
 def test_diagnose_finds_the_seed_problem_then_all_green(stack: Stack) -> None:
     stack.master()
     stack.worker("w1")
-    _add(stack)
+    stack.add("acc-1")
     stack.wait_task("w1", "acc-1", "waiting_login")
     result = stack.cli("diagnose", "--json")
     assert result.returncode == 1, result.stderr
@@ -64,7 +49,7 @@ def test_diagnose_finds_the_seed_problem_then_all_green(stack: Stack) -> None:
 def test_diagnose_names_a_dead_worker_and_an_unreachable_redis(stack: Stack) -> None:
     stack.extra_env["HISCRM_HEARTBEAT_TTL_S"] = "0.5"
     stack.worker("w1")
-    _add(stack)
+    stack.add("acc-1")
     stack.wait_task("w1", "acc-1", "waiting_login")
     stack.kill("w1")
     wait_for(lambda: not stack.r.exists(stack.keys.worker("w1")), what="heartbeat expiry")
@@ -94,7 +79,7 @@ def test_master_serves_prometheus_metrics(stack: Stack) -> None:
     port = free_port()
     stack.master(HISCRM_METRICS_PORT=str(port))
     stack.worker("w1")
-    _add(stack)
+    stack.add("acc-1")
     stack.wait_task("w1", "acc-1", "waiting_login")
     stack.cli("account", "set", "acc-1", "name=x", "--wait", check=True)
 

@@ -121,3 +121,12 @@ async def test_not_logged_in_is_a_clear_platform_error(site, pool) -> None:
     account = AccountConfig(id="acc-2", platform="sandbox", platform_user_id="7")
     with pytest.raises(PlatformError, match="hiscrm login acc-2"):
         await platform.fetch_comments(account)
+
+
+async def test_hot_swaps_keep_the_context_and_a_proxy_change_reopens_it(pool) -> None:
+    browser_pool, _ = pool
+    first = await browser_pool.context("acc-1")
+    assert await browser_pool.context("acc-1") is first
+    proxied = await browser_pool.context("acc-1", proxy="http://127.0.0.1:9")
+    assert proxied is not first
+    assert await browser_pool.context("acc-1", proxy="http://127.0.0.1:9") is proxied

@@ -96,3 +96,21 @@ def test_master_serves_prometheus_metrics(stack: Stack) -> None:
     assert m["hiscrm_updates_failed_total"] == 0
     assert m["hiscrm_workers_alive"] == 1
     assert m["hiscrm_update_latency_seconds_count"] >= 1
+
+
+def test_json_logs_name_the_account_worker_and_update(stack: Stack) -> None:
+    stack.master(HISCRM_LOG_FORMAT="json")
+    stack.worker("w1", HISCRM_LOG_FORMAT="json")
+    stack.add("acc-1")
+    stack.wait_task("w1", "acc-1", "waiting_login")
+    stack.cli("account", "set", "acc-1", "name=x", "--wait", check=True)
+    update_id = stack.outcomes()[-1]["update_id"]
+    for name in ("w1", "m1"):
+        lines = [json.loads(line) for line in stack.log(name).splitlines() if line.strip()]
+        assert all({"ts", "level", "logger", "msg"} <= line.keys() for line in lines)
+    worker_msgs = [line["msg"] for line in map(json.loads, stack.log("w1").splitlines())]
+    received = [m for m in worker_msgs if m.startswith("received account config update")]
+    assert any("acc-1" in m and update_id in m for m in received)
+    assert any(m.startswith("updated account config in MonitorTask for acc-1") for m in worker_msgs)
+    master_msgs = [line["msg"] for line in map(json.loads, stack.log("m1").splitlines())]
+    assert any(update_id in m and "applied by worker w1" in m for m in master_msgs)

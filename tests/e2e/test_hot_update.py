@@ -286,3 +286,44 @@ def test_sigterm_stops_the_worker_cleanly(stack: Stack) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(5) == 0
     assert "worker w1 stopped" in stack.log("w1")
+
+
+def test_removed_account_stops_its_task(stack: Stack) -> None:
+    stack.master()
+    stack.worker("w1")
+    stack.add("acc-1")
+    stack.add("acc-2")
+    stack.wait_task("w1", "acc-1", "waiting_login")
+    result = stack.cli("account", "remove", "acc-1")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: stack.task("w1", "acc-1") is None, what="task stopped")
+    assert stack.task("w1", "acc-2") is not None
+    assert "acc-1" not in stack.cli("account", "list").stdout
+    assert stack.cli("account", "remove", "acc-1").returncode == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["account", "add", "x", "--platform", "Not A Platform"],
+        ["account", "add", "x", "--platform", "sandbox", "--interval", "-5"],
+        ["account", "add", "bad id!", "--platform", "sandbox"],
+        ["account", "set", "name=x"],
+        ["account", "set", "acc-1", "--all", "name=x"],
+        ["account", "set", "acc-1"],
+        ["account", "set", "acc-1", "justaword"],
+        ["account", "login-success", "acc-1", "--platform-user-id", "u", "--user-info", "[1]"],
+        ["data", "acc-1", "--kind", "likes"],
+        ["login", "acc-1", "--timeout", "0"],
+        ["--log-level", "loud", "account", "list"],
+    ],
+)
+def test_bad_cli_input_is_exit_2_with_one_clear_message(stack: Stack, args: list[str]) -> None:
+    stack.add("acc-1")
+    before = stack.account("acc-1")
+    result = stack.cli(*args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip()
+    assert stack.account("acc-1") == before
+    assert not stack.r.exists(stack.keys.account("x"))

@@ -387,6 +387,11 @@ class PendingTracker:
                             break
         return found
 
+    async def recent_outcomes(self, count: int = 1000) -> list[Outcome]:
+        """The newest ``count`` outcomes, newest first."""
+        entries: Any = await call(self.redis.xrevrange(self.keys.outcomes, count=count))
+        return [Outcome.from_fields(fields) for _id, fields in entries]
+
     async def wait_account_outcome(
         self, account_id: str, above_version: int, after: str, timeout_s: float
     ) -> Outcome | None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from hiscrm_master.diagnosis import Diagnosis, Finding, diagnose
+from hiscrm_master.diagnosis import AccountReport, Diagnosis, Finding, diagnose
 from hiscrm_master.settings import MasterSettings
 from hiscrm_master.snapshot import collect
 
@@ -43,6 +43,29 @@ def _style(finding: Finding) -> str:
     return "red" if finding.severity == "problem" else "yellow"
 
 
+def _details(a: AccountReport) -> None:
+    """For one account: its pending and unsuccessful updates and newest items."""
+    for p in a.pending_updates:
+        console.print(
+            f"pending update {p['update_id'][:12]}: version {p['version']}, "
+            f"attempt {p['attempts']}, {p['age_s']:.1f} s old",
+            highlight=False,
+        )
+    for u in a.unsuccessful_updates:
+        console.print(
+            f"[red]{u['status']}[/red] update {u['update_id'][:12]}: version {u['version']} "
+            f"after {u['attempts']} attempt(s): {u['error']}",
+            highlight=False,
+        )
+    for kind, items in (("comment", a.recent_comments), ("DM", a.recent_dms)):
+        for item in items:
+            console.print(
+                f"recent {kind} {item['id']} ({item['created_at'][:19]}) "
+                f"{item['author']}: {item['text']}",
+                highlight=False,
+            )
+
+
 def render(result: Diagnosis) -> None:
     accounts = Table(
         "account",
@@ -71,6 +94,8 @@ def render(result: Diagnosis) -> None:
             (a.last_crawl_at or "never")[11:19] or "never",
         )
     console.print(accounts)
+    if len(result.accounts) == 1:
+        _details(result.accounts[0])
     workers = Table("worker", "alive", "heartbeat age", "accounts", title="workers")
     for w in result.workers:
         age = w["heartbeat_age_s"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from hiscrm_bus.messages import CrawledItem
+
 from .snapshot import AccountView, Snapshot, WorkerView
 
 Severity = Literal["problem", "info"]
@@ -38,6 +40,9 @@ class AccountReport:
     comments: int
     dms: int
     last_crawl_at: str | None
+    unsuccessful_updates: list[dict[str, Any]] = field(default_factory=list)
+    recent_comments: list[dict[str, Any]] = field(default_factory=list)
+    recent_dms: list[dict[str, Any]] = field(default_factory=list)
     problems: list[Finding] = field(default_factory=list)
 
     def doc(self) -> dict[str, Any]:
@@ -165,9 +170,30 @@ def account_report(snap: Snapshot, view: AccountView) -> AccountReport:
         comments=view.stats.comments,
         dms=view.stats.dms,
         last_crawl_at=view.stats.last_crawl_at.isoformat() if view.stats.last_crawl_at else None,
+        unsuccessful_updates=[
+            {
+                "update_id": o.update_id,
+                "version": o.version,
+                "status": o.status,
+                "attempts": o.attempts,
+                "error": o.error,
+            }
+            for o in view.unsuccessful
+        ],
+        recent_comments=[_item(i) for i in view.recent_comments],
+        recent_dms=[_item(i) for i in view.recent_dms],
     )
     report.problems = account_findings(snap, view, worker)
     return report
+
+
+def _item(item: CrawledItem) -> dict[str, Any]:
+    return {
+        "id": item.item_id,
+        "created_at": item.created_at.isoformat(),
+        "author": item.author,
+        "text": item.text,
+    }
 
 
 def account_findings(snap: Snapshot, view: AccountView, worker: WorkerView | None) -> list[Finding]:

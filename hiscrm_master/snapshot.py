@@ -11,11 +11,14 @@ from redis.exceptions import ResponseError
 from hiscrm_bus.accounts import AccountConfig, AccountStore, decode_hash, validate
 from hiscrm_bus.connection import call
 from hiscrm_bus.errors import InvalidAccountConfig
-from hiscrm_bus.pending import PendingTracker, PendingUpdate
+from hiscrm_bus.messages import CrawledItem
+from hiscrm_bus.pending import Outcome, PendingTracker, PendingUpdate
 from hiscrm_bus.settings import BusSettings
 from hiscrm_bus.workers import TaskReport, WorkerInfo, WorkerRegistry
 
 from .ingest import CrawlStats, IngestStore
+
+RECENT = 3
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,10 @@ class AccountView:
     invalid: str | None
     pending: list[PendingUpdate]
     stats: CrawlStats
+    # updates that ended badly (failed or rejected), newest first, from recent outcomes
+    unsuccessful: list[Outcome] = field(default_factory=list)
+    recent_comments: list[CrawledItem] = field(default_factory=list)
+    recent_dms: list[CrawledItem] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,10 @@ async def collect(redis: Redis, settings: BusSettings, account_id: str | None = 
     seconds, micros = await call(redis.time())
     now = float(seconds) + float(micros) / 1e6
     ids = [account_id] if account_id else await store.ids()
+    bad_outcomes: dict[str, list[Outcome]] = {}
+    for outcome in await tracker.recent_outcomes():
+        if outcome.status != "applied":
+            bad_outcomes.setdefault(outcome.account_id, []).append(outcome)
     raws = await store.get_raw(ids)
     accounts = []
     for aid, raw in zip(ids, raws, strict=True):
@@ -79,6 +90,9 @@ async def collect(redis: Redis, settings: BusSettings, account_id: str | None = 
                 invalid=invalid,
                 pending=await tracker.of_account(aid),
                 stats=await ingest.stats(aid),
+                unsuccessful=bad_outcomes.get(aid, [])[:RECENT],
+                recent_comments=await ingest.newest(aid, "comments", RECENT),
+                recent_dms=await ingest.newest(aid, "dms", RECENT),
             )
         )
     alive, dead = await WorkerRegistry(redis, keys).all()

@@ -3,6 +3,7 @@ and a mixed fault run (short here, long under `make soak`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -28,6 +29,11 @@ def test_unacked_update_is_retried_then_failed_and_marked_stale(stack: Stack) ->
     assert stack.account("acc-1")["config_stale"] == "true"
     assert int(stack.r.hget(stack.keys.stats, "retried")) >= 1
     assert "account marked config_stale" in stack.log("m1")
+    doc = json.loads(stack.cli("diagnose", "acc-1", "--json").stdout)
+    (account,) = doc["accounts"]
+    assert "config_stale" in [p["code"] for p in account["problems"]]
+    (failed,) = account["unsuccessful_updates"]
+    assert (failed["status"], failed["attempts"]) == ("failed", 2)
     # the worker comes back, catches up, and the next update clears the stale mark
     w1.send_signal(signal.SIGCONT)
     result = stack.cli("account", "set", "acc-1", "name=y", "--wait", "--timeout", "20")

@@ -42,6 +42,7 @@ def test_diagnose_finds_the_seed_problem_then_all_green(stack: Stack) -> None:
     account = doc["accounts"][0]
     assert (account["config_version"], account["applied_version"]) == (2, 2)
     assert account["platform_user_id"] == "u-1" and account["comments"] > 0
+    assert account["recent_comments"][0]["text"].startswith("generated comment")
     assert doc["workers"][0]["id"] == "w1" and doc["workers"][0]["alive"] is True
     assert "all green" in stack.cli("diagnose").stdout
 

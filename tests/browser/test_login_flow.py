@@ -85,25 +85,32 @@ def test_qr_login_hot_reloads_the_worker_and_crawls_comments_exactly_once(
     shown = _read_until(login, "QR code")
     png = next((stack.workdir / "qr").glob("acc-1-*.png")).read_bytes()
     assert png.startswith(b"\x89PNG"), shown
-    scan = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hiscrm_cli",
-            "sandbox",
-            "scan",
-            "--user-id",
-            "1864722759",
-            "--nickname",
-            "小王",
-            "--url",
-            site.url,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert scan.returncode == 0, scan.stdout + scan.stderr
+
+    def scan(*extra: str) -> None:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "hiscrm_cli",
+                "sandbox",
+                "scan",
+                "--user-id",
+                "1864722759",
+                "--nickname",
+                "小王",
+                "--url",
+                site.url,
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    scan("--no-confirm")  # the phone scanned; the user has not confirmed yet
+    shown += _read_until(login, "login: scanned")
+    scan()
     out, _ = login.communicate(timeout=60)
     assert login.returncode == 0, shown + out
     assert "platform_user_id 1864722759" in out

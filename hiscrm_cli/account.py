@@ -33,7 +33,6 @@ from .common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_TIMEOUT,
-    EXIT_USAGE,
     RedisUrl,
     build,
     console,
@@ -374,6 +373,3 @@ def login_success(
             return EXIT_OK if found.status == "applied" else EXIT_FAILED
 
     raise typer.Exit(run(main))
-
-
-__all__ = ["EXIT_USAGE", "app"]

@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import re
-from http import HTTPStatus
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -170,6 +169,3 @@ class SandboxServer(ThreadingHTTPServer):
 def serve(host: str, port: int, qr_ttl_s: float, max_refresh: int) -> SandboxServer:
     """A bound server; call ``serve_forever()`` on it."""
     return SandboxServer(host, port, SiteState(qr_ttl_s=qr_ttl_s, max_refresh=max_refresh))
-
-
-__all__ = ["HTTPStatus", "SandboxServer", "serve"]

@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from redis.asyncio import Redis
 
 from hiscrm_bus import __version__
-from hiscrm_bus.accounts import AccountConfig, AccountStore, from_hash
+from hiscrm_bus.accounts import AccountStore, from_hash
 from hiscrm_bus.connection import RECOVERABLE
 from hiscrm_bus.control import ControlSubscription
 from hiscrm_bus.deadletter import DeadLetters
@@ -93,7 +93,7 @@ class Worker:
         async with anyio.create_task_group() as tg:
             self.tg = tg
             await tg.start(self.runner.run)
-            await self.heartbeat()
+            await self._safe(self.heartbeat())
             tg.start_soon(self._heartbeat_loop, name="heartbeat")
             tg.start_soon(self._event_sender, name="events")
             await tg.start(self.subscription.run)  # first reconcile happens in here
@@ -316,6 +316,3 @@ def _version_of(raw: dict[Any, Any]) -> int:
         return int(value)
     except (TypeError, ValueError):
         return 0
-
-
-__all__ = ["AccountConfig", "Applied", "Worker"]

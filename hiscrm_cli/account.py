@@ -26,15 +26,15 @@ from hiscrm_bus.messages import AccountConfigUpdate, LoginSuccess, new_id
 from hiscrm_bus.pending import Outcome
 from hiscrm_bus.streams import append
 from hiscrm_bus.workers import WorkerRegistry
-from hiscrm_master.settings import MasterSettings
 from hiscrm_master.updates import Updates
 
 from .common import (
+    CLI_SENDER,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_TIMEOUT,
     RedisUrl,
-    build,
+    command_settings,
     console,
     fail,
     redis_client,
@@ -42,13 +42,9 @@ from .common import (
 )
 
 app = typer.Typer(help="Manage accounts and change their configuration.", no_args_is_help=True)
-SENDER = "cli"
+SENDER = CLI_SENDER
 Wait = Annotated[bool, typer.Option("--wait", help="Wait for the worker's outcome.")]
 Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait.")]
-
-
-def _settings(redis_url: str | None) -> MasterSettings:
-    return build(MasterSettings, redis_url=redis_url, master_id=SENDER)
 
 
 @app.command()
@@ -63,7 +59,7 @@ def add(
     redis_url: RedisUrl = None,
 ) -> None:
     """Add an account."""
-    settings = _settings(redis_url)
+    settings = command_settings(redis_url)
     data: dict[str, Any] = {"id": account_id, "platform": platform, "name": name}
     if worker:
         data["worker_id"] = worker
@@ -95,7 +91,7 @@ def add(
 @app.command("list")
 def list_(redis_url: RedisUrl = None) -> None:
     """List every account."""
-    settings = _settings(redis_url)
+    settings = command_settings(redis_url)
 
     async def main() -> None:
         async with redis_client(settings) as redis:
@@ -131,7 +127,7 @@ def show(
     redis_url: RedisUrl = None,
 ) -> None:
     """Show one account: its config, its pending updates and its task on the worker."""
-    settings = _settings(redis_url)
+    settings = command_settings(redis_url)
 
     async def main() -> None:
         async with redis_client(settings) as redis:
@@ -184,7 +180,7 @@ def remove(
     redis_url: RedisUrl = None,
 ) -> None:
     """Remove an account; its worker stops the task."""
-    settings = _settings(redis_url)
+    settings = command_settings(redis_url)
 
     async def main() -> None:
         async with redis_client(settings) as redis:
@@ -217,7 +213,7 @@ def set_(
     redis_url: RedisUrl = None,
 ) -> None:
     """Change fields of one account, or of a selection (--all, --platform, --worker)."""
-    settings = _settings(redis_url)
+    settings = command_settings(redis_url)
     account_id = args[0] if args and "=" not in args[0] else None
     pairs = args[1:] if account_id else args
     selectors = sum([all_, platform is not None, worker is not None, account_id is not None])
@@ -336,7 +332,7 @@ def login_success(
     redis_url: RedisUrl = None,
 ) -> None:
     """Inject a login success as a worker would send it (no browser needed)."""
-    settings = _settings(redis_url)
+    settings = command_settings(redis_url)
     try:
         info = json.loads(user_info)
     except ValueError:

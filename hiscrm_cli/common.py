@@ -19,6 +19,7 @@ from rich.console import Console
 
 from hiscrm_bus.connection import connect
 from hiscrm_bus.errors import AccountNotFound, BusUnavailable, ConfigurationError, HiscrmError
+from hiscrm_master.settings import MasterSettings
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the operation ran and failed (rejected, failed, problems found)
@@ -75,6 +76,14 @@ def build(cls: type[S], **options: Any) -> S:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "settings"
         fail(f"invalid setting {where}: {first['msg']}")
+
+
+CLI_SENDER = "cli"  # the sender name of what operator commands write
+
+
+def command_settings(redis_url: str | None) -> MasterSettings:
+    """Settings of a one-shot operator command (it acts on the Master's behalf)."""
+    return build(MasterSettings, redis_url=redis_url, master_id=CLI_SENDER)
 
 
 def run(main: Callable[[], Awaitable[T]]) -> T:

@@ -9,9 +9,8 @@ import typer
 from rich.table import Table
 
 from hiscrm_master.ingest import KINDS, IngestStore
-from hiscrm_master.settings import MasterSettings
 
-from .common import RedisUrl, build, console, fail, redis_client, run
+from .common import RedisUrl, command_settings, console, fail, redis_client, run
 
 
 def data(
@@ -24,7 +23,7 @@ def data(
     """List the newest crawled items of an account."""
     if kind not in KINDS:
         fail(f"--kind must be one of {', '.join(KINDS)}")
-    settings = build(MasterSettings, redis_url=redis_url, master_id="cli")
+    settings = command_settings(redis_url)
 
     async def main() -> None:
         async with redis_client(settings) as redis:

@@ -9,10 +9,18 @@ import typer
 from rich.table import Table
 
 from hiscrm_master.diagnosis import AccountReport, Diagnosis, Finding, diagnose
-from hiscrm_master.settings import MasterSettings
 from hiscrm_master.snapshot import collect
 
-from .common import EXIT_FAILED, EXIT_OK, RedisUrl, build, console, fail, redis_client, run
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    RedisUrl,
+    command_settings,
+    console,
+    fail,
+    redis_client,
+    run,
+)
 
 
 def diagnose_command(
@@ -22,7 +30,7 @@ def diagnose_command(
 ) -> None:
     """Check accounts, workers, updates and crawling; every finding names a remedy.
     Exit 0 when healthy, 1 when anything is a problem, 2 when Redis is unreachable."""
-    settings = build(MasterSettings, redis_url=redis_url, master_id="cli")
+    settings = command_settings(redis_url)
 
     async def main() -> Diagnosis:
         async with redis_client(settings) as redis:

@@ -21,16 +21,16 @@ from hiscrm_bus.messages import (
 )
 from hiscrm_bus.streams import last_entry_id
 from hiscrm_master.login import LoginUnavailable, start_login
-from hiscrm_master.settings import MasterSettings
 from hiscrm_master.updates import Updates
 
 from .common import (
+    CLI_SENDER,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_TIMEOUT,
     EXIT_USAGE,
     RedisUrl,
-    build,
+    command_settings,
     console,
     fail,
     redis_client,
@@ -38,7 +38,7 @@ from .common import (
 )
 from .qrview import qr_to_text
 
-SENDER = "cli"
+SENDER = CLI_SENDER
 
 
 def login(
@@ -51,7 +51,7 @@ def login(
 ) -> None:
     """Log an account in with a QR code: shows the code, follows the scan, and waits
     until the worker applied the new platform_user_id."""
-    settings = build(MasterSettings, redis_url=redis_url, master_id=SENDER)
+    settings = command_settings(redis_url)
 
     async def main() -> int:
         async with redis_client(settings) as redis:

@@ -54,3 +54,11 @@ demo: bootstrap
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache .hypothesis
+
+# DESIGN.md §7: delivery latency, throughput across 100 workers, reconcile of 10,000
+# accounts and Celery's broadcast, each beside the raw Redis floor measured in the same
+# run; prints a table and updates benchmarks/RESULTS.md. BENCH_ARGS for longer runs.
+.PHONY: bench
+BENCH_ARGS ?=
+bench: bootstrap
+	$(PY) benchmarks/delivery.py $(BENCH_ARGS)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import anyio
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from .connection import call
 from .messages import AccountConfigUpdate, AccountConfigUpdateAck, dumps
@@ -33,6 +34,7 @@ OUTCOME_TTL_S = 7 * 24 * 3600
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 """
 
 # KEYS: pending, account pending index, update hash, stats
@@ -43,7 +45,8 @@ _RECORD = (
 local deadline = now + tonumber(ARGV[7])
 redis.call('HSET', KEYS[3], 'update_id', ARGV[1], 'account_id', ARGV[2], 'worker_id', ARGV[3],
   'version', ARGV[4], 'reason', ARGV[5], 'fields', ARGV[6], 'attempts', 1,
-  'created_at_ms', now, 'deadline_ms', deadline, 'status', 'pending', 'sender', ARGV[8])
+  'created_at_ms', now, 'created_at_us', now_us, 'deadline_ms', deadline, 'status', 'pending',
+  'sender', ARGV[8])
 redis.call('ZADD', KEYS[1], deadline, ARGV[1])
 redis.call('ZADD', KEYS[2], tonumber(ARGV[4]), ARGV[1])
 redis.call('HINCRBY', KEYS[4], 'sent', 1)
@@ -53,9 +56,10 @@ return now
 
 # Shared by resolve and sweep: close one update with an outcome.
 _CLOSE = """
-local function close(id, key, status, err, now, outcomes, stats, maxlen, ttl)
-  local created = tonumber(redis.call('HGET', key, 'created_at_ms') or now)
-  local latency = now - created
+local function close(id, key, status, err, now_us, outcomes, stats, maxlen, ttl)
+  local now = math.floor(now_us / 1000)
+  local created = tonumber(redis.call('HGET', key, 'created_at_us') or now_us)
+  local latency = string.format('%.3f', (now_us - created) / 1000)
   local h = redis.call('HMGET', key, 'account_id', 'worker_id', 'version', 'attempts', 'reason')
   redis.call('HSET', key, 'status', status, 'outcome_at_ms', now, 'latency_ms', latency,
     'error', err)
@@ -69,7 +73,7 @@ local function close(id, key, status, err, now, outcomes, stats, maxlen, ttl)
 end
 """
 
-# KEYS: pending, account pending index, outcomes, stats
+# KEYS: pending, account pending index, outcomes, stats, account hash
 # ARGV: version, ok, error, update key head, update key tail, worker_id, maxlen, ttl
 _RESOLVE = (
     _NOW
@@ -84,10 +88,13 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])) do
   if owner == false or owner == ARGV[6] then
     redis.call('ZREM', KEYS[2], id)
     if redis.call('ZREM', KEYS[1], id) == 1 then
-      table.insert(out, close(id, key, status, ARGV[3], now, KEYS[3], KEYS[4], ARGV[7], ARGV[8]))
+      local c = close(id, key, status, ARGV[3], now_us, KEYS[3], KEYS[4], ARGV[7], ARGV[8])
+      table.insert(out, c)
     end
   end
 end
+-- an applied update ends the account's staleness (HDEL never creates the hash)
+if status == 'applied' and #out > 0 then redis.call('HDEL', KEYS[5], 'config_stale') end
 return out
 """
 )
@@ -111,7 +118,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0
       redis.call('ZREM', KEYS[1], id)
       redis.call('ZREM', ARGV[7] .. h[2] .. ARGV[8], id)
       local err = 'no ACK after ' .. attempts .. ' attempts'
-      local c = close(id, key, 'failed', err, now, KEYS[2], KEYS[3], ARGV[9], ARGV[10])
+      close(id, key, 'failed', err, now_us, KEYS[2], KEYS[3], ARGV[9], ARGV[10])
       table.insert(out, {id, 'failed', attempts})
     else
       attempts = attempts + 1
@@ -135,7 +142,7 @@ _CANCEL = (
     + """
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-close(ARGV[1], KEYS[3], 'failed', ARGV[2], now, KEYS[4], KEYS[5], ARGV[3], ARGV[4])
+close(ARGV[1], KEYS[3], 'failed', ARGV[2], now_us, KEYS[4], KEYS[5], ARGV[3], ARGV[4])
 return 1
 """
 )
@@ -155,7 +162,7 @@ class PendingUpdate:
     status: Status
     created_at_ms: int
     deadline_ms: int
-    latency_ms: int | None = None
+    latency_ms: float | None = None
     error: str = ""
 
     @classmethod
@@ -170,9 +177,9 @@ class PendingUpdate:
             fields=tuple(json.loads(d.get("fields", "[]"))),
             attempts=int(d.get("attempts", "1")),
             status=d.get("status", "pending"),  # type: ignore[arg-type]
-            created_at_ms=int(d.get("created_at_ms", "0")),
-            deadline_ms=int(d.get("deadline_ms", "0")),
-            latency_ms=int(d["latency_ms"]) if d.get("latency_ms") else None,
+            created_at_ms=int(float(d.get("created_at_ms", "0"))),
+            deadline_ms=int(float(d.get("deadline_ms", "0"))),
+            latency_ms=float(d["latency_ms"]) if d.get("latency_ms") else None,
             error=d.get("error", ""),
         )
 
@@ -187,7 +194,7 @@ class Outcome:
     version: int
     status: Status
     attempts: int
-    latency_ms: int
+    latency_ms: float
     error: str
     reason: str
 
@@ -201,7 +208,7 @@ class Outcome:
             version=int(d["version"]),
             status=d["status"],  # type: ignore[arg-type]
             attempts=int(d["attempts"]),
-            latency_ms=int(d["latency_ms"]),
+            latency_ms=float(d["latency_ms"]),
             error=d.get("error", ""),
             reason=d.get("reason", ""),
         )
@@ -249,39 +256,60 @@ class PendingTracker:
         keys, args = self._record_args(update, worker_id)
         await call(self._record(keys=keys, args=args))
 
-    async def record_many(self, updates: Sequence[tuple[AccountConfigUpdate, str]]) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
+    async def record_many(
+        self, updates: Sequence[tuple[AccountConfigUpdate, str]], pipe: Pipeline | None = None
+    ) -> None:
+        """Track many updates in one round trip; with ``pipe``, only queue the records
+        on it (the caller executes it, e.g. with the publishes right behind them)."""
+        if pipe is not None:
             for update, worker_id in updates:
                 keys, args = self._record_args(update, worker_id)
                 await self._record(keys=keys, args=args, client=pipe)
-            await call(pipe.execute())
+            return
+        async with self.redis.pipeline(transaction=False) as own:
+            await self.record_many(updates, own)
+            await call(own.execute())
 
-    async def resolve(self, ack: AccountConfigUpdateAck) -> list[tuple[str, Status, int]]:
+    async def resolve(self, ack: AccountConfigUpdateAck) -> list[tuple[str, Status, float]]:
         """Close every pending update of the ACK's account that it covers.
 
         Returns (update_id, status, latency_ms) for each update this call closed; an
-        update another Master closed first is not returned here.
+        update another Master closed first is not returned here. An applied update also
+        clears the account's ``config_stale`` mark.
         """
-        version = ack.applied_version if ack.ok else max(ack.seen_version, ack.applied_version)
+        (closed,) = await self.resolve_many([ack])
+        return closed
+
+    async def resolve_many(
+        self, acks: Sequence[AccountConfigUpdateAck]
+    ) -> list[list[tuple[str, Status, float]]]:
+        """:meth:`resolve` for many ACKs in one round trip, in order."""
         head, tail = self.keys.split(self.keys.update)
-        keys = [
-            self.keys.pending,
-            self.keys.account_pending(ack.account_id),
-            self.keys.outcomes,
-            self.keys.stats,
-        ]
-        args = [
-            version,
-            "1" if ack.ok else "0",
-            ack.error or "",
-            head,
-            tail,
-            ack.worker_id,
-            self.settings.stream_maxlen,
-            OUTCOME_TTL_S,
-        ]
-        reply = await call(self._resolve(keys=keys, args=args))
-        return [(_s(r[0]), _s(r[1]), int(r[2])) for r in reply]  # type: ignore[misc]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for ack in acks:
+                version = (
+                    ack.applied_version if ack.ok else max(ack.seen_version, ack.applied_version)
+                )
+                keys = [
+                    self.keys.pending,
+                    self.keys.account_pending(ack.account_id),
+                    self.keys.outcomes,
+                    self.keys.stats,
+                    self.keys.account(ack.account_id),
+                ]
+                args: list[Any] = [
+                    version,
+                    "1" if ack.ok else "0",
+                    ack.error or "",
+                    head,
+                    tail,
+                    ack.worker_id,
+                    self.settings.stream_maxlen,
+                    OUTCOME_TTL_S,
+                ]
+                await self._resolve(keys=keys, args=args, client=pipe)
+            replies = await call(pipe.execute()) if acks else []
+        return [[(_s(r[0]), _s(r[1]), float(_s(r[2]))) for r in reply] for reply in replies]  # type: ignore[misc]
 
     async def sweep(self, limit: int = 500) -> Sweep:
         """Take the updates whose deadline passed: the ones to retry now (their attempt

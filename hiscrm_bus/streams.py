@@ -27,6 +27,7 @@ from .settings import BusSettings
 log = logging.getLogger(__name__)
 FIELD = "msg"
 Handler = Callable[[Message], Awaitable[None]]
+BatchHandler = Callable[[list[Message]], Awaitable[None]]
 
 
 async def append(redis: Redis, stream: str, message: Message, maxlen: int) -> str:
@@ -38,9 +39,18 @@ async def append(redis: Redis, stream: str, message: Message, maxlen: int) -> st
 
 
 async def append_many(redis: Redis, stream: str, messages: Sequence[Message], maxlen: int) -> None:
-    """XADD many messages in one round trip."""
+    """XADD many messages to one stream in one round trip."""
+    await append_many_to(redis, [(stream, m) for m in messages], maxlen)
+
+
+async def append_many_to(
+    redis: Redis, messages: Sequence[tuple[str, Message]], maxlen: int
+) -> None:
+    """XADD many (stream, message) pairs in one round trip, in order."""
+    if not messages:
+        return
     async with redis.pipeline(transaction=False) as pipe:
-        for message in messages:
+        for stream, message in messages:
             pipe.xadd(stream, {FIELD: encode(message)}, maxlen=maxlen, approximate=True)
         await call(pipe.execute())
 
@@ -77,6 +87,8 @@ class StreamReader:
             cap=settings.backoff_max_s, base=settings.backoff_min_s
         )
         self.processed = 0
+        # the last read filled a whole batch: more is waiting behind it
+        self.backlogged = False
 
     async def ensure_group(self) -> None:
         try:
@@ -88,7 +100,26 @@ class StreamReader:
     async def run(
         self, handler: Handler, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Consume forever. Signals readiness once the group exists."""
+        """Consume forever, one message at a time. Signals readiness once the group exists."""
+
+        async def each(messages: list[Message]) -> None:
+            for message in messages:
+                try:
+                    await handler(message)
+                except RECOVERABLE:
+                    raise  # the batch stays pending; re-read after reconnect
+                except Exception:
+                    log.exception("stream %s: handler failed on %s", self.stream, message.type)
+
+        await self.run_batches(each, task_status=task_status)
+
+    async def run_batches(
+        self,
+        handler: BatchHandler,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Consume forever, a read's worth of messages per call (one XACK per batch)."""
         failures = 0
         started = False
         while True:
@@ -111,7 +142,7 @@ class StreamReader:
                 log.warning("stream %s: consumer group vanished; recreating it", self.stream)
             await anyio.sleep(self._backoff.compute(failures) if failures else 0)
 
-    async def _drain_own_pending(self, handler: Handler) -> None:
+    async def _drain_own_pending(self, handler: BatchHandler) -> None:
         while True:
             reply = await call(
                 self.redis.xreadgroup(
@@ -123,7 +154,7 @@ class StreamReader:
                 return
             await self._process(entries, handler)
 
-    async def _consume(self, handler: Handler) -> None:
+    async def _consume(self, handler: BatchHandler) -> None:
         claim_every = max(self.settings.claim_idle_s / 2, 0.05)
         next_claim = 0.0
         while True:
@@ -141,7 +172,7 @@ class StreamReader:
             )
             await self._process(_entries(reply), handler)
 
-    async def _claim_idle(self, handler: Handler) -> None:
+    async def _claim_idle(self, handler: BatchHandler) -> None:
         cursor = "0-0"
         min_idle = int(self.settings.claim_idle_s * 1000)
         while True:
@@ -158,8 +189,13 @@ class StreamReader:
             if cursor == "0-0":
                 return
 
-    async def _process(self, entries: list[tuple[Any, Any]], handler: Handler) -> None:
-        for entry_id, fields in entries:
+    async def _process(self, entries: list[tuple[Any, Any]], handler: BatchHandler) -> None:
+        if not entries:
+            self.backlogged = False
+            return
+        self.backlogged = len(entries) >= self.count
+        messages: list[Message] = []
+        for _entry_id, fields in entries:
             raw = fields.get(FIELD.encode(), fields.get(FIELD, b"")) if fields else b""
             message = decode(raw) if raw else DecodeError(f"entry has no {FIELD!r} field", b"")
             if isinstance(message, DecodeError):
@@ -167,16 +203,16 @@ class StreamReader:
                     message = DecodeError(message.reason, repr(fields).encode())
                 await self.deadletters.write(self.stream, message)
             else:
-                try:
-                    await handler(message)
-                except RECOVERABLE:
-                    raise  # entry stays pending; re-read after reconnect
-                except Exception:
-                    log.exception(
-                        "stream %s: handler failed on %s %s", self.stream, message.type, entry_id
-                    )
-            await call(self.redis.xack(self.stream, self.group, entry_id))
-            self.processed += 1
+                messages.append(message)
+        if messages:
+            try:
+                await handler(messages)
+            except RECOVERABLE:
+                raise  # entries stay pending; re-read after reconnect
+            except Exception:
+                log.exception("stream %s: batch handler failed", self.stream)
+        await call(self.redis.xack(self.stream, self.group, *[e[0] for e in entries]))
+        self.processed += len(entries)
 
 
 def _entries(reply: Any) -> list[tuple[Any, Any]]:

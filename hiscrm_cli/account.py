@@ -299,7 +299,7 @@ def _report(
             return EXIT_TIMEOUT
         console.print(
             f"{outcome.status}: version {outcome.version} by worker {outcome.worker_id} "
-            f"in {outcome.latency_ms} ms (attempts {outcome.attempts})"
+            f"in {outcome.latency_ms:.1f} ms (attempts {outcome.attempts})"
             + (f": {outcome.error}" if outcome.error else "")
         )
         return EXIT_OK if outcome.status == "applied" else EXIT_FAILED
@@ -316,7 +316,7 @@ def _report(
         )
     console.print(table)
     last = max((o.latency_ms for o in outcomes.values()), default=0)
-    console.print(f"{len(outcomes)}/{len(tracked)} outcomes; last ACK after {last} ms")
+    console.print(f"{len(outcomes)}/{len(tracked)} outcomes; last ACK after {last:.1f} ms")
     if len(outcomes) < len(tracked):
         return EXIT_TIMEOUT
     return EXIT_OK if all(o.status == "applied" for o in outcomes.values()) else EXIT_FAILED
@@ -364,7 +364,7 @@ def login_success(
                 return EXIT_TIMEOUT
             console.print(
                 f"{found.status}: version {found.version} by worker {found.worker_id} "
-                f"in {found.latency_ms} ms"
+                f"in {found.latency_ms:.1f} ms"
             )
             return EXIT_OK if found.status == "applied" else EXIT_FAILED
 

@@ -141,7 +141,7 @@ async def play(redis_url: str, site_url: str) -> int:
             return EXIT_FAILED
         say(
             f"worker {outcome.worker_id} applied version {outcome.version} without a restart "
-            f"in [green]{outcome.latency_ms} ms[/green]"
+            f"in [green]{outcome.latency_ms:.1f} ms[/green]"
         )
         running: TaskStatus = await _step(
             "waiting for the task to run…",

@@ -88,7 +88,7 @@ def login(
                 return EXIT_TIMEOUT
             console.print(
                 f"config update {outcome.status}: version {outcome.version} by worker "
-                f"{outcome.worker_id} in {outcome.latency_ms} ms "
+                f"{outcome.worker_id} in {outcome.latency_ms:.1f} ms "
                 f"(login took {time.monotonic() - started:.1f}s)"
             )
             return EXIT_OK if outcome.status == "applied" else EXIT_FAILED

@@ -8,7 +8,7 @@ worker liveness and placement are kept in Redis and changed with atomic scripts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 from anyio.abc import TaskStatus
@@ -63,7 +63,7 @@ class Master:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         log.info("master %s starting", self.id)
         async with anyio.create_task_group() as tg:
-            await tg.start(self.acks.run, self.on_ack)
+            await tg.start(self.acks.run_batches, self.on_acks)
             await tg.start(self.events.run, self.on_event)
             await tg.start(self.ingest.run, self.on_batch)
             tg.start_soon(self._every, self.settings.sweep_interval_s, self.sweep, name="sweeper")
@@ -98,17 +98,23 @@ class Master:
                 log.warning("master %s: Redis unavailable (%s); will try again", self.id, exc)
             await anyio.sleep(interval)
 
-    async def on_ack(self, message: Message) -> None:
-        if not isinstance(message, AccountConfigUpdateAck):
-            log.warning("master %s: unexpected %s on the ACK stream", self.id, message.type)
-            return
-        ack = message
-        closed = await self.tracker.resolve(ack)
+    async def on_acks(self, messages: list[Message]) -> None:
+        """Resolve a read's worth of ACKs in one round trip."""
+        acks = [m for m in messages if isinstance(m, AccountConfigUpdateAck)]
+        for other in messages:
+            if not isinstance(other, AccountConfigUpdateAck):
+                log.warning("master %s: unexpected %s on the ACK stream", self.id, other.type)
+        for ack, closed in zip(acks, await self.tracker.resolve_many(acks), strict=True):
+            self._log_resolved(ack, closed)
+
+    def _log_resolved(
+        self, ack: AccountConfigUpdateAck, closed: Sequence[tuple[str, str, float]]
+    ) -> None:
         for update_id, status, latency_ms in closed:
             if status == "applied":
                 self.metrics.latency.observe(latency_ms / 1000)
                 log.info(
-                    "update %s for account %s applied by worker %s at version %d in %d ms",
+                    "update %s for account %s applied by worker %s at version %d in %.1f ms",
                     update_id,
                     ack.account_id,
                     ack.worker_id,
@@ -124,8 +130,6 @@ class Master:
                     ack.applied_version,
                     ack.error,
                 )
-        if ack.ok and closed:
-            await self.store.set_stale(ack.account_id, False)
         if not closed:
             log.debug(
                 "ack from %s for %s version %d closed nothing (duplicate or reconcile)",
@@ -180,6 +184,11 @@ class Master:
 
     async def sweep(self) -> None:
         """Retry the pending updates whose deadline passed; record the last failures."""
+        if self.acks.backlogged:
+            # ACKs are queued unread: counting them as missing would re-send updates
+            # that were applied, and every re-send adds another ACK to the queue
+            log.debug("master %s: ACK backlog; retries wait for it to drain", self.id)
+            return
         swept = await self.tracker.sweep()
         retries: list[tuple[AccountConfigUpdate, str]] = []
         for update in swept.retry:

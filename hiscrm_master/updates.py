@@ -76,8 +76,9 @@ class Updates:
     async def notify(
         self, results: Sequence[AccountUpdate], reason: UpdateReason
     ) -> list[AccountConfigUpdate | None]:
-        """Record each update as pending, then publish it to its owner, in two round
-        trips. Recording first means even an instant ACK finds its pending entry."""
+        """Record each update as pending and publish it to its owner, in one pipelined
+        round trip. The records are queued first, and one connection runs commands in
+        order, so even an instant ACK finds its pending entry."""
         messages: list[AccountConfigUpdate | None] = []
         owned: list[tuple[AccountConfigUpdate, str]] = []
         for result in results:
@@ -92,16 +93,21 @@ class Updates:
             message = self.message(result, reason)
             messages.append(message)
             owned.append((message, result.worker_id))
-        if owned:
-            await self.tracker.record_many(owned)
-            await self.publish_many(owned)
         # a worker that just lost the account stops its task on this notice; it is
         # not tracked (the new owner's ACK is what counts, and a dead worker never answers)
-        moved = [r for r in results if r.previous_worker_id not in (None, r.worker_id)]
-        if moved:
-            await self.publish_many(
-                [(self.message(r, "unassignment"), r.previous_worker_id or "") for r in moved]
-            )
+        notices = [
+            (self.message(r, "unassignment"), r.previous_worker_id)
+            for r in results
+            if r.previous_worker_id is not None and r.previous_worker_id != r.worker_id
+        ]
+        sends = [*owned, *notices]
+        if sends:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self.tracker.record_many(owned, pipe)
+                for message, worker_id in sends:
+                    pipe.publish(self.keys.control(worker_id), encode(message))
+                replies = await call(pipe.execute())
+            self._log_sent(sends, replies[len(owned) :])
         return messages
 
     async def publish_many(self, messages: Sequence[tuple[AccountConfigUpdate, str]]) -> None:
@@ -109,6 +115,11 @@ class Updates:
             for message, worker_id in messages:
                 pipe.publish(self.keys.control(worker_id), encode(message))
             receivers = await call(pipe.execute())
+        self._log_sent(messages, receivers)
+
+    def _log_sent(
+        self, messages: Sequence[tuple[AccountConfigUpdate, str]], receivers: Sequence[int]
+    ) -> None:
         for (message, worker_id), count in zip(messages, receivers, strict=True):
             log.info(
                 "config update sent to worker %s: account %s version %d (%s) update %s%s",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ from hiscrm_bus.messages import (
     utcnow,
 )
 from hiscrm_bus.messages import TaskStatus as TaskStatusEvent
-from hiscrm_bus.streams import append, append_many
+from hiscrm_bus.streams import append, append_many, append_many_to
 from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
 
 from .browser import BrowserPool, check_chromium
@@ -79,9 +79,16 @@ class Worker:
         # newest version we rejected, so reconcile does not reject it again and again
         self.applied: dict[str, int] = {}
         self.rejected: dict[str, int] = {}
-        self._locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
-        # events and crawl batches to send, in order, by one sender task
-        self._out, self._out_in = anyio.create_memory_object_stream[tuple[str, Message]](1000)
+        # uncontended almost always: the fast path must not yield to the event loop
+        self._locks: defaultdict[str, anyio.Lock] = defaultdict(
+            lambda: anyio.Lock(fast_acquire=True)
+        )
+        # what the sender task writes: messages in order (logins, crawl batches, recovery
+        # reports), and each account's latest task state, coalesced (only the newest
+        # state matters, so 10,000 tasks starting at once cost one event each at most)
+        self._outbox: deque[tuple[str, Message]] = deque()
+        self._states: dict[str, TaskStatusEvent] = {}
+        self._outbox_ready = anyio.Event()
         self.started_at = utcnow()
         self.reconciles = 0
         self.tg: TaskGroup | None = None
@@ -204,6 +211,8 @@ class Worker:
         if not raw:  # removed
             self.runner.stop(account_id)
             self.applied.pop(account_id, None)
+            self.rejected.pop(account_id, None)
+            self._locks.pop(account_id, None)
             log.info("account %s: removed; task stopped", account_id)
             return Applied(True, applied, applied)
         try:
@@ -265,11 +274,10 @@ class Worker:
     # outgoing events and crawl batches
 
     def send(self, stream: str, message: Message) -> None:
-        """Queue a message for the events or ingest stream without waiting."""
-        try:
-            self._out.send_nowait((stream, message))
-        except anyio.WouldBlock:
-            log.warning("worker %s: outgoing queue full; dropped a %s", self.id, message.type)
+        """Queue a message for the events or ingest stream without waiting. Nothing is
+        dropped: what cannot be written waits for Redis to come back."""
+        self._outbox.append((stream, message))
+        self._outbox_ready.set()
 
     def _on_task_state(self, task: MonitorTask, detail: str | None = None) -> None:
         event = TaskStatusEvent(
@@ -281,7 +289,11 @@ class Worker:
             error=task.error,
             detail=detail,
         )
-        self.send(self.keys.events, event)
+        if detail:
+            self.send(self.keys.events, event)
+        else:
+            self._states[task.account_id] = event
+            self._outbox_ready.set()
 
     def _on_recover(self, account_id: str, what: str) -> None:
         task = self.runner.get(account_id)
@@ -294,17 +306,27 @@ class Worker:
         )
         self.send(self.keys.ingest, batch)
 
-    async def _event_sender(self) -> None:
-        async with self._out_in:
-            async for stream, message in self._out_in:
-                while True:
-                    try:
-                        await append(self.redis, stream, message, self.settings.stream_maxlen)
-                        break
-                    except RECOVERABLE as exc:
-                        # crawled items must not be lost to a Redis blip: hold and retry
-                        log.warning("worker %s: could not send %s (%s)", self.id, message.type, exc)
-                        await anyio.sleep(self.settings.backoff_max_s)
+    async def _event_sender(self, batch: int = 500) -> None:
+        """Write the outbox in pipelined batches; on a Redis failure keep it and retry."""
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready = anyio.Event()
+            while self._outbox or self._states:
+                states, self._states = self._states, {}
+                taken = [self._outbox.popleft() for _ in range(min(batch, len(self._outbox)))]
+                sends = [(self.keys.events, e) for e in states.values()] + taken
+                try:
+                    await append_many_to(self.redis, sends, self.settings.stream_maxlen)
+                except RECOVERABLE as exc:
+                    log.warning(
+                        "worker %s: could not send %d message(s) (%s); will retry",
+                        self.id,
+                        len(sends),
+                        exc,
+                    )
+                    self._outbox.extendleft(reversed(taken))
+                    self._states = {**states, **self._states}
+                    await anyio.sleep(self.settings.backoff_max_s)
 
     def task(self, account_id: str) -> MonitorTask | None:
         return self.runner.get(account_id)

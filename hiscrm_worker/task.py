@@ -73,26 +73,41 @@ class MonitorTask:
     def _set_state(self, state: TaskState, error: str | None = None) -> None:
         if (state, error) != (self.state, self.error):
             self.state, self.error = state, error
-            if state in {"error", "waiting_login"}:
+            if state == "error":
                 log.error("account %s: %s", self.account_id, error)
+            elif state == "waiting_login":
+                log.warning("account %s: %s", self.account_id, error)
             else:
                 log.info("account %s: task %s", self.account_id, state)
             self.on_state(self)
 
     async def run(self) -> None:
+        """Crawl when due. A swap wakes the loop, which then re-decides: a task that can
+        now run crawls at once, a shorter interval brings the next crawl forward, and a
+        change that affects neither (a name) does not cause an extra crawl."""
+        last_crawl: float | None = None  # monotonic time of the last crawl
         try:
             while True:
                 config, changed = self.config, self._changed
                 if not config.enabled:
                     self._set_state("disabled")
                     await changed.wait()
-                elif not config.platform_user_id:
+                    continue
+                if not config.platform_user_id:
                     self._set_state("waiting_login", MISSING_USER_ID)
                     await changed.wait()
-                else:
+                    last_crawl = None  # logged in now: crawl at once
+                    continue
+                now = anyio.current_time()
+                due = now if last_crawl is None else last_crawl + config.monitor_interval_s
+                if now >= due:
+                    last_crawl = now
                     await self._crawl(config)
-                    with anyio.move_on_after(config.monitor_interval_s):
-                        await changed.wait()
+                    continue
+                if self.state in ("starting", "disabled", "waiting_login"):
+                    self._set_state("running")  # back on its crawl schedule
+                with anyio.move_on_after(due - now):
+                    await changed.wait()
         finally:
             self.state = "stopped"
 

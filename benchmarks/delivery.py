@@ -25,7 +25,7 @@ event loop (asyncio backend), with the hiscrm services in-process:
 The numbers go to stdout as a table and (unless --no-results) into the section
 "## Delivery (DESIGN.md §7)" of benchmarks/RESULTS.md (", with hiredis" for --hiredis),
 replacing an earlier one. The hiscrm side is instrumented without changing it: the
-Master's ACK handler and ``Updates.publish_many`` are wrapped on their instances to
+Master's ACK batch handler and ``Updates.notify`` are wrapped on their instances to
 timestamp each update.
 """
 
@@ -273,29 +273,33 @@ async def bench_latency(url: str, n: int, warmup: int, workdir: Path) -> dict[st
     # instrumentation only: when the Master's ACK handler sees each update, and returns
     seen: dict[str, float] = {}
     closed: dict[str, float] = {}
-    handler = master.on_ack
+    handler = master.on_acks
 
-    async def on_ack(message: Message) -> None:
-        update_id = getattr(message, "update_id", "")
-        if update_id:
-            seen.setdefault(update_id, now())
-        await handler(message)
-        if update_id:
-            closed.setdefault(update_id, now())
-
-    master.on_ack = on_ack  # type: ignore[method-assign]
-    # and when Updates.notify starts the PUBLISH (after the versioned write and the
-    # pending record): DESIGN §7's round trip starts there
-    publishing: dict[str, float] = {}
-    publish_many = updates.publish_many
-
-    async def timed_publish(messages: Sequence[tuple[Any, str]]) -> None:
+    async def on_acks(messages: list[Message]) -> None:
         t = now()
-        for message, _worker in messages:
-            publishing.setdefault(message.update_id, t)
-        await publish_many(messages)
+        ids = [i for i in (getattr(m, "update_id", "") for m in messages) if i]
+        for update_id in ids:
+            seen.setdefault(update_id, t)
+        await handler(messages)
+        t = now()
+        for update_id in ids:
+            closed.setdefault(update_id, t)
 
-    updates.publish_many = timed_publish  # type: ignore[method-assign]
+    master.on_acks = on_acks  # type: ignore[method-assign]
+    # and when Updates.notify starts its one round trip that records the pending entry
+    # and PUBLISHes (after the versioned write): DESIGN §7's round trip starts there
+    publishing: dict[str, float] = {}
+    notify = updates.notify
+
+    async def timed_notify(results: Sequence[Any], reason: Any) -> Any:
+        t = now()
+        sent = await notify(results, reason)
+        for message in sent:
+            if message is not None:
+                publishing.setdefault(message.update_id, t)
+        return sent
+
+    updates.notify = timed_notify  # type: ignore[method-assign]
 
     account = "lat-1"
     sent_at: dict[str, float] = {}

@@ -97,7 +97,11 @@ def _text(value: bytes | str) -> str:
 
 def decode_hash(mapping: Mapping[Any, Any]) -> dict[str, Any]:
     """A hash read with HGETALL as field values, not yet validated."""
-    return {_text(k): decode_value(_text(k), _text(v)) for k, v in mapping.items()}
+    out: dict[str, Any] = {}
+    for k, v in mapping.items():
+        name = _text(k)
+        out[name] = decode_value(name, _text(v))
+    return out
 
 
 def from_hash(mapping: Mapping[Any, Any]) -> AccountConfig:

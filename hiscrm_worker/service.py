@@ -252,9 +252,12 @@ class Worker:
         """Reload every account whose hash version is ahead of what we applied."""
         self.reconciles += 1
         mine = set(await self.store.ids_of_worker(self.id))
-        candidates = sorted(mine | set(self.runner.ids()))
-        versions = await self.store.versions(candidates)
-        behind = [
+        candidates = mine | set(self.runner.ids())
+        # an account we never applied nor rejected is behind by definition: only the
+        # known ones need their version probed (on a cold start, none do)
+        known = sorted(a for a in candidates if a in self.applied or a in self.rejected)
+        versions = await self.store.versions(known) if known else {}
+        behind = sorted(candidates - set(known)) + [
             a
             for a, v in versions.items()
             if (v is None and a in self.runner)
@@ -266,7 +269,10 @@ class Worker:
         raws = await self.store.get_raw(behind)
         results: list[tuple[str, Applied]] = []
         for account_id, raw in zip(behind, raws, strict=True):
-            async with self._locks[account_id]:
+            # no await in this loop, so no update handler can interleave; one that is
+            # mid-way (holding the account's lock) reads the hash itself and ACKs
+            lock = self._locks.get(account_id)
+            if lock is None or not lock.locked():
                 results.append((account_id, self._apply(account_id, raw)))
         acks = [self._ack_message(account_id, result) for account_id, result in results]
         await append_many(self.redis, self.keys.acks, acks, self.settings.stream_maxlen)

@@ -1022,9 +1022,9 @@ def report_reconcile(r: dict[str, Any], t: Table, notes: list[str], says: list[s
             f"{ms(ph.get('ids_of_worker', 0) * 1000)}, pipelined HGET of every version "
             f"{ms(ph.get('versions', 0) * 1000)}, pipelined HGETALL of every hash "
             f"{ms(ph.get('get_raw', 0) * 1000)}; the remaining {ms(best - reads * 1000)} is the "
-            "per-account apply loop, the ACK pipeline and, because each account's "
-            "`anyio.Lock` yields to the event loop, the first steps of the tasks it has "
-            "just started."
+            "per-account apply loop (decode, validate, start a task), the ACK pipeline and, "
+            "while that pipeline is awaited, the first steps of the 10,000 tasks it has "
+            "just started (each logs that it waits for a login)."
         )
         verdict = "well under" if best < 500 else "under" if best < 1000 else "over"
         says.append(

@@ -71,6 +71,11 @@ class LocalStack:
     def _hiscrm(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "hiscrm_cli", "--log-level", self.log_level, *args]
 
+    def reset(self) -> None:
+        """Forget earlier runs: Redis data and the worker's saved sessions."""
+        for part in ("redis", "worker"):
+            shutil.rmtree(self.data_dir / part, ignore_errors=True)
+
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -164,6 +169,8 @@ def up(
     signal.signal(signal.SIGINT, on_term)  # even where a shell started us ignoring it
     code = EXIT_OK
     try:
+        if demo:
+            stack.reset()  # the scenario starts from nothing, every time
         stack.start()
         console.print(f"use it from another shell: export HISCRM_REDIS_URL={stack.redis_url}")
         if demo:

@@ -41,15 +41,16 @@ def _chromium_of(data_dir: Path) -> list[int]:
 
 def test_up_demo_plays_the_seed_scenario_and_stops_everything(tmp_path: Path) -> None:
     data_dir = tmp_path / "up"
-    result = subprocess.run(
-        [sys.executable, "-m", "hiscrm_cli", "up", "--demo", "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    for _run in range(2):  # a second `make demo` plays it again from the start
+        result = subprocess.run(
+            [sys.executable, "-m", "hiscrm_cli", "up", "--demo", "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert result.returncode == 0, out + result.stderr
     timeline = [
         "account demo-1 added",
         "waiting_login — Account missing platform_user_id",

@@ -26,10 +26,17 @@ def qr_to_text(png: bytes) -> str | None:
     if box is None:
         return None
     left, top, right, bottom = box
-    # the top-left finder pattern is 7 modules wide: its first dark run gives the module size
-    run = 0
-    while left + run < right and dark(left + run, top):
-        run += 1
+    # the top-left finder pattern is 7 modules wide: its first dark run gives the module
+    # size. Measured across the middle of the top module row, since a scaled screenshot's
+    # edges are blurred.
+    def run_at(y: int) -> int:
+        n = 0
+        while left + n < right and dark(left + n, y):
+            n += 1
+        return n
+
+    first = run_at(top)
+    run = max(first, run_at(min(top + max(1, first // 14), bottom - 1)))
     if run < 7:
         return None
     cols = round((right - left) / (run / 7))

@@ -90,7 +90,7 @@ async def play(redis_url: str, site_url: str) -> int:
         say(f"worker {status.worker_id} runs the task: {state} — {status.error}")
 
         outcomes_from = await updates.tracker.last_outcome_id()
-        request = await start_login(redis, settings, ACCOUNT, 60, SENDER)
+        request = (await start_login(redis, settings, ACCOUNT, 60, SENDER)).request
         say(f"login {request.session_id[:8]} requested from worker {status.worker_id}")
         qr: LoginQrCode = await _step(
             "waiting for the QR code…",

@@ -20,7 +20,8 @@ from hiscrm_bus.messages import (
     decode,
 )
 from hiscrm_bus.streams import last_entry_id
-from hiscrm_master.login import LoginUnavailable, start_login
+from hiscrm_master.login import LoginStarted, LoginUnavailable, resend_login, start_login
+from hiscrm_master.settings import MasterSettings
 from hiscrm_master.updates import Updates
 
 from .common import (
@@ -39,6 +40,7 @@ from .common import (
 from .qrview import qr_to_text
 
 SENDER = CLI_SENDER
+RESEND_S = 5.0  # re-send a login request the worker has not answered for this long
 
 
 def login(
@@ -60,17 +62,16 @@ def login(
             events_from = await last_entry_id(redis, settings.keys.events)
             outcomes_from = await updates.tracker.last_outcome_id()
             try:
-                request = await start_login(redis, settings, account_id, timeout, SENDER)
+                login = await start_login(redis, settings, account_id, timeout, SENDER)
             except LoginUnavailable as exc:
                 fail(str(exc), EXIT_USAGE)
             started = time.monotonic()
-            console.print(f"login {request.session_id} for {account_id}: waiting for the worker…")
+            session_id = login.request.session_id
+            console.print(f"login {session_id} for {account_id}: waiting for the worker…")
             result: Message | None = None
             # the worker ends every session itself; the margin covers the event's trip
             with anyio.move_on_after(timeout + 15), console.status("waiting for a scan…"):
-                result = await _follow(
-                    redis, settings.keys.events, events_from, request.session_id, account_id, qr_dir
-                )
+                result = await _follow(redis, settings, events_from, login, qr_dir)
             if result is None:
                 console.print("[red]timed out[/red]: the worker reported no end to the login")
                 return EXIT_TIMEOUT
@@ -97,10 +98,19 @@ def login(
 
 
 async def _follow(
-    redis: Any, stream: str, after: str, session_id: str, account_id: str, qr_dir: Path
+    redis: Any, settings: MasterSettings, after: str, login: LoginStarted, qr_dir: Path
 ) -> Message | None:
+    """Print the session's events until it ends. Until the worker is heard from, the
+    request is re-sent now and then: pub/sub may have lost it."""
+    session_id, account_id = login.request.session_id, login.request.account_id
+    stream = settings.keys.events
     cursor = after
+    heard = False
+    resend_at = anyio.current_time() + RESEND_S
     while True:
+        if not heard and anyio.current_time() >= resend_at:
+            await resend_login(redis, settings, login)
+            resend_at = anyio.current_time() + RESEND_S
         reply: Any = await call(redis.xread({stream: cursor}, count=100, block=1000))
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
@@ -108,6 +118,7 @@ async def _follow(
                 message = decode(fields.get(b"msg", b""))
                 if getattr(message, "session_id", None) != session_id:
                     continue
+                heard = True
                 if isinstance(message, LoginQrCode):
                     _show_qr(message, account_id, qr_dir)
                 elif isinstance(message, LoginProgress):

@@ -26,6 +26,7 @@ def qr_to_text(png: bytes) -> str | None:
     if box is None:
         return None
     left, top, right, bottom = box
+
     # the top-left finder pattern is 7 modules wide: its first dark run gives the module
     # size. Measured across the middle of the top module row, since a scaled screenshot's
     # edges are blurred.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
@@ -29,10 +30,16 @@ class LoginUnavailable(HiscrmError):
     """The login cannot start: no such account, no owner, or its worker is offline."""
 
 
+@dataclass(frozen=True, slots=True)
+class LoginStarted:
+    request: LoginRequest
+    worker_id: str
+
+
 async def start_login(
     redis: Redis, settings: BusSettings, account_id: str, timeout_s: float, sender: str
-) -> LoginRequest:
-    """Ask the account's worker to open the login page. Returns the request sent."""
+) -> LoginStarted:
+    """Ask the account's worker to open the login page."""
     updates = Updates(redis, settings, sender)
     try:
         account = await updates.store.get(account_id)
@@ -55,7 +62,8 @@ async def start_login(
         worker_id=account.worker_id,
         status="requested",
     )
-    if not await publish(redis, settings, account.worker_id, request):
+    started = LoginStarted(request, account.worker_id)
+    if not await resend_login(redis, settings, started):
         raise LoginUnavailable(f"worker {account.worker_id} is not listening on its channel")
     log.info(
         "login %s for %s requested from worker %s",
@@ -63,7 +71,13 @@ async def start_login(
         account_id,
         account.worker_id,
     )
-    return request
+    return started
+
+
+async def resend_login(redis: Redis, settings: BusSettings, started: LoginStarted) -> bool:
+    """(Re)publish the request; pub/sub may lose it, the worker ignores a duplicate.
+    True if the worker's channel had a subscriber."""
+    return bool(await publish(redis, settings, started.worker_id, started.request))
 
 
 async def record_session(

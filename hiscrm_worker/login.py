@@ -64,18 +64,23 @@ class _Reporter:
 class LoginRunner:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self.active: set[str] = set()
+        self.active: dict[str, str] = {}  # account id → session id of its running login
 
     async def run(self, request: LoginRequest) -> None:
         account_id = request.account_id
-        if account_id in self.active:
+        running = self.active.get(account_id)
+        if running == request.session_id:
+            # the sender re-sent a request it heard nothing about yet: one login runs
+            log.debug("login %s for %s: duplicate request ignored", running, account_id)
+            return
+        if running is not None:
             self._failed(request, "busy", "a login for this account is already running")
             return
-        self.active.add(account_id)
+        self.active[account_id] = request.session_id
         try:
             await self._run(request)
         finally:
-            self.active.discard(account_id)
+            del self.active[account_id]
 
     async def _run(self, request: LoginRequest) -> None:
         worker = self.worker

@@ -232,3 +232,32 @@ def test_missing_chromium_is_one_sentence_and_exit_2(browser_stack: Stack) -> No
     assert result.returncode == 2
     assert "apt-get install chromium" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_re_sent_login_request_runs_one_login(
+    browser_stack: Stack, site_factory: Callable[..., Site]
+) -> None:
+    stack = browser_stack
+    _setup(stack, site_factory())
+    login = _login(stack, "acc-1", "--timeout", "3")
+    first = _read_until(login, "waiting for the worker")
+    session_id = first.split("login ", 1)[1].split(" ", 1)[0]
+    duplicate = json.dumps(
+        {
+            "type": "master:login:request",
+            "sender": "test",
+            "session_id": session_id,
+            "account_id": "acc-1",
+            "timeout_s": 3,
+        }
+    )
+    assert stack.r.publish(stack.keys.control("w1"), duplicate) == 1
+    out, _ = login.communicate(timeout=60)
+    assert login.returncode == 3, first + out
+    assert "login failed (timeout)" in out
+    ends = [
+        json.loads(f["msg"])
+        for _id, f in stack.r.xrange(stack.keys.events)
+        if session_id in f.get("msg", "") and "worker:login:failed" in f.get("msg", "")
+    ]
+    assert [e["reason"] for e in ends] == ["timeout"]

@@ -106,7 +106,3 @@ class WorkerRegistry:
     async def forget(self, worker_id: str) -> None:
         """Drop a dead worker from the index (once its accounts have moved)."""
         await call(self.redis.zrem(self.keys.workers, worker_id))
-
-    async def deregister(self, worker_id: str) -> None:
-        """A clean shutdown: the worker is gone now, not after its TTL."""
-        await call(self.redis.delete(self.keys.worker(worker_id)))

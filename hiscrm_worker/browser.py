@@ -97,9 +97,6 @@ class BrowserPool:
     def state_file(self, account_id: str) -> Path:
         return self.state_dir / f"{account_id}.json"
 
-    def has_state(self, account_id: str) -> bool:
-        return self.state_file(account_id).exists()
-
     async def context(self, account_id: str, proxy: str | None = None) -> BrowserContext:
         async with self._locks[account_id]:
             ctx = self._contexts.get(account_id)

@@ -334,9 +334,6 @@ class Worker:
                     self._states = {**states, **self._states}
                     await anyio.sleep(self.settings.backoff_max_s)
 
-    def task(self, account_id: str) -> MonitorTask | None:
-        return self.runner.get(account_id)
-
 
 def _version_of(raw: dict[Any, Any]) -> int:
     value = raw.get(b"config_version", raw.get("config_version", b"0"))

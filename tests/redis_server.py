@@ -19,6 +19,8 @@ from typing import Any
 from urllib.parse import quote
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def free_port() -> int:
@@ -152,7 +154,9 @@ class RedisServer:
             self.proc = subprocess.Popen(
                 [self.binary, str(self.config_file)], stdout=subprocess.DEVNULL, stderr=log
             )
-        client = self.client(socket_connect_timeout=0.2)
+        # no retries inside the probe: this loop is the retry, and redis-py's default
+        # backoff would sleep for seconds on a refused password
+        client = self.client(socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
         deadline = time.monotonic() + 10
         try:
             while True:

@@ -7,16 +7,19 @@ moved its accounts elsewhere.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
 
 from .connection import call
 from .keys import Keys
 from .messages import TaskState, dumps, utcnow
+
+log = logging.getLogger(__name__)
 
 
 class TaskReport(BaseModel):
@@ -54,12 +57,52 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def _from_hash(raw: Mapping[Any, Any]) -> WorkerInfo:
+_JSON_FIELDS = ("platforms", "tasks")
+
+
+def _from_hash(worker_id: str, raw: Mapping[Any, Any]) -> WorkerInfo:
+    """The worker as its registry hash describes it. Never raises: the id comes from the
+    key, and a field (or one task) that does not decode or validate is left out, so a
+    damaged entry still reports a live worker with what could be read."""
     d: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
-    for name in ("platforms", "tasks"):
+    d = {k: v for k, v in d.items() if k in WorkerInfo.model_fields}
+    d["id"] = worker_id
+    for name in _JSON_FIELDS:
         if name in d:
-            d[name] = json.loads(d[name])
-    return WorkerInfo.model_validate(d)
+            try:
+                d[name] = json.loads(d[name])
+            except (ValueError, RecursionError):
+                log.debug("worker %s: registry field %s is not JSON; ignored", worker_id, name)
+                del d[name]
+    while True:  # each round leaves out at least one thing, or gives up
+        try:
+            return WorkerInfo.model_validate(d)
+        except (ValidationError, RecursionError) as exc:
+            if not _drop_invalid(worker_id, d, exc):
+                return WorkerInfo(id=worker_id)
+
+
+def _drop_invalid(worker_id: str, d: dict[str, Any], exc: Exception) -> bool:
+    """Remove what ``exc`` names as invalid from ``d``: one task of ``tasks`` when the
+    error is inside it, else the whole field. False when nothing could be removed."""
+    errors = exc.errors(include_url=False) if isinstance(exc, ValidationError) else []
+    dropped = False
+    for err in errors:
+        loc = err["loc"]
+        name = str(loc[0]) if loc else ""
+        if name == "id" or name not in d:
+            continue
+        tasks = d[name]
+        if name == "tasks" and len(loc) > 1 and isinstance(tasks, dict):
+            if loc[1] in tasks:  # (a task with two errors is named twice)
+                log.debug("worker %s: task %s in the registry is invalid", worker_id, loc[1])
+                del tasks[loc[1]]
+                dropped = True
+            continue
+        log.debug("worker %s: registry field %s is invalid; ignored", worker_id, name)
+        del d[name]
+        dropped = True
+    return dropped
 
 
 class WorkerRegistry:
@@ -94,14 +137,14 @@ class WorkerRegistry:
         alive, dead = [], []
         for (member, score), raw in zip(index, raws, strict=True):
             if raw:
-                alive.append(_from_hash(raw))
+                alive.append(_from_hash(_text(member), raw))
             else:
                 dead.append((_text(member), float(score)))
         return alive, dead
 
     async def get(self, worker_id: str) -> WorkerInfo | None:
         raw = await call(self.redis.hgetall(self.keys.worker(worker_id)))
-        return _from_hash(raw) if raw else None
+        return _from_hash(worker_id, raw) if raw else None
 
     async def forget(self, worker_id: str) -> None:
         """Drop a dead worker from the index (once its accounts have moved)."""

@@ -40,6 +40,7 @@ from .common import (
     redis_client,
     run,
 )
+from .terminal import json_text, safe
 
 app = typer.Typer(help="Manage accounts and change their configuration.", no_args_is_help=True)
 SENDER = CLI_SENDER
@@ -83,7 +84,10 @@ def add(
             )
             await updates.notify([result], "assignment")
             owner = created.worker_id or "the Master will assign a worker"
-            console.print(f"added account {created.id} ({created.platform}); worker: {owner}")
+            console.print(
+                f"added account {safe(created.id)} ({safe(created.platform)}); "
+                f"worker: {safe(owner)}"
+            )
 
     run(main)
 
@@ -103,16 +107,16 @@ def list_(redis_url: RedisUrl = None) -> None:
             try:
                 c = from_hash(raw)
             except InvalidAccountConfig:
-                table.add_row(account_id, "[red]invalid hash[/red]", "", "", "", "", "")
+                table.add_row(safe(account_id), "[red]invalid hash[/red]", "", "", "", "", "")
                 continue
             version = f"{c.config_version}" + (" [red](stale)[/red]" if c.config_stale else "")
             table.add_row(
-                c.id,
-                c.platform,
-                c.worker_id or "-",
+                safe(c.id),
+                safe(c.platform),
+                safe(c.worker_id or "-"),
                 "yes" if c.enabled else "no",
-                c.login_status,
-                c.platform_user_id or "-",
+                safe(c.login_status),
+                safe(c.platform_user_id or "-"),
                 version,
             )
         console.print(table)
@@ -137,7 +141,8 @@ def show(
             except InvalidAccountConfig as exc:
                 raw: dict[Any, Any] = await redis.hgetall(settings.keys.account(account_id))
                 for k, v in sorted(raw.items()):
-                    console.print(f"  {k.decode()} = {v.decode(errors='replace')}", highlight=False)
+                    name, value = k.decode(errors="replace"), v.decode(errors="replace")
+                    console.print(f"  {safe(name)} = {safe(value)}", highlight=False)
                 fail(f"the stored config of {account_id} is invalid: {exc}", EXIT_FAILED)
             pending = await updates.tracker.of_account(account_id)
             worker = (
@@ -156,17 +161,20 @@ def show(
             ],
         }
         if as_json:
-            console.print_json(json.dumps(doc))
+            print(json_text(doc))
             return
         table = Table("field", "value", show_header=False)
         for name, value in doc["config"].items():
-            table.add_row(name, json.dumps(value, ensure_ascii=False) if value is not None else "-")
+            shown = json.dumps(value, ensure_ascii=False) if value is not None else "-"
+            table.add_row(safe(name), safe(shown))
         table.add_row("worker alive", "yes" if worker else "[red]no[/red]")
         if task:
             table.add_row(
                 "task",
-                f"{task.state} (applied version {task.applied_version})"
-                + (f": {task.error}" if task.error else ""),
+                safe(
+                    f"{task.state} (applied version {task.applied_version})"
+                    + (f": {task.error}" if task.error else "")
+                ),
             )
         table.add_row("pending updates", ", ".join(f"v{p.version}" for p in pending) or "none")
         console.print(table)
@@ -195,7 +203,7 @@ def remove(
                     reason="removed",
                 )
                 await publish(redis, settings, worker, notice)
-            console.print(f"removed account {account_id}")
+            console.print(f"removed account {safe(account_id)}")
 
     run(main)
 
@@ -259,12 +267,13 @@ def set_(
             results, sent = await updates.change_many(batch, "admin_update")
             errors = [r for r in results if isinstance(r, Exception)]
             for error in errors:
-                console.print(f"[red]not written:[/red] {error}")
+                console.print(f"[red]not written:[/red] {safe(error)}")
             written = [r for r in results if isinstance(r, AccountUpdate)]
             if account_id and written:
                 r = written[0]
                 console.print(
-                    f"account {r.account_id}: version {r.version}, worker {r.worker_id or '-'}"
+                    f"account {safe(r.account_id)}: version {r.version}, "
+                    f"worker {safe(r.worker_id or '-')}"
                 )
             elif written:
                 console.print(f"{len(written)} account(s) written")
@@ -298,9 +307,9 @@ def _report(
             console.print(f"timed out after {elapsed:.1f}s waiting for the worker's ACK")
             return EXIT_TIMEOUT
         console.print(
-            f"{outcome.status}: version {outcome.version} by worker {outcome.worker_id} "
-            f"in {outcome.latency_ms:.1f} ms (attempts {outcome.attempts})"
-            + (f": {outcome.error}" if outcome.error else "")
+            f"{safe(outcome.status)}: version {outcome.version} by worker "
+            f"{safe(outcome.worker_id)} in {outcome.latency_ms:.1f} ms "
+            f"(attempts {outcome.attempts})" + (f": {safe(outcome.error)}" if outcome.error else "")
         )
         return EXIT_OK if outcome.status == "applied" else EXIT_FAILED
     tally: defaultdict[str, Counter[str]] = defaultdict(Counter)
@@ -311,7 +320,7 @@ def _report(
     table = Table("worker", "applied", "rejected", "failed", "timed out")
     for worker, counts in sorted(tally.items()):
         table.add_row(
-            worker,
+            safe(worker),
             *(str(counts[k]) for k in ("applied", "rejected", "failed", "timed out")),
         )
     console.print(table)
@@ -353,7 +362,7 @@ def login_success(
             before = await updates.store.get(account_id)
             after = await updates.tracker.last_outcome_id()
             await append(redis, settings.keys.events, event, settings.stream_maxlen)
-            console.print(f"login success for {account_id} sent to the Master")
+            console.print(f"login success for {safe(account_id)} sent to the Master")
             if not wait:
                 return EXIT_OK
             found = await updates.tracker.wait_account_outcome(
@@ -363,8 +372,8 @@ def login_success(
                 console.print("timed out waiting for the config update's outcome")
                 return EXIT_TIMEOUT
             console.print(
-                f"{found.status}: version {found.version} by worker {found.worker_id} "
-                f"in {found.latency_ms:.1f} ms"
+                f"{safe(found.status)}: version {found.version} by worker "
+                f"{safe(found.worker_id)} in {found.latency_ms:.1f} ms"
             )
             return EXIT_OK if found.status == "applied" else EXIT_FAILED
 

@@ -21,6 +21,8 @@ from hiscrm_bus.connection import connect
 from hiscrm_bus.errors import AccountNotFound, BusUnavailable, ConfigurationError, HiscrmError
 from hiscrm_master.settings import MasterSettings
 
+from .terminal import safe
+
 EXIT_OK = 0
 EXIT_FAILED = 1  # the operation ran and failed (rejected, failed, problems found)
 EXIT_USAGE = 2  # bad input or Redis unreachable; nothing was done
@@ -28,8 +30,9 @@ EXIT_TIMEOUT = 3
 
 S = TypeVar("S", bound=BaseSettings)
 T = TypeVar("T")
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# no :emoji: codes: what others wrote is shown as typed (see terminal.py)
+console = Console(soft_wrap=True, emoji=False)
+err_console = Console(stderr=True, soft_wrap=True, emoji=False)
 
 RedisUrl = Annotated[
     str | None,
@@ -63,7 +66,7 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    err_console.print(f"[red]error:[/red] {safe(message)}", highlight=False)
     raise typer.Exit(code)
 
 

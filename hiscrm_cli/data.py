@@ -11,6 +11,7 @@ from rich.table import Table
 from hiscrm_master.ingest import KINDS, IngestStore
 
 from .common import RedisUrl, command_settings, console, fail, redis_client, run
+from .terminal import json_text, safe
 
 
 def data(
@@ -39,13 +40,12 @@ def data(
                 "last_crawl_at": stats.last_crawl_at.isoformat() if stats.last_crawl_at else None,
                 "items": [json.loads(i.model_dump_json()) for i in items],
             }
-            console.print_json(json.dumps(doc, ensure_ascii=False))
+            print(json_text(doc))
             return
-        table = Table("id", "created", "author", "text", title=f"{account_id}: {kind}")
+        table = Table("id", "created", "author", "text", title=f"{safe(account_id)}: {kind}")
         for item in items:
-            table.add_row(
-                item.item_id, item.created_at.strftime("%Y-%m-%d %H:%M:%S"), item.author, item.text
-            )
+            created = item.created_at.strftime("%Y-%m-%d %H:%M:%S")
+            table.add_row(safe(item.item_id), created, safe(item.author), safe(item.text))
         console.print(table)
         last = stats.last_crawl_at.isoformat(timespec="seconds") if stats.last_crawl_at else "never"
         console.print(f"{stats.comments} comments, {stats.dms} DMs stored; last crawl {last}")

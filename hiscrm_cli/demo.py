@@ -26,6 +26,7 @@ from hiscrm_master.updates import Updates
 
 from .common import EXIT_FAILED, EXIT_OK, console, redis_client
 from .qrview import qr_to_text
+from .terminal import safe
 
 T = TypeVar("T")
 ACCOUNT = "demo-1"
@@ -86,12 +87,12 @@ async def play(redis_url: str, site_url: str) -> int:
             30,
             lambda: next_event(lambda m: isinstance(m, TaskStatus) and m.account_id == ACCOUNT),
         )
-        state = f"[yellow]{status.state}[/yellow]"
-        say(f"worker {status.worker_id} runs the task: {state} — {status.error}")
+        state = f"[yellow]{safe(status.state)}[/yellow]"
+        say(f"worker {safe(status.worker_id)} runs the task: {state} — {safe(status.error)}")
 
         outcomes_from = await updates.tracker.last_outcome_id()
         request = (await start_login(redis, settings, ACCOUNT, 60, SENDER)).request
-        say(f"login {request.session_id[:8]} requested from worker {status.worker_id}")
+        say(f"login {request.session_id[:8]} requested from worker {safe(status.worker_id)}")
         qr: LoginQrCode = await _step(
             "waiting for the QR code…",
             60,
@@ -102,7 +103,7 @@ async def play(redis_url: str, site_url: str) -> int:
             ),
         )
         if isinstance(qr, LoginFailed):
-            say(f"[red]login failed[/red]: {qr.error}")
+            say(f"[red]login failed[/red]: {safe(qr.error)}")
             return EXIT_FAILED
         png = base64.b64decode(qr.png_b64)
         say(f"QR code shown ({len(png)} byte PNG captured from the login page in Chromium)")
@@ -124,7 +125,7 @@ async def play(redis_url: str, site_url: str) -> int:
             ),
         )
         if isinstance(done, LoginFailed):
-            say(f"[red]login failed[/red]: {done.error}")
+            say(f"[red]login failed[/red]: {safe(done.error)}")
             return EXIT_FAILED
         outcome = await _step(
             "waiting for the worker's ACK…",
@@ -133,14 +134,14 @@ async def play(redis_url: str, site_url: str) -> int:
         )
         saved = await updates.store.get(ACCOUNT)
         say(
-            f"Master saved platform_user_id {saved.platform_user_id} (config_version "
+            f"Master saved platform_user_id {safe(saved.platform_user_id)} (config_version "
             f"{saved.config_version}) and sent master:account:config_update"
         )
         if outcome is None or outcome.status != "applied":
-            say(f"[red]the update was not applied[/red]: {outcome}")
+            say(f"[red]the update was not applied[/red]: {safe(outcome)}")
             return EXIT_FAILED
         say(
-            f"worker {outcome.worker_id} applied version {outcome.version} without a restart "
+            f"worker {safe(outcome.worker_id)} applied version {outcome.version} without a restart "
             f"in [green]{outcome.latency_ms:.1f} ms[/green]"
         )
         running: TaskStatus = await _step(
@@ -152,7 +153,7 @@ async def play(redis_url: str, site_url: str) -> int:
                 )
             ),
         )
-        say(f"task [green]{running.state}[/green] at version {running.config_version}")
+        say(f"task [green]{safe(running.state)}[/green] at version {running.config_version}")
 
         for n, text in enumerate(("好看！", "在哪里买？", "已关注"), 1):
             await anyio.to_thread.run_sync(
@@ -179,7 +180,7 @@ async def play(redis_url: str, site_url: str) -> int:
         newest = await store.newest(ACCOUNT, "comments", 3)
         say(
             f"crawled {stats.comments} comments and {stats.dms} DM: "
-            + ", ".join(f"“{i.text}”" for i in newest)
+            + ", ".join(f"“{safe(i.text)}”" for i in newest)
         )
 
         result = diagnose(await collect(redis, settings))
@@ -188,5 +189,5 @@ async def play(redis_url: str, site_url: str) -> int:
             return EXIT_OK
         for account in result.accounts:
             for p in account.problems:
-                say(f"[red]{p.code}[/red]: {p.message}")
+                say(f"[red]{p.code}[/red]: {safe(p.message)}")
         return EXIT_FAILED

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -21,6 +20,7 @@ from .common import (
     redis_client,
     run,
 )
+from .terminal import json_text, safe
 
 
 def diagnose_command(
@@ -41,7 +41,7 @@ def diagnose_command(
 
     result = run(main)
     if as_json:
-        print(json.dumps(result.doc(), ensure_ascii=False, indent=2))
+        print(json_text(result.doc()))
     else:
         render(result)
     raise typer.Exit(EXIT_OK if result.healthy else EXIT_FAILED)
@@ -55,21 +55,21 @@ def _details(a: AccountReport) -> None:
     """For one account: its pending and unsuccessful updates and newest items."""
     for p in a.pending_updates:
         console.print(
-            f"pending update {p['update_id'][:12]}: version {p['version']}, "
+            f"pending update {safe(p['update_id'][:12])}: version {p['version']}, "
             f"attempt {p['attempts']}, {p['age_s']:.1f} s old",
             highlight=False,
         )
     for u in a.unsuccessful_updates:
         console.print(
-            f"[red]{u['status']}[/red] update {u['update_id'][:12]}: version {u['version']} "
-            f"after {u['attempts']} attempt(s): {u['error']}",
+            f"[red]{safe(u['status'])}[/red] update {safe(u['update_id'][:12])}: "
+            f"version {u['version']} after {u['attempts']} attempt(s): {safe(u['error'])}",
             highlight=False,
         )
     for kind, items in (("comment", a.recent_comments), ("DM", a.recent_dms)):
         for item in items:
             console.print(
-                f"recent {kind} {item['id']} ({item['created_at'][:19]}) "
-                f"{item['author']}: {item['text']}",
+                f"recent {kind} {safe(item['id'])} ({item['created_at'][:19]}) "
+                f"{safe(item['author'])}: {safe(item['text'])}",
                 highlight=False,
             )
 
@@ -92,11 +92,11 @@ def render(result: Diagnosis) -> None:
         applied = str(a.applied_version) if a.applied_version is not None else "-"
         config = str(a.config_version) if a.config_version is not None else "?"
         accounts.add_row(
-            f"[red]{a.id}[/red]" if bad else a.id,
-            a.worker or "-",
-            f"{a.login_status or '-'} {a.platform_user_id or ''}".strip(),
+            f"[red]{safe(a.id)}[/red]" if bad else safe(a.id),
+            safe(a.worker or "-"),
+            safe(f"{a.login_status or '-'} {a.platform_user_id or ''}".strip()),
             f"{applied}/{config}",
-            task,
+            safe(task),
             str(len(a.pending_updates)),
             f"{a.comments} c, {a.dms} dm",
             (a.last_crawl_at or "never")[11:19] or "never",
@@ -108,10 +108,10 @@ def render(result: Diagnosis) -> None:
     for w in result.workers:
         age = w["heartbeat_age_s"]
         workers.add_row(
-            w["id"],
+            safe(w["id"]),
             "[green]yes[/green]" if w["alive"] else "[red]no[/red]",
             f"{age:.1f} s" if age is not None else "-",
-            ", ".join(w["accounts"]) or "-",
+            safe(", ".join(w["accounts"]) or "-"),
         )
     console.print(workers)
     findings = [(None, p) for p in result.problems] + [
@@ -121,8 +121,8 @@ def render(result: Diagnosis) -> None:
         console.print("[green]all green: no problem found[/green]")
         return
     for account, f in findings:
-        where = f"{account}: " if account else ""
+        where = f"{safe(account)}: " if account else ""
         console.print(
-            f"[{_style(f)}]{f.severity}[/{_style(f)}] {where}{f.message}", highlight=False
+            f"[{_style(f)}]{f.severity}[/{_style(f)}] {where}{safe(f.message)}", highlight=False
         )
-        console.print(f"    → {f.remedy}", highlight=False)
+        console.print(f"    → {safe(f.remedy)}", highlight=False)

@@ -38,6 +38,7 @@ from .common import (
     run,
 )
 from .qrview import qr_to_text
+from .terminal import safe
 
 SENDER = CLI_SENDER
 RESEND_S = 5.0  # re-send a login request the worker has not answered for this long
@@ -67,7 +68,9 @@ def login(
                 fail(str(exc), EXIT_USAGE)
             started = time.monotonic()
             session_id = login.request.session_id
-            console.print(f"login {session_id} for {account_id}: waiting for the worker…")
+            console.print(
+                f"login {safe(session_id)} for {safe(account_id)}: waiting for the worker…"
+            )
             result: Message | None = None
             # the worker ends every session itself; the margin covers the event's trip
             with anyio.move_on_after(timeout + 15), console.status("waiting for a scan…"):
@@ -76,10 +79,14 @@ def login(
                 console.print("[red]timed out[/red]: the worker reported no end to the login")
                 return EXIT_TIMEOUT
             if isinstance(result, LoginFailed):
-                console.print(f"[red]login failed[/red] ({result.reason}): {result.error}")
+                console.print(
+                    f"[red]login failed[/red] ({safe(result.reason)}): {safe(result.error)}"
+                )
                 return EXIT_TIMEOUT if result.reason == "timeout" else EXIT_FAILED
             assert isinstance(result, LoginSuccess)
-            console.print(f"[green]logged in[/green]: platform_user_id {result.platform_user_id}")
+            console.print(
+                f"[green]logged in[/green]: platform_user_id {safe(result.platform_user_id)}"
+            )
             with console.status("waiting for the worker to apply it…"):
                 outcome = await updates.tracker.wait_account_outcome(
                     account_id, version, outcomes_from, 30
@@ -88,8 +95,8 @@ def login(
                 console.print("timed out waiting for the config update's outcome")
                 return EXIT_TIMEOUT
             console.print(
-                f"config update {outcome.status}: version {outcome.version} by worker "
-                f"{outcome.worker_id} in {outcome.latency_ms:.1f} ms "
+                f"config update {safe(outcome.status)}: version {outcome.version} by worker "
+                f"{safe(outcome.worker_id)} in {outcome.latency_ms:.1f} ms "
                 f"(login took {time.monotonic() - started:.1f}s)"
             )
             return EXIT_OK if outcome.status == "applied" else EXIT_FAILED
@@ -122,7 +129,7 @@ async def _follow(
                 if isinstance(message, LoginQrCode):
                     _show_qr(message, account_id, qr_dir)
                 elif isinstance(message, LoginProgress):
-                    console.print(f"login: {message.status.replace('_', ' ')}")
+                    console.print(f"login: {safe(message.status.replace('_', ' '))}")
                 elif isinstance(message, LoginSuccess | LoginFailed):
                     return message
 
@@ -133,7 +140,7 @@ def _show_qr(message: LoginQrCode, account_id: str, qr_dir: Path) -> None:
     path = qr_dir / f"{account_id}-{message.session_id[:8]}-{message.refresh}.png"
     path.write_bytes(png)
     what = "QR code" if message.refresh == 0 else f"QR code refreshed ({message.refresh})"
-    console.print(f"{what}: saved to {path}; scan it with the app")
+    console.print(f"{what}: saved to {safe(path)}; scan it with the app")
     text = qr_to_text(png)
     if text and console.is_terminal:
         console.print(text, highlight=False)

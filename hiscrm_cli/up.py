@@ -22,6 +22,7 @@ import typer
 from hiscrm_bus.settings import BusSettings
 
 from .common import EXIT_FAILED, EXIT_OK, console, fail, run
+from .terminal import safe
 
 
 def free_port() -> int:
@@ -102,14 +103,16 @@ class LocalStack:
                 ],
             )
             self._wait_ready("redis", self._redis_ready)
-        console.print(f"redis-server   {self.redis_url}  (data in {self.data_dir / 'redis'})")
+        console.print(
+            f"redis-server   {safe(self.redis_url)}  (data in {safe(self.data_dir / 'redis')})"
+        )
         with console.status("starting the sandbox site, the Master and a worker…"):
             self._spawn("sandbox", self._hiscrm("sandbox", "serve", "--port", str(self.site_port)))
             self._spawn("master", self._hiscrm("master", "--id", "master-1"))
             self._spawn("worker", self._hiscrm("worker", "--id", "w1"))
             self._wait_ready("worker", self._worker_ready)
-        console.print(f"sandbox site   {self.site_url}")
-        console.print(f"master, worker w1 (logs in {self.logs})")
+        console.print(f"sandbox site   {safe(self.site_url)}")
+        console.print(f"master, worker w1 (logs in {safe(self.logs)})")
 
     def _wait_ready(self, name: str, ready: object, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -172,7 +175,7 @@ def up(
         if demo:
             stack.reset()  # the scenario starts from nothing, every time
         stack.start()
-        console.print(f"use it from another shell: export HISCRM_REDIS_URL={stack.redis_url}")
+        console.print(f"use it from another shell: export HISCRM_REDIS_URL={safe(stack.redis_url)}")
         if demo:
             code = run(lambda: play(stack.redis_url, stack.site_url))
         if not demo or keep:
@@ -180,7 +183,7 @@ def up(
             while all(p.poll() is None for p in stack.procs.values()):
                 time.sleep(0.5)  # nothing to do but wait for Ctrl-C
             crashed = [n for n, p in stack.procs.items() if p.poll() is not None]
-            console.print(f"[red]{', '.join(crashed)} exited[/red]; see {stack.logs}")
+            console.print(f"[red]{', '.join(crashed)} exited[/red]; see {safe(stack.logs)}")
             code = EXIT_FAILED
     except KeyboardInterrupt:
         console.print("stopping…")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from hiscrm_bus.connection import call
@@ -81,6 +82,8 @@ class IngestStore:
         return added
 
     async def newest(self, account_id: str, plural: str, limit: int) -> list[CrawledItem]:
+        """The newest ``limit`` items, newest first; a stored body that does not
+        validate (written by something else than this store) is skipped."""
         ids: list[Any] = await call(
             self.redis.zrevrange(self.keys.items(account_id, plural), 0, limit - 1)
         )
@@ -89,18 +92,40 @@ class IngestStore:
         bodies: list[Any] = await call(
             self.redis.hmget(self.keys.item_bodies(account_id, plural), ids)
         )
-        return [CrawledItem.model_validate_json(b) for b in bodies if b is not None]
+        items = []
+        for item_id, body in zip(ids, bodies, strict=True):
+            if body is None:
+                continue
+            try:
+                items.append(CrawledItem.model_validate_json(body))
+            except ValidationError:
+                log.debug("account %s: stored %s %r does not validate", account_id, plural, item_id)
+        return items
 
     async def stats(self, account_id: str) -> CrawlStats:
+        """Counts and the last crawl time; a value that does not parse counts as absent."""
         raw: dict[Any, Any] = await call(self.redis.hgetall(self.keys.crawl_stats(account_id)))
-        d = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
-        last = d.get("last_crawl_at")
+        d = {_s(k): _s(v) for k, v in raw.items()}
         return CrawlStats(
-            comments=int(d.get("comments", 0)),
-            dms=int(d.get("dms", 0)),
-            last_crawl_at=datetime.fromisoformat(_s(last)) if last else None,
+            comments=_count(d.get("comments")),
+            dms=_count(d.get("dms")),
+            last_crawl_at=_time(d.get("last_crawl_at")),
         )
 
 
 def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _count(value: str | None) -> int:
+    try:
+        return max(0, int(value)) if value else 0
+    except ValueError:
+        return 0
+
+
+def _time(value: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None

@@ -130,4 +130,14 @@ async def _masters_idle(redis: Redis, stream: str) -> float | None:
 
 async def _dead_letters(redis: Redis, key: str) -> dict[str, int]:
     raw: dict[Any, Any] = await call(redis.hgetall(key))
-    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+    counts = {}
+    for k, v in raw.items():
+        try:
+            counts[_text(k)] = int(v)
+        except ValueError:
+            continue
+    return counts
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -7,18 +7,25 @@ reader never sees fields without the version that announces them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.asyncio import Redis
 
-from .connection import call
-from .errors import AccountExists, AccountNotFound, InvalidAccountConfig, VersionConflict
+from .connection import call, is_transient
+from .errors import (
+    AccountExists,
+    AccountNotFound,
+    BusUnavailable,
+    InvalidAccountConfig,
+    NotOwner,
+    VersionConflict,
+)
 from .keys import Keys
+from .limits import MAX_FIELD_BYTES, MAX_REASON_CHARS, check_depth, clip, loads
 from .messages import dumps, utcnow
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
@@ -49,6 +56,22 @@ class AccountConfig(BaseModel):
     # status, not configuration: set when an update to this account was given up
     config_stale: bool = False
 
+    @field_validator("user_info", mode="before")
+    @classmethod
+    def _refuse_undecodable(cls, value: Any) -> Any:
+        if isinstance(value, Refused):
+            raise ValueError(value.reason)  # noqa: TRY004 - pydantic wants a ValueError
+        return value
+
+    @field_validator("user_info")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_depth(value)
+        size = len(dumps(value).encode())
+        if size > MAX_FIELD_BYTES:
+            raise ValueError(f"{size} bytes as JSON (limit {MAX_FIELD_BYTES})")
+        return value
+
 
 FIELDS: frozenset[str] = frozenset(AccountConfig.model_fields)
 # fields an operator or the Master may change; the rest are managed by the store
@@ -70,13 +93,28 @@ def encode_value(value: Any) -> str | None:
     return str(value)
 
 
+class Refused:
+    """A stored or typed JSON value that was not even decoded (too large, too deep, not
+    JSON); validation refuses it with ``reason``, naming the field."""
+
+    __slots__ = ("reason", "size")
+
+    def __init__(self, reason: str, size: int) -> None:
+        self.reason = reason
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"<{self.size} bytes>"
+
+
 def decode_value(name: str, raw: str) -> Any:
-    """Inverse of :func:`encode_value` for hash values and CLI ``field=value`` strings."""
+    """Inverse of :func:`encode_value` for hash values and CLI ``field=value`` strings.
+    Never raises: what cannot be decoded is left for validation to refuse."""
     if name in _JSON_FIELDS:
         try:
-            return json.loads(raw)
-        except ValueError:
-            return raw  # left for validation to refuse with a clear message
+            return loads(raw)
+        except ValueError as exc:
+            return Refused(str(exc), len(raw))
     if name in _NULLABLE and raw in ("", "null", "none"):
         return None
     return raw
@@ -89,6 +127,14 @@ def to_hash(config: AccountConfig) -> dict[str, str]:
         if encoded is not None:
             out[name] = encoded
     return out
+
+
+def _int_or_none(value: Any) -> int | None:
+    """A stored version; None when absent, unreadable (an error reply) or not a number."""
+    try:
+        return None if value is None or isinstance(value, Exception) else int(value)
+    except ValueError:
+        return None
 
 
 def _text(value: bytes | str) -> str:
@@ -117,11 +163,13 @@ def validate(data: Mapping[str, Any]) -> AccountConfig:
 
 
 def describe(exc: ValidationError) -> str:
+    """The errors in one bounded sentence: each field, a clipped view of its value, why."""
     parts = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "value"
-        parts.append(f"{loc}={err.get('input')!r}: {err['msg']}")
-    return "; ".join(parts)
+        loc = ".".join(str(p) for p in err["loc"][:1]) or "value"
+        shown = clip(repr(err.get("input")), 60)
+        parts.append(f"{loc}={shown}: {clip(err['msg'], 200)}")
+    return clip("; ".join(parts), MAX_REASON_CHARS // 2)
 
 
 def parse_assignments(pairs: Iterable[str]) -> dict[str, Any]:
@@ -162,12 +210,14 @@ class AccountUpdate:
 
 
 # KEYS: account hash, unassigned set. ARGV: expected version ('' = any), updated_at,
-# JSON {field: value}, JSON [field to delete], worker set head, worker set tail, account id.
+# JSON {field: value}, JSON [field to delete], worker set head, worker set tail, account id,
+# expected owner ('' = any).
 _UPDATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'config_version') or '0')
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= cur then return -2 end
 local old = redis.call('HGET', KEYS[1], 'worker_id')
+if ARGV[8] ~= '' and old ~= ARGV[8] then return -3 end
 for k, v in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[1], k, v) end
 for _, k in ipairs(cjson.decode(ARGV[4])) do redis.call('HDEL', KEYS[1], k) end
 local new = redis.call('HGET', KEYS[1], 'worker_id')
@@ -252,15 +302,26 @@ class AccountStore:
                 pipe.hgetall(self.keys.account(account_id))
             return list(await call(pipe.execute()))
 
+    async def get_each(self, account_ids: Sequence[str]) -> list[dict[bytes, bytes] | Exception]:
+        """HGETALL of many accounts in one round trip, where one account's error reply
+        (NOPERM once access was revoked, WRONGTYPE for a key overwritten by something
+        else) is that account's result instead of the whole call's exception."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for account_id in account_ids:
+                pipe.hgetall(self.keys.account(account_id))
+            replies = await call(pipe.execute(raise_on_error=False))
+        for reply in replies:
+            if isinstance(reply, Exception) and is_transient(reply):
+                raise BusUnavailable(f"Redis cannot serve us right now: {reply}") from reply
+        return list(replies)
+
     async def versions(self, account_ids: Sequence[str]) -> dict[str, int | None]:
         """Each account's ``config_version`` in one round trip (None: no such account)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for account_id in account_ids:
                 pipe.hget(self.keys.account(account_id), "config_version")
-            raw = await call(pipe.execute())
-        return {
-            a: (int(v) if v is not None else None) for a, v in zip(account_ids, raw, strict=True)
-        }
+            raw = await call(pipe.execute(raise_on_error=False))
+        return {a: _int_or_none(v) for a, v in zip(account_ids, raw, strict=True)}
 
     async def ids(self) -> list[str]:
         return sorted(_text(m) for m in await call(self.redis.smembers(self.keys.accounts)))
@@ -278,14 +339,16 @@ class AccountStore:
         changes: Mapping[str, Any],
         *,
         expect_version: int | None = None,
+        expect_owner: str | None = None,
     ) -> AccountUpdate:
         """Validate ``changes`` against the current config, then write them and bump the
-        version atomically. Raises AccountNotFound, InvalidAccountConfig, VersionConflict."""
+        version atomically. Raises AccountNotFound, InvalidAccountConfig, VersionConflict,
+        and NotOwner when ``expect_owner`` is given and does not own the account then."""
         raw = await call(self.redis.hgetall(self.keys.account(account_id)))
         if not raw:
             raise AccountNotFound(f"no account {account_id!r}")
         batch = {account_id: (decode_hash(raw), changes)}
-        (result,) = await self.update_many(batch, expect_version)
+        (result,) = await self.update_many(batch, expect_version, expect_owner)
         if isinstance(result, Exception):
             raise result
         return result
@@ -294,6 +357,7 @@ class AccountStore:
         self,
         batch: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]],
         expect_version: int | None = None,
+        expect_owner: str | None = None,
     ) -> list[AccountUpdate | Exception]:
         """Versioned writes of many accounts in one pipeline (each atomic on its own).
 
@@ -316,7 +380,10 @@ class AccountStore:
                 sets = {f: v for f, v in encoded.items() if v is not None}
                 dels = [f for f, v in encoded.items() if v is None]
                 expected = "" if expect_version is None else str(expect_version)
-                args = [expected, now, dumps(sets), dumps(dels), head, tail, account_id]
+                args = [
+                    *(expected, now, dumps(sets), dumps(dels), head, tail, account_id),
+                    expect_owner or "",
+                ]
                 keys = [self.keys.account(account_id), self.keys.unassigned]
                 await self._update(keys=keys, args=args, client=pipe)
                 sent.append((len(results), current, new, fields))
@@ -328,6 +395,8 @@ class AccountStore:
                 results[index] = AccountNotFound(f"no account {new.id!r}")
             elif version == -2:
                 results[index] = VersionConflict(f"account {new.id} changed meanwhile")
+            elif version == -3:
+                results[index] = NotOwner(f"account {new.id} is not owned by {expect_owner}")
             else:
                 results[index] = AccountUpdate(
                     new.id, version, fields, new.worker_id, current.get("worker_id")

@@ -20,7 +20,7 @@ from redis.asyncio.client import PubSub
 from redis.backoff import ExponentialWithJitterBackoff
 
 from .connection import RECOVERABLE, call, make_client
-from .deadletter import DeadLetters
+from .deadletter import DeadLetterWriter
 from .messages import DecodeError, Message, decode, encode
 from .settings import BusSettings
 
@@ -48,7 +48,7 @@ class ControlSubscription:
         worker_id: str,
         handler: Handler,
         on_subscribed: Hook,
-        deadletters: DeadLetters,
+        deadletters: DeadLetterWriter,
     ) -> None:
         self.settings = settings
         self.channel = settings.keys.control(worker_id)

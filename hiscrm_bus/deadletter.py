@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from redis.asyncio import Redis
 
@@ -12,6 +13,12 @@ from .messages import DecodeError, utcnow
 from .settings import BusSettings
 
 log = logging.getLogger(__name__)
+
+
+class DeadLetterWriter(Protocol):
+    """Where a loop puts what it could not decode."""
+
+    async def write(self, source: str, error: DecodeError) -> None: ...
 
 
 class DeadLetters:

@@ -29,3 +29,7 @@ class InvalidAccountConfig(HiscrmError):
 
 class VersionConflict(HiscrmError):
     """A conditional update found the account changed by someone else. Nothing was written."""
+
+
+class NotOwner(HiscrmError):
+    """A worker spoke about an account it does not own at that moment. Nothing was written."""

@@ -9,8 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 _MARK = "\x00id\x00"
+StreamKind = Literal["acks", "events", "ingest"]
+STREAM_KINDS: tuple[StreamKind, ...] = ("acks", "events", "ingest")
+
+
+def escape_glob(text: str) -> str:
+    """``text`` as a literal inside a Redis glob pattern (KEYS, SCAN, ACL rules)."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,21 +62,21 @@ class Keys:
         """Pub/sub channel: Master → worker commands and config updates."""
         return f"{self.prefix}worker:{worker_id}:control"
 
-    # streams
-    @property
-    def acks(self) -> str:
-        """Stream: worker → Master ACKs (consumer group of the Masters)."""
-        return f"{self.prefix}acks"
+    # what a worker sends: streams only that worker's Redis user may append to, so
+    # the stream a message was read from names its sender
+    def worker_stream(self, worker_id: str, kind: StreamKind) -> str:
+        """Stream: worker → Master messages of one kind (``acks``, ``events``, ``ingest``),
+        read by the Masters' consumer group."""
+        return f"{self.prefix}worker:{worker_id}:out:{kind}"
+
+    def worker_streams(self, worker_id: str) -> str:
+        """Key pattern (for ACL rules) of every stream :meth:`worker_stream` names."""
+        return escape_glob(f"{self.prefix}worker:{worker_id}:out:") + "*"
 
     @property
-    def events(self) -> str:
-        """Stream: worker → Master events (login, task status)."""
-        return f"{self.prefix}events"
-
-    @property
-    def ingest(self) -> str:
-        """Stream: worker → Master batches of crawled comments and messages."""
-        return f"{self.prefix}ingest"
+    def masters(self) -> str:
+        """Sorted set: Master id by the time of its last liveness pass (epoch seconds)."""
+        return f"{self.prefix}masters"
 
     def login(self, session_id: str) -> str:
         """Hash (with TTL): one QR login session's state as the Master saw it."""

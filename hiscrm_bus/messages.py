@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from . import PROTOCOL_VERSION
+from .limits import MAX_MESSAGE_BYTES, check_depth
 
 CONFIG_UPDATE: Final = "master:account:config_update"
 CONFIG_UPDATE_ACK: Final = "master:account:config_update:ack"
@@ -29,6 +30,8 @@ UpdateReason = Literal[
 ]
 # versions come from Redis' 64-bit HINCRBY; anything larger is not a real version
 MAX_VERSION = 2**63 - 1
+# free-form JSON a platform gave us (a profile, an item's extra fields): kept, but shallow
+JsonObject = Annotated[dict[str, Any], AfterValidator(check_depth)]
 TaskState = Literal["starting", "waiting_login", "running", "disabled", "error", "stopped"]
 
 
@@ -120,7 +123,7 @@ class LoginSuccess(Envelope):
     account_id: str = Field(min_length=1, max_length=200)
     worker_id: str = Field(min_length=1, max_length=200)
     platform_user_id: str = Field(max_length=200)
-    user_info: dict[str, Any] = Field(default_factory=dict)
+    user_info: JsonObject = Field(default_factory=dict)
     session_id: str = Field("", max_length=64)
 
 
@@ -145,7 +148,7 @@ class CrawledItem(BaseModel):
     text: str = Field(max_length=20_000)
     author: str = Field("", max_length=500)
     created_at: datetime
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: JsonObject = Field(default_factory=dict)
 
 
 class CrawlBatch(Envelope):
@@ -171,6 +174,19 @@ class TaskStatus(Envelope):
     detail: str | None = Field(None, max_length=2000)
 
 
+class DeadLetterReport(Envelope):
+    """Worker → Master: something arrived on the worker's control channel that did not
+    decode. The Master records it in the shared dead-letter stream (a worker cannot
+    write there, so it cannot wipe it either)."""
+
+    type: Literal["worker:deadletter"] = "worker:deadletter"
+    worker_id: str = Field(min_length=1, max_length=200)
+    source: str = Field(min_length=1, max_length=500)
+    reason: str = Field(max_length=2000)
+    raw: str = Field("", max_length=8192)
+    raw_len: int = Field(0, ge=0)
+
+
 Message = Annotated[
     AccountConfigUpdate
     | AccountConfigUpdateAck
@@ -180,7 +196,8 @@ Message = Annotated[
     | LoginSuccess
     | LoginFailed
     | TaskStatus
-    | CrawlBatch,
+    | CrawlBatch
+    | DeadLetterReport,
     Field(discriminator="type"),
 ]
 _adapter: TypeAdapter[Message] = TypeAdapter(Message)
@@ -201,6 +218,8 @@ def encode(message: Message) -> bytes:
 def decode(raw: bytes | str) -> Message | DecodeError:
     """Parse one message. Never raises: anything wrong becomes a DecodeError."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+    if len(data) > MAX_MESSAGE_BYTES:
+        return DecodeError(f"message of {len(data)} bytes (limit {MAX_MESSAGE_BYTES})", data)
     try:
         return _adapter.validate_json(data)
     except ValidationError as exc:

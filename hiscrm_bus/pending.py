@@ -75,10 +75,14 @@ end
 
 # KEYS: pending, account pending index, outcomes, stats, account hash
 # ARGV: version, ok, error, update key head, update key tail, worker_id, maxlen, ttl
+# Only the account's owner may resolve its updates ('not_owner' otherwise); the worker
+# id is the ACK stream's writer, never what the ACK claims.
 _RESOLVE = (
     _NOW
     + _CLOSE
     + """
+local current = redis.call('HGET', KEYS[5], 'worker_id')
+if current and current ~= ARGV[6] then return 'not_owner' end
 local out = {}
 local status = 'rejected'
 if ARGV[2] == '1' then status = 'applied' end
@@ -199,19 +203,26 @@ class Outcome:
     reason: str
 
     @classmethod
-    def from_fields(cls, raw: dict[Any, Any]) -> Outcome:
-        d = {_s(k): _s(v) for k, v in raw.items()}
-        return cls(
-            update_id=d["update_id"],
-            account_id=d["account_id"],
-            worker_id=d["worker_id"],
-            version=int(d["version"]),
-            status=d["status"],  # type: ignore[arg-type]
-            attempts=int(d["attempts"]),
-            latency_ms=float(d["latency_ms"]),
-            error=d.get("error", ""),
-            reason=d.get("reason", ""),
-        )
+    def from_fields(cls, raw: dict[Any, Any]) -> Outcome | None:
+        """The outcome an entry records, or None for an entry hiscrm did not write."""
+        try:
+            d = {_s(k): _s(v) for k, v in raw.items()}
+            status = d["status"]
+            if status not in ("applied", "rejected", "failed"):
+                return None
+            return cls(
+                update_id=d["update_id"],
+                account_id=d["account_id"],
+                worker_id=d.get("worker_id", ""),
+                version=int(d["version"]),
+                status=status,  # type: ignore[arg-type]
+                attempts=int(d.get("attempts", "1")),
+                latency_ms=float(d.get("latency_ms", "0")),
+                error=d.get("error", ""),
+                reason=d.get("reason", ""),
+            )
+        except (KeyError, ValueError, AttributeError):
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,12 +289,13 @@ class PendingTracker:
         clears the account's ``config_stale`` mark.
         """
         (closed,) = await self.resolve_many([ack])
-        return closed
+        return closed or []
 
     async def resolve_many(
         self, acks: Sequence[AccountConfigUpdateAck]
-    ) -> list[list[tuple[str, Status, float]]]:
-        """:meth:`resolve` for many ACKs in one round trip, in order."""
+    ) -> list[list[tuple[str, Status, float]] | None]:
+        """:meth:`resolve` for many ACKs in one round trip, in order. None for an ACK
+        whose worker does not own the account (it resolves nothing)."""
         head, tail = self.keys.split(self.keys.update)
         async with self.redis.pipeline(transaction=False) as pipe:
             for ack in acks:
@@ -309,7 +321,12 @@ class PendingTracker:
                 ]
                 await self._resolve(keys=keys, args=args, client=pipe)
             replies = await call(pipe.execute()) if acks else []
-        return [[(_s(r[0]), _s(r[1]), float(_s(r[2]))) for r in reply] for reply in replies]  # type: ignore[misc]
+        return [
+            None
+            if isinstance(reply, bytes | str)
+            else [(_s(r[0]), _s(r[1]), float(_s(r[2]))) for r in reply]  # type: ignore[misc]
+            for reply in replies
+        ]
 
     async def sweep(self, limit: int = 500) -> Sweep:
         """Take the updates whose deadline passed: the ones to retry now (their attempt
@@ -360,7 +377,7 @@ class PendingTracker:
             for update_id in update_ids:
                 pipe.hgetall(self.keys.update(update_id))
             raws = await call(pipe.execute())
-        return [PendingUpdate.from_hash(r) if r else None for r in raws]
+        return [_pending_or_none(r) for r in raws]
 
     async def get(self, update_id: str) -> PendingUpdate | None:
         (update,) = await self.get_many([update_id])
@@ -395,7 +412,9 @@ class PendingTracker:
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
                     cursor = _s(entry_id)
-                    yield Outcome.from_fields(fields)
+                    outcome = Outcome.from_fields(fields)
+                    if outcome is not None:
+                        yield outcome
 
     async def wait_outcomes(
         self, update_ids: Sequence[str], after: str, timeout_s: float
@@ -418,7 +437,8 @@ class PendingTracker:
     async def recent_outcomes(self, count: int = 1000) -> list[Outcome]:
         """The newest ``count`` outcomes, newest first."""
         entries: Any = await call(self.redis.xrevrange(self.keys.outcomes, count=count))
-        return [Outcome.from_fields(fields) for _id, fields in entries]
+        outcomes = (Outcome.from_fields(fields) for _id, fields in entries)
+        return [o for o in outcomes if o is not None]
 
     async def wait_account_outcome(
         self, account_id: str, above_version: int, after: str, timeout_s: float
@@ -433,5 +453,16 @@ class PendingTracker:
         return None
 
 
+def _pending_or_none(raw: dict[Any, Any]) -> PendingUpdate | None:
+    """The update a record holds; None when there is none or it is not ours to read."""
+    if not raw:
+        return None
+    try:
+        return PendingUpdate.from_hash(raw)
+    except (KeyError, ValueError, TypeError, RecursionError):
+        log.warning("an update record does not decode; ignored")
+        return None
+
+
 def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

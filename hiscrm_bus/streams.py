@@ -4,30 +4,46 @@ The reader re-reads its own pending entries at start and after every reconnect, 
 entries a dead consumer left idle (XAUTOCLAIM), and dead-letters what does not decode.
 A handler that fails on Redis leaves its entry pending for the next pass; any other
 handler failure is logged and the entry acknowledged, so one bad entry cannot wedge
-the group.
+the group. One reader can follow many streams (one per worker) in one XREADGROUP.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 from redis import exceptions as rexc
 from redis.asyncio import Redis
-from redis.backoff import ExponentialWithJitterBackoff
 
-from .connection import RECOVERABLE, call
+from .connection import RECOVERABLE, call, is_transient
 from .deadletter import DeadLetters
+from .errors import BusUnavailable
 from .messages import DecodeError, Message, decode, encode
+from .resilience import Episode
 from .settings import BusSettings
 
 log = logging.getLogger(__name__)
 FIELD = "msg"
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message as read: who wrote its stream (``source``), which stream, what."""
+
+    source: str
+    stream: str
+    message: Message
+
+
+Entry = tuple[str, Any, Any]  # (stream, entry id, fields)
 Handler = Callable[[Message], Awaitable[None]]
 BatchHandler = Callable[[list[Message]], Awaitable[None]]
+ReceivedHandler = Callable[[list[Received]], Awaitable[None]]
+Discover = Callable[[], Awaitable[Mapping[str, str]]]
 
 
 async def append(redis: Redis, stream: str, message: Message, maxlen: int) -> str:
@@ -62,40 +78,79 @@ async def last_entry_id(redis: Redis, stream: str) -> str:
 
 
 class StreamReader:
-    """One consumer of a consumer group on one stream."""
+    """One consumer of a consumer group over a set of streams.
+
+    With ``discover`` the set follows a changing fleet: it returns ``{stream: source}``
+    (e.g. each worker's outgoing stream and the worker's id) and is asked again every
+    ``refresh_s``. Handlers receive each message with the source of the stream it was
+    read from: the stream's writer is who sent it, whatever the message claims.
+    """
 
     def __init__(
         self,
         redis: Redis,
         settings: BusSettings,
-        stream: str,
+        stream: str | None,
         group: str,
         consumer: str,
         *,
         block_ms: int = 1000,
         count: int = 100,
+        discover: Discover | None = None,
+        refresh_s: float = 0.5,
     ) -> None:
         self.redis = redis
         self.settings = settings
-        self.stream = stream
+        self.streams: dict[str, str] = {stream: ""} if stream else {}
         self.group = group
         self.consumer = consumer
         self.block_ms = block_ms
         self.count = count
+        self.discover = discover
+        self.refresh_s = refresh_s
         self.deadletters = DeadLetters(redis, settings)
-        self._backoff = ExponentialWithJitterBackoff(
-            cap=settings.backoff_max_s, base=settings.backoff_min_s
-        )
         self.processed = 0
         # the last read filled a whole batch: more is waiting behind it
         self.backlogged = False
+        self._grouped: set[str] = set()
+        self._broken: set[str] = set()
+        self._next_refresh = 0.0
+        label = ",".join(self.streams) or "discovered streams"
+        self.episode = Episode(log, f"stream reader {group}/{consumer} on {label}", settings)
+
+    @property
+    def stream(self) -> str:
+        """The stream of a single-stream reader."""
+        return next(iter(self.streams))
 
     async def ensure_group(self) -> None:
-        try:
-            await call(self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True))
-        except rexc.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await self._refresh(force=True)
+
+    async def _refresh(self, *, force: bool = False) -> None:
+        now = anyio.current_time()
+        if self.discover is not None and (force or now >= self._next_refresh):
+            self.streams = dict(await self.discover())
+            self._next_refresh = now + self.refresh_s
+        if force:
+            self._grouped.clear()
+        new = [s for s in self.streams if s not in self._grouped]
+        if not new:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in new:
+                pipe.xgroup_create(stream, self.group, id="0", mkstream=True)
+            replies = await call(pipe.execute(raise_on_error=False))
+        for stream, reply in zip(new, replies, strict=True):
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                if is_transient(reply):
+                    raise BusUnavailable(f"cannot create group on {stream}: {reply}")
+                # e.g. the key holds another type: read the others, report this one once
+                if stream not in self._broken:
+                    log.warning("stream %s: cannot create group %s: %s", stream, self.group, reply)
+                    self._broken.add(stream)
+                continue
+            self._broken.discard(stream)
+            self._grouped.add(stream)
 
     async def run(
         self, handler: Handler, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -120,7 +175,20 @@ class StreamReader:
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Consume forever, a read's worth of messages per call (one XACK per batch)."""
-        failures = 0
+
+        async def plain(received: list[Received]) -> None:
+            await handler([r.message for r in received])
+
+        await self.run_received(plain, task_status=task_status)
+
+    async def run_received(
+        self,
+        handler: ReceivedHandler,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Consume forever, a read's worth of messages with their sources per call.
+        No error ends the loop: Redis outages and error replies are waited out."""
         started = False
         while True:
             try:
@@ -129,103 +197,117 @@ class StreamReader:
                     task_status.started()
                     started = True
                 await self._drain_own_pending(handler)
-                failures = 0
+                self.episode.ok()
                 await self._consume(handler)
-            except RECOVERABLE as exc:
-                failures += 1
-                log.warning("stream %s: Redis unavailable (%s); retrying", self.stream, exc)
             except rexc.ResponseError as exc:
                 # a reader blocked in XREADGROUP gets UNBLOCKED when the stream key is
                 # deleted, and NOGROUP when the group is destroyed: recreate both
-                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
-                    raise
-                log.warning("stream %s: consumer group vanished; recreating it", self.stream)
-            await anyio.sleep(self._backoff.compute(failures) if failures else 0)
+                if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+                    log.warning("%s: consumer group vanished; recreating it", self.episode.what)
+                    continue
+                await anyio.sleep(self.episode.failed(exc))
+            except Exception as exc:
+                await anyio.sleep(self.episode.failed(exc))
 
-    async def _drain_own_pending(self, handler: BatchHandler) -> None:
-        while True:
-            reply = await call(
-                self.redis.xreadgroup(
-                    self.group, self.consumer, {self.stream: "0"}, count=self.count
+    async def _drain_own_pending(self, handler: ReceivedHandler) -> None:
+        for stream in list(self._grouped):
+            while True:
+                reply = await call(
+                    self.redis.xreadgroup(
+                        self.group, self.consumer, {stream: "0"}, count=self.count
+                    )
                 )
-            )
-            entries = _entries(reply)
-            if not entries:
-                return
-            await self._process(entries, handler)
+                entries = _entries(reply)
+                if not entries:
+                    break
+                await self._process(entries, handler)
 
-    async def _consume(self, handler: BatchHandler) -> None:
+    async def _consume(self, handler: ReceivedHandler) -> None:
         claim_every = max(self.settings.claim_idle_s / 2, 0.05)
         next_claim = 0.0
         while True:
+            await self._refresh()
             if anyio.current_time() >= next_claim:
                 await self._claim_idle(handler)
                 next_claim = anyio.current_time() + claim_every
+            if not self._grouped:
+                await anyio.sleep(min(self.block_ms / 1000, self.refresh_s))
+                continue
             reply = await call(
                 self.redis.xreadgroup(
                     self.group,
                     self.consumer,
-                    {self.stream: ">"},
+                    dict.fromkeys(self._grouped, ">"),
                     count=self.count,
                     block=self.block_ms,
                 )
             )
-            await self._process(_entries(reply), handler)
+            entries = _entries(reply)
+            await self._process(entries, handler)
+            self.episode.ok()
 
-    async def _claim_idle(self, handler: BatchHandler) -> None:
-        cursor = "0-0"
+    async def _claim_idle(self, handler: ReceivedHandler) -> None:
         min_idle = int(self.settings.claim_idle_s * 1000)
-        while True:
-            reply = await call(
-                self.redis.xautoclaim(
-                    self.stream, self.group, self.consumer, min_idle, cursor, count=self.count
+        for stream in list(self._grouped):
+            cursor = "0-0"
+            while True:
+                reply = await call(
+                    self.redis.xautoclaim(
+                        stream, self.group, self.consumer, min_idle, cursor, count=self.count
+                    )
                 )
-            )
-            cursor, claimed = _s(reply[0]), reply[1]
-            entries = [(e[0], e[1]) for e in claimed if e and e[1] is not None]
-            if entries:
-                log.info("stream %s: claimed %d idle entries", self.stream, len(entries))
-                await self._process(entries, handler)
-            if cursor == "0-0":
-                return
+                cursor, claimed = _s(reply[0]), reply[1]
+                entries = [(stream, e[0], e[1]) for e in claimed if e and e[1] is not None]
+                if entries:
+                    log.info("stream %s: claimed %d idle entries", stream, len(entries))
+                    await self._process(entries, handler)
+                if cursor == "0-0":
+                    break
 
-    async def _process(self, entries: list[tuple[Any, Any]], handler: BatchHandler) -> None:
+    async def _process(self, entries: list[Entry], handler: ReceivedHandler) -> None:
         if not entries:
             self.backlogged = False
             return
-        self.backlogged = len(entries) >= self.count
-        messages: list[Message] = []
-        for _entry_id, fields in entries:
+        per_stream: dict[str, int] = {}
+        received: list[Received] = []
+        for stream, _entry_id, fields in entries:
+            per_stream[stream] = per_stream.get(stream, 0) + 1
             raw = fields.get(FIELD.encode(), fields.get(FIELD, b"")) if fields else b""
             message = decode(raw) if raw else DecodeError(f"entry has no {FIELD!r} field", b"")
             if isinstance(message, DecodeError):
                 if not raw:
                     message = DecodeError(message.reason, repr(fields).encode())
-                await self.deadletters.write(self.stream, message)
+                await self.deadletters.write(stream, message)
             else:
-                messages.append(message)
-        if messages:
+                received.append(Received(self.streams.get(stream, ""), stream, message))
+        self.backlogged = any(n >= self.count for n in per_stream.values())
+        if received:
             try:
-                await handler(messages)
+                await handler(received)
             except RECOVERABLE:
                 raise  # entries stay pending; re-read after reconnect
             except Exception:
-                log.exception("stream %s: batch handler failed", self.stream)
-        await call(self.redis.xack(self.stream, self.group, *[e[0] for e in entries]))
+                log.exception("%s: batch handler failed", self.episode.what)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in per_stream:
+                ids = [e[1] for e in entries if e[0] == stream]
+                pipe.xack(stream, self.group, *ids)
+            await call(pipe.execute())
         self.processed += len(entries)
 
 
-def _entries(reply: Any) -> list[tuple[Any, Any]]:
+def _entries(reply: Any) -> list[Entry]:
+    """(stream, entry id, fields) of an XREADGROUP reply."""
     if not reply:
         return []
     # RESP2: [[stream, [(id, fields), ...]]]; RESP3: {stream: [[(id, fields), ...]]}
     if isinstance(reply, dict):
-        out: list[tuple[Any, Any]] = []
-        for value in reply.values():
+        out: list[Entry] = []
+        for stream, value in reply.items():
             for batch in value:
-                out.extend(batch)
+                out.extend((_s(stream), e[0], e[1]) for e in batch)
         return out
-    return [entry for _stream, batch in reply for entry in batch]
+    return [(_s(stream), e[0], e[1]) for stream, batch in reply for e in batch]
 
 
 def _s(value: bytes | str) -> str:

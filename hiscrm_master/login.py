@@ -122,10 +122,14 @@ async def on_login_event(
 log = logging.getLogger(__name__)
 
 
-async def on_login_success(updates: Updates, event: LoginSuccess) -> bool:
+async def on_login_success(
+    updates: Updates, event: LoginSuccess, *, owner: str | None = None
+) -> bool:
     """One atomic hash update (platform_user_id, login_status, user_info, version bump),
     then ``master:account:config_update`` (reason login_success) to the owner, tracked.
-    A login for an unknown account or with an empty user id is refused whole."""
+    A login for an unknown account or with an empty user id is refused whole. With
+    ``owner``, the write happens only if that worker owns the account at that moment
+    (NotOwner otherwise, nothing written)."""
     account_id = event.account_id
     user_id = event.platform_user_id.strip()
     if not user_id:
@@ -141,7 +145,9 @@ async def on_login_success(updates: Updates, event: LoginSuccess) -> bool:
         "user_info": event.user_info,
     }
     try:
-        result, sent = await updates.change(account_id, changes, "login_success")
+        result, sent = await updates.change(
+            account_id, changes, "login_success", expect_owner=owner
+        )
     except AccountNotFound:
         log.warning("login success for unknown account %s refused", account_id)
         return False

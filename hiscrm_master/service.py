@@ -1,37 +1,47 @@
 """The Master: a stateless set of loops over Redis, all in one task group.
 
 ACKs and worker events are read through consumer groups, so two Masters share the
-work and a restarted one picks up its own unacknowledged entries. Pending updates,
+work and a restarted one picks up its own unacknowledged entries. Each worker writes to
+streams of its own (and, with per-worker Redis users, only it can), so the stream names
+the sender; a message about an account is accepted only from the account's owner at
+that moment, anything else is dead-lettered with the reason. Pending updates,
 worker liveness and placement are kept in Redis and changed with atomic scripts.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 from anyio.abc import TaskStatus
 from redis.asyncio import Redis
 
-from hiscrm_bus.connection import RECOVERABLE
-from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig
+from hiscrm_bus.connection import call
+from hiscrm_bus.deadletter import DeadLetters
+from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig, NotOwner
+from hiscrm_bus.keys import StreamKind
 from hiscrm_bus.messages import (
     AccountConfigUpdate,
     AccountConfigUpdateAck,
     CrawlBatch,
+    DeadLetterReport,
+    DecodeError,
     LoginFailed,
     LoginProgress,
     LoginQrCode,
     LoginSuccess,
     Message,
     UpdateReason,
+    encode,
 )
 from hiscrm_bus.messages import (
     TaskStatus as TaskStatusEvent,
 )
 from hiscrm_bus.pending import PendingUpdate
-from hiscrm_bus.streams import StreamReader
+from hiscrm_bus.resilience import Episode, every
+from hiscrm_bus.streams import Received, StreamReader
 
 from .assignment import Assigner
 from .ingest import IngestStore
@@ -41,6 +51,8 @@ from .settings import MasterSettings
 from .updates import Updates
 
 log = logging.getLogger(__name__)
+# events that speak about one account: accepted only from that account's owner
+_ABOUT_ACCOUNT = (LoginSuccess, LoginQrCode, LoginProgress, LoginFailed, TaskStatusEvent)
 
 
 class Master:
@@ -53,36 +65,37 @@ class Master:
         self.tracker = self.updates.tracker
         self.store = self.updates.store
         self.assigner = Assigner(redis, settings, self.updates)
+        self.deadletters = DeadLetters(redis, settings)
         group = settings.consumer_group
-        self.acks = StreamReader(redis, settings, self.keys.acks, group, self.id)
-        self.events = StreamReader(redis, settings, self.keys.events, group, self.id)
-        self.ingest = StreamReader(redis, settings, self.keys.ingest, group, self.id)
+        self.acks = self._reader("acks", group)
+        self.events = self._reader("events", group)
+        self.ingest = self._reader("ingest", group)
         self.items = IngestStore(redis, self.keys)
         self.metrics = MasterMetrics()
 
+    def _reader(self, kind: StreamKind, group: str) -> StreamReader:
+        """A reader of one kind of stream of every known worker (alive or not: a dead
+        worker's last words are read too)."""
+
+        async def discover() -> dict[str, str]:
+            ids = await self.assigner.registry.ids()
+            return {self.keys.worker_stream(w, kind): w for w in ids}
+
+        return StreamReader(self.redis, self.settings, None, group, self.id, discover=discover)
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         log.info("master %s starting", self.id)
+        s = self.settings
         async with anyio.create_task_group() as tg:
-            await tg.start(self.acks.run_batches, self.on_acks)
-            await tg.start(self.events.run, self.on_event)
-            await tg.start(self.ingest.run, self.on_batch)
-            tg.start_soon(self._every, self.settings.sweep_interval_s, self.sweep, name="sweeper")
-            tg.start_soon(
-                self._every, self.settings.liveness_interval_s, self.assigner.run_once, name="live"
-            )
-            if self.settings.metrics_port is not None:
-                self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
-                log.info(
-                    "metrics on http://%s:%d/metrics",
-                    self.settings.metrics_host,
-                    self.settings.metrics_port,
-                )
-                tg.start_soon(
-                    self._every,
-                    self.settings.liveness_interval_s,
-                    self.refresh_metrics,
-                    name="metrics",
-                )
+            await tg.start(self.acks.run_received, self.on_acks)
+            await tg.start(self.events.run_received, self.on_events)
+            await tg.start(self.ingest.run_received, self.on_batches)
+            tg.start_soon(self._loop, "sweeper", s.sweep_interval_s, self.sweep)
+            tg.start_soon(self._loop, "liveness", s.liveness_interval_s, self.liveness)
+            if s.metrics_port is not None:
+                self.metrics.serve(s.metrics_host, s.metrics_port)
+                log.info("metrics on http://%s:%d/metrics", s.metrics_host, s.metrics_port)
+                tg.start_soon(self._loop, "metrics", s.liveness_interval_s, self.refresh_metrics)
             log.info("master %s ready", self.id)
             task_status.started()
             try:
@@ -90,22 +103,64 @@ class Master:
             finally:
                 self.metrics.close()
 
-    async def _every(self, interval: float, step: Callable[[], Awaitable[object]]) -> None:
-        while True:
-            try:
-                await step()
-            except RECOVERABLE as exc:
-                log.warning("master %s: Redis unavailable (%s); will try again", self.id, exc)
-            await anyio.sleep(interval)
+    async def _loop(
+        self, name: str, interval: float, step: Callable[[], Awaitable[object]]
+    ) -> None:
+        await every(interval, step, Episode(log, f"master {self.id}: {name}", self.settings))
 
-    async def on_acks(self, messages: list[Message]) -> None:
-        """Resolve a read's worth of ACKs in one round trip."""
-        acks = [m for m in messages if isinstance(m, AccountConfigUpdateAck)]
-        for other in messages:
-            if not isinstance(other, AccountConfigUpdateAck):
-                log.warning("master %s: unexpected %s on the ACK stream", self.id, other.type)
-        for ack, closed in zip(acks, await self.tracker.resolve_many(acks), strict=True):
-            self._log_resolved(ack, closed)
+    async def liveness(self) -> None:
+        """Say we are alive, then move dead workers' accounts and place unowned ones."""
+        await call(self.redis.zadd(self.keys.masters, {self.id: time.time()}))
+        await self.assigner.run_once()
+
+    async def reject(self, received: Received, reason: str) -> None:
+        """Dead-letter a message its sender had no right to send."""
+        message = received.message
+        account = getattr(message, "account_id", "-")
+        log.warning(
+            "master %s: %s from worker %s about account %s refused: %s",
+            self.id,
+            message.type,
+            received.source,
+            account,
+            reason,
+        )
+        raw = encode(message)
+        await self.deadletters.write(received.stream, DecodeError(reason, raw))
+
+    def _sender_ok(self, received: Received) -> bool:
+        claimed = getattr(received.message, "worker_id", received.source)
+        return bool(received.source) and claimed == received.source
+
+    async def _owners(self, account_ids: Sequence[str]) -> dict[str, str | None]:
+        """Each account's owner now, in one round trip."""
+        unique = sorted(set(account_ids))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for account_id in unique:
+                pipe.hget(self.keys.account(account_id), "worker_id")
+            replies = await call(pipe.execute(raise_on_error=False))
+        return {
+            a: (r.decode() if isinstance(r, bytes) else None)
+            for a, r in zip(unique, replies, strict=True)
+        }
+
+    async def on_acks(self, received: list[Received]) -> None:
+        """Resolve a read's worth of ACKs in one round trip; only the account's owner
+        can resolve its updates, and only as itself."""
+        acks: list[tuple[Received, AccountConfigUpdateAck]] = []
+        for r in received:
+            if not isinstance(r.message, AccountConfigUpdateAck):
+                await self.reject(r, "wrong_stream")
+            elif not self._sender_ok(r):
+                await self.reject(r, "wrong_sender")
+            else:
+                acks.append((r, r.message))
+        results = await self.tracker.resolve_many([a for _r, a in acks])
+        for (r, ack), closed in zip(acks, results, strict=True):
+            if closed is None:
+                await self.reject(r, "not_owner")
+            else:
+                self._log_resolved(ack, closed)
 
     def _log_resolved(
         self, ack: AccountConfigUpdateAck, closed: Sequence[tuple[str, str, float]]
@@ -142,9 +197,34 @@ class Master:
         alive, _dead = await self.assigner.registry.all()
         self.metrics.refresh(await self.tracker.stats(), alive)
 
-    async def on_event(self, message: Message) -> None:
+    async def on_events(self, received: list[Received]) -> None:
+        """Worker events, each accepted only from the worker that owns its account."""
+        about = [r for r in received if isinstance(r.message, _ABOUT_ACCOUNT)]
+        owners = await self._owners([r.message.account_id for r in about])  # type: ignore[union-attr]
+        for r in received:
+            message = r.message
+            if not self._sender_ok(r):
+                await self.reject(r, "wrong_sender")
+            elif isinstance(message, DeadLetterReport):
+                raw = message.raw.encode("utf-8", "surrogatepass")
+                own = self.keys.control(r.source)
+                source = own if message.source == own else f"worker {r.source}: {message.source}"
+                await self.deadletters.write(source, DecodeError(message.reason, raw))
+            elif not isinstance(message, _ABOUT_ACCOUNT):
+                await self.reject(r, "wrong_stream")
+            elif owners.get(message.account_id) != r.source:
+                await self.reject(r, "not_owner")
+            else:
+                await self.on_event(message, r)
+
+    async def on_event(self, message: Message, received: Received | None = None) -> None:
         if isinstance(message, LoginSuccess):
-            ok = await on_login_success(self.updates, message)
+            try:
+                ok = await on_login_success(self.updates, message, owner=message.worker_id)
+            except NotOwner:
+                if received is not None:
+                    await self.reject(received, "not_owner")
+                return
             if message.session_id:
                 await record_session(
                     self.redis,
@@ -168,10 +248,21 @@ class Master:
         else:
             log.warning("master %s: unexpected %s on the event stream", self.id, message.type)
 
-    async def on_batch(self, message: Message) -> None:
-        if not isinstance(message, CrawlBatch):
-            log.warning("master %s: unexpected %s on the ingest stream", self.id, message.type)
-            return
+    async def on_batches(self, received: list[Received]) -> None:
+        batches = [r for r in received if isinstance(r.message, CrawlBatch)]
+        owners = await self._owners([r.message.account_id for r in batches])  # type: ignore[union-attr]
+        for r in received:
+            message = r.message
+            if not isinstance(message, CrawlBatch):
+                await self.reject(r, "wrong_stream")
+            elif not self._sender_ok(r):
+                await self.reject(r, "wrong_sender")
+            elif owners.get(message.account_id) != r.source:
+                await self.reject(r, "not_owner")
+            else:
+                await self.on_batch(message)
+
+    async def on_batch(self, message: CrawlBatch) -> None:
         added = await self.items.store(message)
         if any(added.values()):
             log.info(

@@ -48,10 +48,13 @@ class Updates:
         reason: UpdateReason,
         *,
         expect_version: int | None = None,
+        expect_owner: str | None = None,
     ) -> tuple[AccountUpdate, AccountConfigUpdate | None]:
         """Write ``changes`` (validated, versioned, atomic) and notify the owner.
         Returns the write and the update sent (None when no worker owns the account)."""
-        result = await self.store.update(account_id, changes, expect_version=expect_version)
+        result = await self.store.update(
+            account_id, changes, expect_version=expect_version, expect_owner=expect_owner
+        )
         (sent,) = await self.notify([result], reason)
         return result, sent
 

@@ -10,8 +10,10 @@ import logging
 from typing import TYPE_CHECKING, Literal
 
 import anyio
+from pydantic import ValidationError
 
 from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig
+from hiscrm_bus.limits import clip
 from hiscrm_bus.messages import LoginFailed, LoginProgress, LoginQrCode, LoginRequest, LoginSuccess
 
 from .platforms import LoginFailedError, PlatformError
@@ -36,7 +38,7 @@ class _Reporter:
             "shown" if refresh == 0 else f"refreshed ({refresh})",
         )
         self.worker.send(
-            self.worker.keys.events,
+            "events",
             LoginQrCode(
                 sender=self.worker.id,
                 session_id=self.request.session_id,
@@ -50,7 +52,7 @@ class _Reporter:
     async def progress(self, status: Literal["page_opened", "scanned"]) -> None:
         log.info("login %s for %s: %s", self.request.session_id, self.request.account_id, status)
         self.worker.send(
-            self.worker.keys.events,
+            "events",
             LoginProgress(
                 sender=self.worker.id,
                 session_id=self.request.session_id,
@@ -121,30 +123,32 @@ class LoginRunner:
             account.id,
             result.platform_user_id,
         )
-        worker.send(
-            worker.keys.events,
-            LoginSuccess(
+        try:
+            success = LoginSuccess(
                 sender=worker.id,
                 account_id=account.id,
                 worker_id=worker.id,
                 platform_user_id=result.platform_user_id,
                 user_info=result.user_info,
                 session_id=request.session_id,
-            ),
-        )
+            )
+        except ValidationError as exc:
+            self._failed(request, "error", f"the platform's profile is not usable: {exc}")
+            return
+        worker.send("events", success)
 
     def _failed(self, request: LoginRequest, reason: FailReason, error: str) -> None:
         log.warning(
             "login %s for %s failed (%s): %s", request.session_id, request.account_id, reason, error
         )
         self.worker.send(
-            self.worker.keys.events,
+            "events",
             LoginFailed(
                 sender=self.worker.id,
                 session_id=request.session_id,
                 account_id=request.account_id,
                 worker_id=self.worker.id,
                 reason=reason,
-                error=error,
+                error=clip(error),
             ),
         )

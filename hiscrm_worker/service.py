@@ -12,28 +12,33 @@ import logging
 import os
 import socket
 from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
+from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from hiscrm_bus import __version__
 from hiscrm_bus.accounts import AccountStore, from_hash
-from hiscrm_bus.connection import RECOVERABLE
 from hiscrm_bus.control import ControlSubscription
-from hiscrm_bus.deadletter import DeadLetters
 from hiscrm_bus.errors import InvalidAccountConfig
+from hiscrm_bus.keys import STREAM_KINDS, StreamKind
+from hiscrm_bus.limits import clip
 from hiscrm_bus.messages import (
     AccountConfigUpdate,
     AccountConfigUpdateAck,
     CrawlBatch,
+    DeadLetterReport,
+    DecodeError,
     LoginRequest,
     Message,
     utcnow,
 )
 from hiscrm_bus.messages import TaskStatus as TaskStatusEvent
+from hiscrm_bus.resilience import Episode, every
 from hiscrm_bus.streams import append, append_many, append_many_to
 from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
 
@@ -55,6 +60,30 @@ class Applied:
     applied_version: int
     seen_version: int
     error: str | None = None
+    # ACK it: the account is ours (a removed or moved one is not ours to speak for)
+    mine: bool = True
+
+
+class _OutboxDeadLetters:
+    """Dead letters of the control channel, sent to the Master as events: a worker
+    cannot write the shared dead-letter stream (so it cannot wipe it either)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def write(self, source: str, error: DecodeError) -> None:
+        log.warning(
+            "worker %s: dead-lettered a message from %s: %s", self.worker.id, source, error.reason
+        )
+        report = DeadLetterReport(
+            sender=self.worker.id,
+            worker_id=self.worker.id,
+            source=clip(source, 500),
+            reason=clip(error.reason),
+            raw=error.raw[:4096].decode("utf-8", "replace"),
+            raw_len=len(error.raw),
+        )
+        self.worker.send("events", report)
 
 
 class Worker:
@@ -73,7 +102,7 @@ class Worker:
         self.runner = TaskRunner(self.platforms, self._on_task_state, self._on_items)
         self.logins = LoginRunner(self)
         self.subscription = ControlSubscription(
-            settings, self.id, self.handle, self.reconcile, DeadLetters(redis, settings)
+            settings, self.id, self.handle, self.reconcile, _OutboxDeadLetters(self)
         )
         # the version in force per account (also for accounts stopped here), and the
         # newest version we rejected, so reconcile does not reject it again and again
@@ -86,12 +115,13 @@ class Worker:
         # what the sender task writes: messages in order (logins, crawl batches, recovery
         # reports), and each account's latest task state, coalesced (only the newest
         # state matters, so 10,000 tasks starting at once cost one event each at most)
-        self._outbox: deque[tuple[str, Message]] = deque()
+        self._outbox: deque[tuple[StreamKind, Message]] = deque()
         self._states: dict[str, TaskStatusEvent] = {}
         self._outbox_ready = anyio.Event()
         self.started_at = utcnow()
         self.reconciles = 0
         self.tg: TaskGroup | None = None
+        self.streams = {k: self.keys.worker_stream(self.id, k) for k in STREAM_KINDS}
 
     # lifecycle
 
@@ -101,10 +131,14 @@ class Worker:
             self.tg = tg
             await tg.start(self.runner.run)
             await self._safe(self.heartbeat())
-            tg.start_soon(self._heartbeat_loop, name="heartbeat")
+            tg.start_soon(
+                self._loop, "heartbeat", self.settings.heartbeat_interval_s, self.heartbeat
+            )
             tg.start_soon(self._event_sender, name="events")
             await tg.start(self.subscription.run)  # first reconcile happens in here
-            tg.start_soon(self._anti_entropy_loop, name="anti-entropy")
+            tg.start_soon(
+                self._loop, "reconcile", self.settings.reconcile_interval_s, self.reconcile
+            )
             log.info("worker %s ready", self.id)
             task_status.started()
             try:
@@ -133,21 +167,15 @@ class Worker:
     async def heartbeat(self) -> None:
         await self.registry.heartbeat(self.info(), self.settings.heartbeat_ttl_s)
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await anyio.sleep(self.settings.heartbeat_interval_s)
-            await self._safe(self.heartbeat())
+    async def _loop(self, name: str, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+        episode = Episode(log, f"worker {self.id}: {name}", self.settings)
+        await every(interval, step, episode, first_delay=interval)
 
-    async def _anti_entropy_loop(self) -> None:
-        while True:
-            await anyio.sleep(self.settings.reconcile_interval_s)
-            await self._safe(self.reconcile())
-
-    async def _safe(self, aw: Any) -> None:
+    async def _safe(self, aw: Awaitable[None]) -> None:
         try:
             await aw
-        except RECOVERABLE as exc:
-            log.warning("worker %s: Redis unavailable (%s); will try again", self.id, exc)
+        except Exception as exc:
+            log.warning("worker %s: %s; will try again", self.id, exc)
 
     # control messages
 
@@ -183,9 +211,10 @@ class Worker:
                 result = Applied(True, applied, update.config_version)
             else:
                 log.info("reloading configuration for account %s", account_id)
-                raw = await self.store.get_raw([account_id])
-                result = self._apply(account_id, raw[0])
-        await self._ack(account_id, result, update.update_id)
+                (raw,) = await self.store.get_each([account_id])
+                result = self._apply(account_id, raw)
+        if result.mine:
+            await self._ack(account_id, result, update.update_id)
 
     def _ack_message(
         self, account_id: str, result: Applied, update_id: str = ""
@@ -198,23 +227,55 @@ class Worker:
             applied_version=result.applied_version,
             seen_version=result.seen_version,
             ok=result.ok,
-            error=result.error,
+            error=clip(result.error) if result.error else None,
         )
 
     async def _ack(self, account_id: str, result: Applied, update_id: str = "") -> None:
         ack = self._ack_message(account_id, result, update_id)
-        await append(self.redis, self.keys.acks, ack, self.settings.stream_maxlen)
+        try:
+            await append(self.redis, self.streams["acks"], ack, self.settings.stream_maxlen)
+        except Exception as exc:
+            # not lost: the outbox writes it once Redis takes writes again
+            log.warning("worker %s: ACK for %s queued (%s)", self.id, account_id, exc)
+            self.send("acks", ack)
 
-    def _apply(self, account_id: str, raw: dict[Any, Any]) -> Applied:
-        """Bring one account to the version in ``raw`` (its HGETALL). Never raises."""
+    def _apply(self, account_id: str, raw: dict[Any, Any] | Exception) -> Applied:
+        """Bring one account to the version in ``raw`` (its HGETALL, or the error reply
+        that read got). Never raises: whatever is stored is this account's problem."""
+        try:
+            return self._apply_unguarded(account_id, raw)
+        except Exception as exc:
+            log.exception("account %s: applying its configuration failed", account_id)
+            applied = self.applied.get(account_id, 0)
+            return Applied(False, applied, applied, clip(f"{type(exc).__name__}: {exc}"))
+
+    def _forget(self, account_id: str) -> None:
+        self.runner.stop(account_id)
+        self.applied.pop(account_id, None)
+        self.rejected.pop(account_id, None)
+        self._locks.pop(account_id, None)
+
+    def _apply_unguarded(self, account_id: str, raw: dict[Any, Any] | Exception) -> Applied:
         applied = self.applied.get(account_id, 0)
+        if isinstance(raw, rexc.NoPermissionError):
+            # the Master revoked our read access: the account moved or was removed
+            self._forget(account_id)
+            log.info("account %s: no longer readable by us; task stopped", account_id)
+            return Applied(True, applied, applied, mine=False)
+        if isinstance(raw, Exception):
+            self.rejected[account_id] = applied + 1
+            log.error(
+                "account %s: its hash cannot be read (%s); keeping version %d",
+                account_id,
+                raw,
+                applied,
+            )
+            return Applied(False, applied, applied, clip(f"account hash unreadable: {raw}"))
         if not raw:  # removed
-            self.runner.stop(account_id)
-            self.applied.pop(account_id, None)
-            self.rejected.pop(account_id, None)
-            self._locks.pop(account_id, None)
+            self._forget(account_id)
             log.info("account %s: removed; task stopped", account_id)
-            return Applied(True, applied, applied)
+            return Applied(True, applied, applied, mine=False)
+        owner = _field(raw, "worker_id")
         try:
             config = from_hash(raw)
         except InvalidAccountConfig as exc:
@@ -227,13 +288,17 @@ class Worker:
                 applied,
                 exc,
             )
-            return Applied(False, applied, seen, f"invalid config: {exc}")
+            error = clip(f"invalid config: {exc}")
+            return Applied(False, applied, seen, error, mine=owner == self.id)
         version = config.config_version
         if version <= applied:
-            return Applied(True, applied, version)
+            return Applied(True, applied, version, mine=owner == self.id)
         if config.worker_id != self.id:
             self.runner.stop(account_id)
+            self.applied[account_id] = version
+            self.rejected.pop(account_id, None)
             log.info("account %s: now owned by %s; task stopped here", account_id, config.worker_id)
+            return Applied(True, version, version, mine=False)
         elif config.platform not in self.platforms:
             error = f"platform {config.platform!r} is not supported by worker {self.id}"
             self.rejected[account_id] = version
@@ -266,7 +331,7 @@ class Worker:
         if not behind:
             return
         log.info("worker %s: reconcile found %d account(s) behind", self.id, len(behind))
-        raws = await self.store.get_raw(behind)
+        raws = await self.store.get_each(behind)
         results: list[tuple[str, Applied]] = []
         for account_id, raw in zip(behind, raws, strict=True):
             # no await in this loop, so no update handler can interleave; one that is
@@ -274,15 +339,20 @@ class Worker:
             lock = self._locks.get(account_id)
             if lock is None or not lock.locked():
                 results.append((account_id, self._apply(account_id, raw)))
-        acks = [self._ack_message(account_id, result) for account_id, result in results]
-        await append_many(self.redis, self.keys.acks, acks, self.settings.stream_maxlen)
+        acks = [self._ack_message(a, result) for a, result in results if result.mine]
+        try:
+            await append_many(self.redis, self.streams["acks"], acks, self.settings.stream_maxlen)
+        except Exception as exc:
+            log.warning("worker %s: %d reconcile ACK(s) queued (%s)", self.id, len(acks), exc)
+            for ack in acks:
+                self.send("acks", ack)
 
     # outgoing events and crawl batches
 
-    def send(self, stream: str, message: Message) -> None:
-        """Queue a message for the events or ingest stream without waiting. Nothing is
-        dropped: what cannot be written waits for Redis to come back."""
-        self._outbox.append((stream, message))
+    def send(self, kind: StreamKind, message: Message) -> None:
+        """Queue a message for one of our streams without waiting. Nothing is dropped:
+        what cannot be written waits for Redis to come back."""
+        self._outbox.append((kind, message))
         self._outbox_ready.set()
 
     def _on_task_state(self, task: MonitorTask, detail: str | None = None) -> None:
@@ -292,11 +362,11 @@ class Worker:
             worker_id=self.id,
             state=task.state,
             config_version=task.config.config_version,
-            error=task.error,
-            detail=detail,
+            error=clip(task.error) if task.error else None,
+            detail=clip(detail) if detail else None,
         )
         if detail:
-            self.send(self.keys.events, event)
+            self.send("events", event)
         else:
             self._states[task.account_id] = event
             self._outbox_ready.set()
@@ -310,29 +380,34 @@ class Worker:
         batch = CrawlBatch(
             sender=self.id, account_id=task.account_id, worker_id=self.id, items=tuple(items)
         )
-        self.send(self.keys.ingest, batch)
+        self.send("ingest", batch)
 
     async def _event_sender(self, batch: int = 500) -> None:
-        """Write the outbox in pipelined batches; on a Redis failure keep it and retry."""
+        """Write the outbox in pipelined batches; on any failure keep it and retry."""
+        episode = Episode(log, f"worker {self.id}: sending", self.settings)
         while True:
             await self._outbox_ready.wait()
             self._outbox_ready = anyio.Event()
             while self._outbox or self._states:
                 states, self._states = self._states, {}
                 taken = [self._outbox.popleft() for _ in range(min(batch, len(self._outbox)))]
-                sends = [(self.keys.events, e) for e in states.values()] + taken
+                sends: list[tuple[str, Message]] = [
+                    (self.streams["events"], e) for e in states.values()
+                ]
+                sends += [(self.streams[kind], m) for kind, m in taken]
                 try:
                     await append_many_to(self.redis, sends, self.settings.stream_maxlen)
-                except RECOVERABLE as exc:
-                    log.warning(
-                        "worker %s: could not send %d message(s) (%s); will retry",
-                        self.id,
-                        len(sends),
-                        exc,
-                    )
+                except Exception as exc:
                     self._outbox.extendleft(reversed(taken))
                     self._states = {**states, **self._states}
-                    await anyio.sleep(self.settings.backoff_max_s)
+                    await anyio.sleep(max(episode.failed(exc), self.settings.backoff_min_s))
+                else:
+                    episode.ok()
+
+
+def _field(raw: dict[Any, Any], name: str) -> str | None:
+    value = raw.get(name.encode(), raw.get(name))
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _version_of(raw: dict[Any, Any]) -> int:

@@ -257,7 +257,7 @@ def test_a_re_sent_login_request_runs_one_login(
     assert "login failed (timeout)" in out
     ends = [
         json.loads(f["msg"])
-        for _id, f in stack.r.xrange(stack.keys.events)
+        for _id, f in stack.r.xrange(stack.keys.worker_stream("w1", "events"))
         if session_id in f.get("msg", "") and "worker:login:failed" in f.get("msg", "")
     ]
     assert [e["reason"] for e in ends] == ["timeout"]

@@ -19,7 +19,7 @@ from hiscrm_bus.deadletter import DeadLetters
 from hiscrm_bus.errors import BusUnavailable
 from hiscrm_bus.messages import TaskStatus, decode
 from hiscrm_bus.settings import BusSettings
-from hiscrm_bus.streams import FIELD, StreamReader, append
+from hiscrm_bus.streams import FIELD, Received, StreamReader, append
 from tests.conftest import fast_settings
 from tests.redis_server import RedisServer
 
@@ -55,11 +55,13 @@ def reader(
     redis: Redis, settings: BusSettings, consumer: str = "c1", **kwargs: Any
 ) -> StreamReader:
     kwargs.setdefault("block_ms", 100)
-    return StreamReader(redis, settings, settings.keys.events, GROUP, consumer, **kwargs)
+    return StreamReader(
+        redis, settings, settings.keys.worker_stream("w1", "events"), GROUP, consumer, **kwargs
+    )
 
 
 async def pending_count(redis: Redis, settings: BusSettings) -> int:
-    summary = await redis.xpending(settings.keys.events, GROUP)
+    summary = await redis.xpending(settings.keys.worker_stream("w1", "events"), GROUP)
     return int(summary["pending"])
 
 
@@ -69,21 +71,28 @@ async def pending_count(redis: Redis, settings: BusSettings) -> int:
 async def test_append_stores_the_encoded_message(bus: Bus) -> None:
     redis, settings = bus
     message = status(1)
-    entry_id = await append(redis, settings.keys.events, message, settings.stream_maxlen)
-    [(got_id, fields)] = await redis.xrange(settings.keys.events)
+    entry_id = await append(
+        redis, settings.keys.worker_stream("w1", "events"), message, settings.stream_maxlen
+    )
+    [(got_id, fields)] = await redis.xrange(settings.keys.worker_stream("w1", "events"))
     assert got_id.decode() == entry_id
     assert decode(fields[FIELD.encode()]) == message
 
 
 async def test_append_trims_approximately_to_maxlen(real: Bus) -> None:
     redis, settings = real
-    ids = [await append(redis, settings.keys.events, status(i), 100) for i in range(1000)]
-    length = await redis.xlen(settings.keys.events)
+    ids = [
+        await append(redis, settings.keys.worker_stream("w1", "events"), status(i), 100)
+        for i in range(1000)
+    ]
+    length = await redis.xlen(settings.keys.worker_stream("w1", "events"))
     # "~ 100" keeps at least 100 and removes whole nodes, so a little more may stay
     assert 100 <= length < 300
-    [(last_id, _fields)] = await redis.xrevrange(settings.keys.events, count=1)
+    [(last_id, _fields)] = await redis.xrevrange(
+        settings.keys.worker_stream("w1", "events"), count=1
+    )
     assert last_id.decode() == ids[-1]
-    [(first_id, _fields)] = await redis.xrange(settings.keys.events, count=1)
+    [(first_id, _fields)] = await redis.xrange(settings.keys.worker_stream("w1", "events"), count=1)
     assert first_id.decode() in ids[-length:]
 
 
@@ -96,15 +105,37 @@ async def test_group_creation_tolerates_an_existing_group(real: Bus) -> None:
     await first.ensure_group()
     await first.ensure_group()
     await reader(redis, settings, "c2").ensure_group()
-    groups = await redis.xinfo_groups(settings.keys.events)
+    groups = await redis.xinfo_groups(settings.keys.worker_stream("w1", "events"))
     assert [g["name"] for g in groups] == [GROUP.encode()]
 
 
-async def test_group_creation_reports_other_errors(real: Bus) -> None:
+async def test_a_poisoned_stream_key_does_not_stop_the_others(
+    real: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One worker's stream key overwritten with a string: the reader says so and goes
+    on reading every other worker's stream."""
     redis, settings = real
-    await redis.set(settings.keys.events, "not a stream")
-    with pytest.raises(rexc.ResponseError, match="WRONGTYPE"):
-        await reader(redis, settings).ensure_group()
+    bad, good = (settings.keys.worker_stream(w, "events") for w in ("w1", "w2"))
+    await redis.set(bad, "not a stream")
+
+    async def discover() -> dict[str, str]:
+        return {bad: "w1", good: "w2"}
+
+    consumer = StreamReader(redis, settings, None, GROUP, "c1", block_ms=100, discover=discover)
+    async with inbox() as (deliver, received), anyio.create_task_group() as tg:
+
+        async def each(batch: list[Received]) -> None:
+            for r in batch:
+                await deliver((r.source, r.message))
+
+        await tg.start(consumer.run_received, each)
+        sent = status(7)
+        await append(redis, good, sent, settings.stream_maxlen)
+        [(source, message)] = await take(received, 1)
+        tg.cancel_scope.cancel()
+    assert source == "w2"
+    assert message == sent
+    assert caplog.text.count("WRONGTYPE") == 1  # said once, not once per pass
 
 
 async def test_appended_messages_reach_the_handler_and_are_acknowledged(real: Bus) -> None:
@@ -113,11 +144,15 @@ async def test_appended_messages_reach_the_handler_and_are_acknowledged(real: Bu
     async with inbox() as (handler, receive), anyio.create_task_group() as tg:
         await tg.start(reader(redis, settings).run, handler)
         for message in sent:
-            await append(redis, settings.keys.events, message, settings.stream_maxlen)
+            await append(
+                redis, settings.keys.worker_stream("w1", "events"), message, settings.stream_maxlen
+            )
         assert await take(receive, 5) == sent
         # entries are handled one after another, so once a later one is delivered
         # the earlier ones were acknowledged
-        await append(redis, settings.keys.events, status(99), settings.stream_maxlen)
+        await append(
+            redis, settings.keys.worker_stream("w1", "events"), status(99), settings.stream_maxlen
+        )
         await take(receive, 1)
         assert await pending_count(redis, settings) <= 1
         tg.cancel_scope.cancel()
@@ -141,7 +176,12 @@ async def test_two_consumers_never_process_one_entry(real: Bus) -> None:
                 await tg.start(r.run, handler)
             sent = [status(i) for i in range(200)]
             for message in sent:
-                await append(redis, settings.keys.events, message, settings.stream_maxlen)
+                await append(
+                    redis,
+                    settings.keys.worker_stream("w1", "events"),
+                    message,
+                    settings.stream_maxlen,
+                )
             got = await take(receive, 200, timeout_s=8)
             tg.cancel_scope.cancel()
             with pytest.raises(anyio.WouldBlock):
@@ -164,15 +204,21 @@ async def test_reader_rereads_its_own_pending_entries_at_start(real: Bus) -> Non
     await me.ensure_group()
     sent = [status(i) for i in range(3)]
     for message in sent:
-        await append(redis, settings.keys.events, message, settings.stream_maxlen)
+        await append(
+            redis, settings.keys.worker_stream("w1", "events"), message, settings.stream_maxlen
+        )
     # a previous life of consumer c1 read them and died before acknowledging
-    await redis.xreadgroup(GROUP, "c1", {settings.keys.events: ">"}, count=10)
+    await redis.xreadgroup(
+        GROUP, "c1", {settings.keys.worker_stream("w1", "events"): ">"}, count=10
+    )
     assert await pending_count(redis, settings) == 3
 
     async with inbox() as (handler, receive), anyio.create_task_group() as tg:
         await tg.start(me.run, handler)
         assert await take(receive, 3) == sent
-        await append(redis, settings.keys.events, status(99), settings.stream_maxlen)
+        await append(
+            redis, settings.keys.worker_stream("w1", "events"), status(99), settings.stream_maxlen
+        )
         assert (await take(receive, 1))[0].config_version == 99
         assert await pending_count(redis, settings) <= 1
         tg.cancel_scope.cancel()
@@ -185,17 +231,23 @@ async def test_idle_entries_of_a_dead_consumer_are_claimed(real: Bus) -> None:
     await live.ensure_group()
     sent = [status(i) for i in range(3)]
     for message in sent:
-        await append(redis, settings.keys.events, message, settings.stream_maxlen)
-    await redis.xreadgroup(GROUP, "dead", {settings.keys.events: ">"}, count=10)
+        await append(
+            redis, settings.keys.worker_stream("w1", "events"), message, settings.stream_maxlen
+        )
+    await redis.xreadgroup(
+        GROUP, "dead", {settings.keys.worker_stream("w1", "events"): ">"}, count=10
+    )
 
     async with inbox() as (handler, receive), anyio.create_task_group() as tg:
         await tg.start(live.run, handler)
         assert sorted(m.config_version for m in await take(receive, 3)) == [0, 1, 2]
-        await append(redis, settings.keys.events, status(99), settings.stream_maxlen)
+        await append(
+            redis, settings.keys.worker_stream("w1", "events"), status(99), settings.stream_maxlen
+        )
         await take(receive, 1)
         consumers = {
             c["name"].decode(): c["pending"]
-            for c in await redis.xinfo_consumers(settings.keys.events, GROUP)
+            for c in await redis.xinfo_consumers(settings.keys.worker_stream("w1", "events"), GROUP)
         }
         assert consumers["dead"] == 0
         tg.cancel_scope.cancel()
@@ -206,17 +258,23 @@ async def test_entries_of_a_live_consumer_are_not_claimed_early(real: Bus) -> No
     settings = tuned(settings, claim_idle_s=60)
     other = reader(redis, settings, "other")
     await other.ensure_group()
-    await append(redis, settings.keys.events, status(1), settings.stream_maxlen)
-    await redis.xreadgroup(GROUP, "busy", {settings.keys.events: ">"}, count=10)
+    await append(
+        redis, settings.keys.worker_stream("w1", "events"), status(1), settings.stream_maxlen
+    )
+    await redis.xreadgroup(
+        GROUP, "busy", {settings.keys.worker_stream("w1", "events"): ">"}, count=10
+    )
 
     async with inbox() as (handler, receive), anyio.create_task_group() as tg:
         await tg.start(other.run, handler)
-        await append(redis, settings.keys.events, status(2), settings.stream_maxlen)
+        await append(
+            redis, settings.keys.worker_stream("w1", "events"), status(2), settings.stream_maxlen
+        )
         assert [m.config_version for m in await take(receive, 1)] == [2]
         tg.cancel_scope.cancel()
     consumers = {
         c["name"].decode(): c["pending"]
-        for c in await redis.xinfo_consumers(settings.keys.events, GROUP)
+        for c in await redis.xinfo_consumers(settings.keys.worker_stream("w1", "events"), GROUP)
     }
     assert consumers["busy"] == 1
 
@@ -226,7 +284,7 @@ async def test_entries_of_a_live_consumer_are_not_claimed_early(real: Bus) -> No
 
 async def test_garbage_entries_are_dead_lettered_and_reading_goes_on(real: Bus) -> None:
     redis, settings = real
-    stream = settings.keys.events
+    stream = settings.keys.worker_stream("w1", "events")
     async with inbox() as (handler, receive), anyio.create_task_group() as tg:
         await tg.start(reader(redis, settings).run, handler)
         await redis.xadd(stream, {FIELD: b"\xff garbage"})
@@ -266,7 +324,12 @@ async def test_a_failing_handler_does_not_stop_the_reader(real: Bus) -> None:
 
         await tg.start(reader(redis, settings).run, handler)
         for n in (1, 2):
-            await append(redis, settings.keys.events, status(n), settings.stream_maxlen)
+            await append(
+                redis,
+                settings.keys.worker_stream("w1", "events"),
+                status(n),
+                settings.stream_maxlen,
+            )
         assert [m.config_version for m in await take(receive, 1)] == [2]
         tg.cancel_scope.cancel()
     # the failing entry was acknowledged, not retried forever
@@ -288,7 +351,9 @@ async def test_a_handler_failing_on_redis_leaves_the_entry_for_a_retry(real: Bus
 
         await tg.start(reader(redis, settings).run, handler)
         message = status(1)
-        await append(redis, settings.keys.events, message, settings.stream_maxlen)
+        await append(
+            redis, settings.keys.worker_stream("w1", "events"), message, settings.stream_maxlen
+        )
         assert await take(receive, 1) == [message]
         tg.cancel_scope.cancel()
     assert failed_once
@@ -305,17 +370,27 @@ async def test_reader_recovers_when_the_stream_or_group_vanishes(real: Bus, how:
     try:
         async with inbox() as (handler, receive), anyio.create_task_group() as tg:
             await tg.start(me.run, handler)
-            await append(redis, settings.keys.events, status(1), settings.stream_maxlen)
+            await append(
+                redis,
+                settings.keys.worker_stream("w1", "events"),
+                status(1),
+                settings.stream_maxlen,
+            )
             await take(receive, 1)
             # the reader is (or soon is) blocked in XREADGROUP when an operator does this
             if how == "delete-stream":
-                await ops.delete(settings.keys.events)
+                await ops.delete(settings.keys.worker_stream("w1", "events"))
             else:
-                await ops.xgroup_destroy(settings.keys.events, GROUP)
+                await ops.xgroup_destroy(settings.keys.worker_stream("w1", "events"), GROUP)
             # the group is recreated from the stream's start, so this entry is delivered
             # whether it lands before or after the re-creation; entries still in the
             # stream may come again (at-least-once)
-            await append(redis, settings.keys.events, status(100), settings.stream_maxlen)
+            await append(
+                redis,
+                settings.keys.worker_stream("w1", "events"),
+                status(100),
+                settings.stream_maxlen,
+            )
             with anyio.fail_after(8):
                 while (await receive.receive()).config_version != 100:
                     pass
@@ -332,13 +407,20 @@ async def test_reader_survives_a_redis_restart(own_redis_server: RedisServer) ->
         async with inbox() as (handler, receive), anyio.create_task_group() as tg:
             await tg.start(reader(consumer_client, settings).run, handler)
             before = status(1)
-            await append(producer, settings.keys.events, before, settings.stream_maxlen)
+            await append(
+                producer,
+                settings.keys.worker_stream("w1", "events"),
+                before,
+                settings.stream_maxlen,
+            )
             assert await take(receive, 1) == [before]
 
             await anyio.to_thread.run_sync(own_redis_server.restart)
 
             after = status(2)
-            await append(producer, settings.keys.events, after, settings.stream_maxlen)
+            await append(
+                producer, settings.keys.worker_stream("w1", "events"), after, settings.stream_maxlen
+            )
             got = await take(receive, 1, timeout_s=8)
             # at-least-once: the first one may come again if its XACK was cut off
             if got == [before]:
@@ -361,7 +443,12 @@ async def test_reader_survives_a_redis_crash(own_redis_server: RedisServer) -> N
             producer = make_client(settings)
             try:
                 message = status(3)
-                await append(producer, settings.keys.events, message, settings.stream_maxlen)
+                await append(
+                    producer,
+                    settings.keys.worker_stream("w1", "events"),
+                    message,
+                    settings.stream_maxlen,
+                )
                 assert await take(receive, 1, timeout_s=8) == [message]
             finally:
                 await producer.aclose()

@@ -87,15 +87,12 @@ class Stack:
 
     def master(self, master_id: str = "m1", **env: str) -> subprocess.Popen[bytes]:
         proc = self._spawn(master_id, ["master", "--id", master_id], **env)
-        wait_for(lambda: self._group_has_consumer(master_id), what=f"master {master_id} consuming")
+        # its readers run before its first liveness pass records it
+        wait_for(
+            lambda: self.r.zscore(self.keys.masters, master_id) is not None,
+            what=f"master {master_id} running",
+        )
         return proc
-
-    def _group_has_consumer(self, name: str) -> bool:
-        try:
-            consumers = self.r.xinfo_consumers(self.keys.acks, "masters")
-        except redis.ResponseError:
-            return False
-        return any(c["name"] == name for c in consumers)
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(

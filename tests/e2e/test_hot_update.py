@@ -169,7 +169,7 @@ def test_invalid_value_behind_the_cli_is_rejected_and_old_config_kept(stack: Sta
 
 
 def _ack_for(stack: Stack, update_id: str) -> dict[str, object] | None:
-    for _id, fields in stack.r.xrange(stack.keys.acks):
+    for _id, fields in stack.r.xrange(stack.keys.worker_stream("w1", "acks")):
         ack = json.loads(fields["msg"])
         if ack.get("update_id") == update_id:
             return ack  # type: ignore[no-any-return]
@@ -182,16 +182,19 @@ def test_garbage_everywhere_is_dead_lettered_and_both_processes_live_on(stack: S
     stack.add("acc-1")
     stack.wait_task("w1", "acc-1", "waiting_login")
     stack.r.publish(stack.keys.control("w1"), b"\xff\xfe not json")
-    stack.r.xadd(stack.keys.acks, {"msg": '{"type": "master:account:config_update:ack"}'})
-    stack.r.xadd(stack.keys.events, {"junk": "no msg field"})
+    stack.r.xadd(
+        stack.keys.worker_stream("w1", "acks"),
+        {"msg": '{"type": "master:account:config_update:ack"}'},
+    )
+    stack.r.xadd(stack.keys.worker_stream("w1", "events"), {"junk": "no msg field"})
     counts = wait_for(
         lambda: (c := stack.r.hgetall(stack.keys.deadletter_counts)) and len(c) == 3 and c,
         what="three dead letters",
     )
     assert counts == {
         stack.keys.control("w1"): "1",
-        stack.keys.acks: "1",
-        stack.keys.events: "1",
+        stack.keys.worker_stream("w1", "acks"): "1",
+        stack.keys.worker_stream("w1", "events"): "1",
     }
     reasons = [f["reason"] for _id, f in stack.r.xrange(stack.keys.deadletter)]
     assert all(reasons)

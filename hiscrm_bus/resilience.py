@@ -1,0 +1,80 @@
+"""How a long-running loop lives through failures: back off, log once per episode, go on.
+
+A loop of the Master or the worker must outlive anything Redis or the data can throw
+at it: a full Redis (OOM), a paused or restarting one, an error reply, a bug tripped by
+one poisoned value. An *episode* is a run of consecutive failures of one loop: its
+first failure is logged (with the traceback when it is not a Redis outage), the rest
+only counted, and its end is logged with how long it lasted. So a Redis that is full
+for a minute costs two log lines per loop, not thousands.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+from redis import exceptions as rexc
+from redis.backoff import ExponentialWithJitterBackoff
+
+from .connection import RECOVERABLE
+from .settings import BusSettings
+
+
+class Episode:
+    """Failure bookkeeping of one loop: backoff delays and one log line per episode."""
+
+    def __init__(self, log: logging.Logger, what: str, settings: BusSettings) -> None:
+        self.log = log
+        self.what = what
+        self.failures = 0
+        self.total = 0  # failures over the loop's life, for tests and status
+        self._since = 0.0
+        self._backoff = ExponentialWithJitterBackoff(
+            cap=settings.backoff_max_s, base=settings.backoff_min_s
+        )
+
+    def failed(self, exc: BaseException) -> float:
+        """Count one failure; returns how long to wait before the next try."""
+        self.failures += 1
+        self.total += 1
+        if self.failures == 1:
+            self._since = anyio.current_time()
+            if isinstance(exc, RECOVERABLE):
+                self.log.warning("%s: Redis unavailable (%s); retrying", self.what, exc)
+            elif isinstance(exc, rexc.RedisError):
+                self.log.warning("%s: Redis refused (%s); retrying", self.what, exc)
+            else:
+                self.log.error("%s failed; retrying", self.what, exc_info=exc)
+        return float(self._backoff.compute(self.failures))
+
+    def ok(self) -> None:
+        """The loop's step succeeded: close the episode, if one was open."""
+        if self.failures:
+            self.log.warning(
+                "%s: recovered after %d failure(s) in %.1f s",
+                self.what,
+                self.failures,
+                anyio.current_time() - self._since,
+            )
+            self.failures = 0
+
+
+async def every(
+    interval: float,
+    step: Callable[[], Awaitable[object]],
+    episode: Episode,
+    *,
+    first_delay: float = 0.0,
+) -> None:
+    """Run ``step`` every ``interval`` seconds forever; no exception ends the loop
+    (cancellation does)."""
+    await anyio.sleep(first_delay)
+    while True:
+        try:
+            await step()
+        except Exception as exc:  # a loop must not die of one bad pass
+            await anyio.sleep(max(interval, episode.failed(exc)))
+            continue
+        episode.ok()
+        await anyio.sleep(interval)

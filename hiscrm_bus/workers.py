@@ -142,6 +142,11 @@ class WorkerRegistry:
                 dead.append((_text(member), float(score)))
         return alive, dead
 
+    async def ids(self) -> list[str]:
+        """Every worker id in the index, alive or not."""
+        members: Any = await call(self.redis.zrange(self.keys.workers, 0, -1))
+        return [_text(m) for m in members]
+
     async def get(self, worker_id: str) -> WorkerInfo | None:
         raw = await call(self.redis.hgetall(self.keys.worker(worker_id)))
         return _from_hash(worker_id, raw) if raw else None

@@ -8,13 +8,16 @@ from collections import Counter, defaultdict
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
+from hiscrm_bus import limits
 from hiscrm_bus.accounts import (
     AccountStore,
     AccountUpdate,
     check_changes,
     decode_hash,
+    describe,
     from_hash,
     parse_assignments,
     to_hash,
@@ -24,8 +27,8 @@ from hiscrm_bus.control import publish
 from hiscrm_bus.errors import AccountExists, InvalidAccountConfig
 from hiscrm_bus.messages import AccountConfigUpdate, LoginSuccess, new_id
 from hiscrm_bus.pending import Outcome
-from hiscrm_bus.streams import append
 from hiscrm_bus.workers import WorkerRegistry
+from hiscrm_master.login import on_login_success
 from hiscrm_master.updates import Updates
 
 from .common import (
@@ -343,25 +346,30 @@ def login_success(
     """Inject a login success as a worker would send it (no browser needed)."""
     settings = command_settings(redis_url)
     try:
-        info = json.loads(user_info)
-    except ValueError:
-        info = None
+        info = limits.loads(user_info)
+    except ValueError as exc:
+        fail(f"--user-info is not usable: {exc}")
     if not isinstance(info, dict):
         fail("--user-info must be a JSON object")
-    event = LoginSuccess(
-        sender=SENDER,
-        account_id=account_id,
-        worker_id=SENDER,
-        platform_user_id=platform_user_id,
-        user_info=info,
-    )
+    try:
+        event = LoginSuccess(
+            sender=SENDER,
+            account_id=account_id,
+            worker_id=SENDER,
+            platform_user_id=platform_user_id,
+            user_info=info,
+        )
+    except ValidationError as exc:
+        fail(f"not a valid login success: {describe(exc)}")
 
     async def main() -> int:
         async with redis_client(settings) as redis:
             updates = Updates(redis, settings, SENDER)
             before = await updates.store.get(account_id)
             after = await updates.tracker.last_outcome_id()
-            await append(redis, settings.keys.events, event, settings.stream_maxlen)
+            # the operator is trusted: the write the Master makes for a worker's login
+            if not await on_login_success(updates, event):
+                fail(f"login success for {account_id} refused (see the log)", EXIT_FAILED)
             console.print(f"login success for {safe(account_id)} sent to the Master")
             if not wait:
                 return EXIT_OK

@@ -17,6 +17,7 @@ from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.connection import call
 from hiscrm_bus.messages import LoginFailed, LoginQrCode, LoginSuccess, TaskStatus, decode
 from hiscrm_bus.streams import last_entry_id
+from hiscrm_bus.workers import WorkerRegistry
 from hiscrm_master.diagnosis import diagnose
 from hiscrm_master.ingest import IngestStore
 from hiscrm_master.login import start_login
@@ -64,15 +65,22 @@ async def play(redis_url: str, site_url: str) -> int:
     say = Timeline()
     async with redis_client(settings) as redis:
         updates = Updates(redis, settings, SENDER)
-        events_from = await last_entry_id(redis, keys.events)
+        registry = WorkerRegistry(redis, keys)
+        # every worker's own event stream, each read from where we were in it
+        cursors: dict[Any, Any] = {}
+        started_at = f"{int(time.time() * 1000)}-0"
 
         async def next_event(match: Callable[[Any], bool]) -> Any:
-            nonlocal events_from
             while True:
-                reply: Any = await call(redis.xread({keys.events: events_from}, block=1000))
-                for _stream, entries in reply or []:
+                for worker_id in await registry.ids():
+                    cursors.setdefault(keys.worker_stream(worker_id, "events"), started_at)
+                if not cursors:
+                    await anyio.sleep(0.2)  # no worker registered yet: nothing to block on
+                    continue
+                reply: Any = await call(redis.xread(dict(cursors), block=500))
+                for stream, entries in reply or []:
                     for entry_id, fields in entries:
-                        events_from = entry_id
+                        cursors[stream.decode() if isinstance(stream, bytes) else stream] = entry_id
                         message = decode(fields.get(b"msg", b""))
                         if match(message):
                             return message
@@ -167,11 +175,14 @@ async def play(redis_url: str, site_url: str) -> int:
         say("3 comments and a DM posted on the sandbox site")
         store = IngestStore(redis, keys)
 
+        owner = (await updates.store.get(ACCOUNT)).worker_id or "-"
+        ingest = keys.worker_stream(owner, "ingest")
+
         async def crawled() -> Any:
-            cursor = await last_entry_id(redis, keys.ingest)
+            cursor = await last_entry_id(redis, ingest)
             while (stats := await store.stats(ACCOUNT)).comments < 3 or stats.dms < 1:
                 # each crawl batch the worker sends is a moment to look again
-                reply: Any = await call(redis.xread({keys.ingest: cursor}, block=1000))
+                reply: Any = await call(redis.xread({ingest: cursor}, block=1000))
                 for _stream, entries in reply or []:
                     cursor = entries[-1][0]
             return stats

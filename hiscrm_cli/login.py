@@ -59,8 +59,11 @@ def login(
     async def main() -> int:
         async with redis_client(settings) as redis:
             updates = Updates(redis, settings, SENDER)
-            version = (await updates.store.get(account_id)).config_version
-            events_from = await last_entry_id(redis, settings.keys.events)
+            account = await updates.store.get(account_id)
+            version = account.config_version
+            # the owner's own event stream: only that worker can have written it
+            owner = account.worker_id or "-"
+            events_from = await last_entry_id(redis, settings.keys.worker_stream(owner, "events"))
             outcomes_from = await updates.tracker.last_outcome_id()
             try:
                 login = await start_login(redis, settings, account_id, timeout, SENDER)
@@ -110,7 +113,7 @@ async def _follow(
     """Print the session's events until it ends. Until the worker is heard from, the
     request is re-sent now and then: pub/sub may have lost it."""
     session_id, account_id = login.request.session_id, login.request.account_id
-    stream = settings.keys.events
+    stream = settings.keys.worker_stream(login.worker_id, "events")
     cursor = after
     heard = False
     resend_at = anyio.current_time() + RESEND_S

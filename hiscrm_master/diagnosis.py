@@ -11,7 +11,7 @@ from hiscrm_bus.messages import CrawledItem
 from .snapshot import AccountView, Snapshot, WorkerView
 
 Severity = Literal["problem", "info"]
-MASTER_IDLE_S = 15.0  # a running Master polls its streams every second
+MASTER_IDLE_S = 15.0  # a running Master records a liveness pass every second
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def fleet_findings(snap: Snapshot) -> list[Finding]:
         found.append(
             Finding(
                 "no_master",
-                "no Master has ever consumed ACKs on this Redis",
+                "no Master has ever run on this Redis",
                 "start one: `hiscrm master`",
             )
         )
@@ -116,7 +116,7 @@ def fleet_findings(snap: Snapshot) -> list[Finding]:
         found.append(
             Finding(
                 "no_master",
-                f"no Master has read ACKs for {snap.masters_idle_s:.0f} s",
+                f"no Master has been alive for {snap.masters_idle_s:.0f} s",
                 "start one: `hiscrm master` (updates stay pending until a Master runs)",
             )
         )

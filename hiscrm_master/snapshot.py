@@ -110,7 +110,7 @@ async def collect(redis: Redis, settings: BusSettings, account_id: str | None = 
         now=now,
         accounts=accounts,
         workers=workers,
-        masters_idle_s=await _masters_idle(redis, keys.acks),
+        masters_idle_s=await _masters_idle(redis, keys.masters, now),
         dead_letters=await _dead_letters(redis, keys.deadletter_counts),
         settings={
             "ack_timeout_s": settings.ack_timeout_s,
@@ -119,13 +119,13 @@ async def collect(redis: Redis, settings: BusSettings, account_id: str | None = 
     )
 
 
-async def _masters_idle(redis: Redis, stream: str) -> float | None:
+async def _masters_idle(redis: Redis, key: str, now: float) -> float | None:
+    """Seconds since the last liveness pass of any Master (None: no Master ever ran)."""
     try:
-        consumers: list[dict[Any, Any]] = await call(redis.xinfo_consumers(stream, "masters"))
+        newest: Any = await call(redis.zrange(key, -1, -1, withscores=True))
     except ResponseError:
         return None
-    idles = [float(c.get("idle", c.get(b"idle", 0))) / 1000 for c in consumers]
-    return min(idles) if idles else None
+    return max(now - float(newest[0][1]), 0.0) if newest else None
 
 
 async def _dead_letters(redis: Redis, key: str) -> dict[str, int]:

@@ -1,19 +1,84 @@
-"""Settings shared by every hiscrm process, read from ``HISCRM_*`` environment variables."""
+"""Settings shared by every hiscrm process, read from ``HISCRM_*`` environment variables.
+
+Credentials: the user name comes from the URL (``redis://worker-w1@host:6379/0``), the
+password from ``HISCRM_REDIS_PASSWORD_FILE`` (or ``HISCRM_REDIS_PASSWORD``), so it never
+has to be on a command line. A password in the URL still works. Every URL that is shown
+anywhere goes through ``masked_url`` first."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .keys import Keys
 
+MASK = "***"
+_QUERY_PASSWORD = re.compile(r"(?i)([?&;]password=)[^&;#]*")
+
+
+def _split_auth(url: str) -> tuple[str, str | None, str]:
+    """``(scheme://, userinfo or None, rest)``; userinfo is everything up to the *last*
+    ``@``, so a password with an unescaped ``/``, ``?`` or ``@`` in it stays inside it."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return scheme + sep, None, rest
+    return scheme + sep, userinfo, host
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***`` (the user name stays).
+
+    Never raises, whatever the string: it is used on URLs that failed to parse too."""
+    head, userinfo, host = _split_auth(url)
+    rest = _QUERY_PASSWORD.sub(r"\g<1>" + MASK, host)
+    if userinfo is None:
+        return head + rest
+    user, colon, _password = userinfo.partition(":")
+    return f"{head}{user}{':' + MASK if colon else ''}@{rest}"
+
+
+def url_password(url: str) -> str | None:
+    """The password written in ``url`` (userinfo or ``?password=``), or None."""
+    _head, userinfo, host = _split_auth(url)
+    _user, colon, password = (userinfo or "").partition(":")
+    if colon:
+        return unquote(password)
+    match = re.search(r"(?i)[?&;]password=([^&;#]*)", host)
+    return unquote(match.group(1)) if match else None
+
+
+def url_username(url: str) -> str:
+    """The Redis user the URL names; ``default`` when it names none."""
+    _head, userinfo, _host = _split_auth(url)
+    user = unquote((userinfo or "").partition(":")[0])
+    return user or "default"
+
 
 class BusSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HISCRM_", extra="ignore")
+    # hide_input_in_errors: a rejected URL may hold a password; messages mask it themselves
+    model_config = SettingsConfigDict(
+        env_prefix="HISCRM_", extra="ignore", hide_input_in_errors=True
+    )
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # the password of the URL's user (the URL names the user: redis://worker-w1@host/0);
+    # the file is read once, at start, its trailing newline stripped
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = None
+    # TLS (rediss:// URLs): the CA that signed the server's certificate, and the client
+    # certificate and key when the server asks for one
+    redis_ca_file: Path | None = None
+    redis_cert_file: Path | None = None
+    redis_key_file: Path | None = None
     key_prefix: str = Field("hiscrm:", min_length=1)
     # how long a connect / command may take before Redis counts as unreachable
     redis_timeout_s: float = Field(5.0, ge=2)
@@ -34,18 +99,125 @@ class BusSettings(BaseSettings):
     # stream consumers: an entry idle this long in a dead consumer's PEL is claimed
     claim_idle_s: float = Field(30.0, gt=0)
 
+    _password: SecretStr | None = PrivateAttr(default=None)
+
     @field_validator("redis_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
+        shown = masked_url(value)
         parts = urlsplit(value)
         if parts.scheme not in ("redis", "rediss", "unix"):
-            msg = f"Redis URL {value!r} must start with redis://, rediss:// or unix://"
+            msg = f"Redis URL {shown!r} must start with redis://, rediss:// or unix://"
             raise ValueError(msg)
         if parts.scheme != "unix" and not parts.hostname:
-            msg = f"Redis URL {value!r} names no host"
+            msg = f"Redis URL {shown!r} names no host"
             raise ValueError(msg)
+        try:
+            parts.port  # noqa: B018 -- it raises on a port that is not a number
+        except ValueError:
+            # the message would quote the bad port, which may be part of a password
+            msg = (
+                f"Redis URL {shown!r} has no valid port (a password with / ? # @ in it "
+                "must be percent-encoded, or given in HISCRM_REDIS_PASSWORD_FILE)"
+            )
+            raise ValueError(msg) from None
         return value
+
+    @model_validator(mode="after")
+    def _read_credentials(self) -> Self:
+        if self.redis_password is not None and self.redis_password_file is not None:
+            msg = "set HISCRM_REDIS_PASSWORD or HISCRM_REDIS_PASSWORD_FILE, not both"
+            raise ValueError(msg)
+        password = self.redis_password
+        if self.redis_password_file is not None:
+            password = SecretStr(_read_password(self.redis_password_file))
+        if password is not None and url_password(self.redis_url) is not None:
+            msg = (
+                f"the Redis URL {masked_url(self.redis_url)} carries a password and "
+                "HISCRM_REDIS_PASSWORD(_FILE) gives one too: keep only one"
+            )
+            raise ValueError(msg)
+        self._password = password
+        return self
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        files = {
+            "HISCRM_REDIS_CA_FILE": self.redis_ca_file,
+            "HISCRM_REDIS_CERT_FILE": self.redis_cert_file,
+            "HISCRM_REDIS_KEY_FILE": self.redis_key_file,
+        }
+        given = [name for name, path in files.items() if path is not None]
+        if given and urlsplit(self.redis_url).scheme != "rediss":
+            msg = (
+                f"{' and '.join(given)} need a rediss:// Redis URL, not "
+                f"{masked_url(self.redis_url)} (plain TCP would ignore them)"
+            )
+            raise ValueError(msg)
+        if self.redis_key_file is not None and self.redis_cert_file is None:
+            msg = "HISCRM_REDIS_KEY_FILE is set without HISCRM_REDIS_CERT_FILE"
+            raise ValueError(msg)
+        for name, path in files.items():
+            if path is not None:
+                _check_readable(name, path)
+        return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # a repr lands in logs and tracebacks: show the URL masked, like everywhere else
+        for name, value in super().__repr_args__():
+            yield name, masked_url(value) if name == "redis_url" else value
 
     @property
     def keys(self) -> Keys:
         return Keys(self.key_prefix)
+
+    @property
+    def redis_user(self) -> str:
+        """The Redis user these settings log in as."""
+        return url_username(self.redis_url)
+
+    @property
+    def shown_url(self) -> str:
+        """``redis_url`` as it may be shown: password masked."""
+        return masked_url(self.redis_url)
+
+    def password(self) -> str | None:
+        """The password from HISCRM_REDIS_PASSWORD(_FILE), not the URL's."""
+        return None if self._password is None else self._password.get_secret_value()
+
+    def connection_options(self) -> dict[str, Any]:
+        """redis-py keyword arguments for the credentials and TLS files; the URL itself
+        brings the user name (and a password, when it has one)."""
+        options: dict[str, Any] = {}
+        if self._password is not None:
+            options["password"] = self._password.get_secret_value()
+        if self.redis_ca_file is not None:
+            options["ssl_ca_certs"] = str(self.redis_ca_file)
+        if self.redis_cert_file is not None:
+            options["ssl_certfile"] = str(self.redis_cert_file)
+        if self.redis_key_file is not None:
+            options["ssl_keyfile"] = str(self.redis_key_file)
+        return options
+
+
+def _read_password(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        msg = f"cannot read the Redis password file {path} (HISCRM_REDIS_PASSWORD_FILE): {reason}"
+        raise ValueError(msg) from None
+    password = text.removesuffix("\n").removesuffix("\r")
+    if not password:
+        msg = f"the Redis password file {path} (HISCRM_REDIS_PASSWORD_FILE) is empty"
+        raise ValueError(msg)
+    return password
+
+
+def _check_readable(name: str, path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        msg = f"cannot read {name} {path}: {exc.strerror or exc}"
+        raise ValueError(msg) from None

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from hiscrm_bus.connection import connect
 from hiscrm_bus.errors import AccountNotFound, BusUnavailable, ConfigurationError, HiscrmError
+from hiscrm_bus.settings import BusSettings, url_password
 from hiscrm_master.settings import MasterSettings
 
 from .terminal import safe
@@ -74,11 +75,38 @@ def build(cls: type[S], **options: Any) -> S:
     """Settings from env, overridden by the options that were given."""
     given = {k: v for k, v in options.items() if v is not None}
     try:
-        return cls(**given)
+        settings = cls(**given)
     except ValidationError as exc:
+        # never str(exc): it quotes the input, which may hold a password
         first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        fail(f"invalid setting {where}: {first['msg']}")
+        where = ".".join(str(p) for p in first["loc"])
+        # our own validators say it in a whole sentence; pydantic's own need the field
+        error = first.get("ctx", {}).get("error") if first["type"] == "value_error" else None
+        message = str(error) if error is not None else first["msg"]
+        fail(f"invalid setting {where}: {message}" if where else message)
+    if isinstance(settings, BusSettings):
+        _warn_of_url_password(settings)
+    return settings
+
+
+_warned = False
+
+
+def _warn_of_url_password(settings: BusSettings) -> None:
+    """Once per process: a password in the URL shows where a file would not."""
+    global _warned  # noqa: PLW0603 -- one warning per process, however many settings
+    if _warned or url_password(settings.redis_url) is None:
+        return
+    _warned = True
+    if any(a == "--redis-url" or a.startswith("--redis-url=") for a in sys.argv):
+        where = "the password in --redis-url is visible to every user in `ps`"
+    else:
+        where = "the password in HISCRM_REDIS_URL is visible in this process's environment"
+    err_console.print(
+        f"[yellow]warning:[/yellow] {where}; put it in a file (mode 0600) and set "
+        "HISCRM_REDIS_PASSWORD_FILE instead",
+        highlight=False,
+    )
 
 
 CLI_SENDER = "cli"  # the sender name of what operator commands write

@@ -1,11 +1,17 @@
 """``hiscrm up [--demo]``: the whole stack on one machine — an embedded redis-server,
-the sandbox site, a Master and one worker — stopped cleanly, all of it, on Ctrl-C."""
+the sandbox site, a Master and one worker — stopped cleanly, all of it, on Ctrl-C.
+
+The embedded Redis listens on loopback only and has a password generated for the run,
+kept in ``<data-dir>/redis-password`` (0600); the children read it through
+HISCRM_REDIS_PASSWORD_FILE and redis-server from its config file, so it is never on a
+command line. Everything under the data directory is private to this user."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -19,10 +25,29 @@ from typing import Annotated
 import redis
 import typer
 
-from hiscrm_bus.settings import BusSettings
+from hiscrm_bus.settings import BusSettings, masked_url
+from hiscrm_worker.settings import private_dir
 
 from .common import EXIT_FAILED, EXIT_OK, console, fail, run
 from .terminal import safe
+
+# credentials for some other Redis, which must not reach the stack's own processes
+_OTHER_REDIS_SETTINGS = (
+    "HISCRM_REDIS_PASSWORD",
+    "HISCRM_REDIS_CA_FILE",
+    "HISCRM_REDIS_CERT_FILE",
+    "HISCRM_REDIS_KEY_FILE",
+)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (mode 0600 from the first byte), replacing it whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    tmp.replace(path)
 
 
 def free_port() -> int:
@@ -43,7 +68,10 @@ class LocalStack:
         self.redis_port = free_port()
         self.site_port = free_port()
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.password_file = self.data_dir / "redis-password"
+        self.redis_conf = self.data_dir / "redis.conf"
         self.site_url = f"http://127.0.0.1:{self.site_port}"
+        self.password = ""
 
     def env(self) -> dict[str, str]:
         return dict(
@@ -55,7 +83,7 @@ class LocalStack:
         )
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        self.logs.mkdir(parents=True, exist_ok=True)
+        private_dir(self.logs)
         with (self.logs / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
                 args,
@@ -64,6 +92,7 @@ class LocalStack:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                umask=0o077,  # Redis' data files, sessions, logs: this user's only
             )
         (self.data_dir / "pids.json").write_text(
             json.dumps({n: p.pid for n, p in self.procs.items()})
@@ -84,27 +113,13 @@ class LocalStack:
                 "redis-server was not found: install it (Debian: `apt-get install "
                 "redis-server`) or run `make demo`, which does"
             )
-        (self.data_dir / "redis").mkdir(parents=True, exist_ok=True)
+        self._write_credentials()
         with console.status("starting redis-server…"):
-            self._spawn(
-                "redis",
-                [
-                    binary,
-                    "--port",
-                    str(self.redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    str(self.data_dir / "redis"),
-                    "--appendonly",
-                    "yes",
-                    "--save",
-                    "",
-                ],
-            )
+            self._spawn("redis", [binary, str(self.redis_conf)])
             self._wait_ready("redis", self._redis_ready)
         console.print(
-            f"redis-server   {safe(self.redis_url)}  (data in {safe(self.data_dir / 'redis')})"
+            f"redis-server   {safe(masked_url(self.redis_url))}  (loopback only; password: "
+            f"cat {safe(self.password_file)}; data in {safe(self.data_dir / 'redis')})"
         )
         with console.status("starting the sandbox site, the Master and a worker…"):
             self._spawn("sandbox", self._hiscrm("sandbox", "serve", "--port", str(self.site_port)))
@@ -113,6 +128,36 @@ class LocalStack:
             self._wait_ready("worker", self._worker_ready)
         console.print(f"sandbox site   {safe(self.site_url)}")
         console.print(f"master, worker w1 (logs in {safe(self.logs)})")
+
+    def _write_credentials(self) -> None:
+        """A new password for this run: in a 0600 file for the clients and in a 0600
+        redis.conf for the server; this process and its children find it through
+        HISCRM_REDIS_PASSWORD_FILE."""
+        private_dir(self.data_dir, tighten=False)
+        private_dir(self.data_dir / "redis")
+        self.password = secrets.token_urlsafe(32)
+        write_private(self.password_file, self.password + "\n")
+        data = str(self.data_dir / "redis").replace("\\", "\\\\").replace('"', '\\"')
+        write_private(
+            self.redis_conf,
+            "\n".join(
+                [
+                    f"port {self.redis_port}",
+                    "bind 127.0.0.1",
+                    "protected-mode yes",
+                    f'dir "{data}"',
+                    "appendonly yes",
+                    'save ""',
+                    f"requirepass {self.password}",
+                    "",
+                ]
+            ),
+        )
+        for name in _OTHER_REDIS_SETTINGS:
+            os.environ.pop(name, None)
+        # the demo, played in this process, reads its settings from the environment too
+        os.environ["HISCRM_REDIS_URL"] = self.redis_url
+        os.environ["HISCRM_REDIS_PASSWORD_FILE"] = str(self.password_file)
 
     def _wait_ready(self, name: str, ready: object, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -128,14 +173,16 @@ class LocalStack:
 
     def _redis_ready(self) -> bool:
         try:
-            with redis.Redis(port=self.redis_port, socket_connect_timeout=0.2) as r:
+            with redis.Redis(
+                port=self.redis_port, password=self.password, socket_connect_timeout=0.2
+            ) as r:
                 return bool(r.ping())
         except redis.RedisError:
             return False
 
     def _worker_ready(self) -> bool:
         keys = BusSettings(redis_url=self.redis_url).keys
-        with redis.Redis(port=self.redis_port) as r:
+        with redis.Redis(port=self.redis_port, password=self.password) as r:
             return bool(r.exists(keys.worker("w1")))
 
     def stop(self) -> None:
@@ -175,7 +222,11 @@ def up(
         if demo:
             stack.reset()  # the scenario starts from nothing, every time
         stack.start()
-        console.print(f"use it from another shell: export HISCRM_REDIS_URL={safe(stack.redis_url)}")
+        console.print(
+            "use it from another shell: export "
+            f"HISCRM_REDIS_URL={safe(masked_url(stack.redis_url))} "
+            f"HISCRM_REDIS_PASSWORD_FILE={safe(stack.password_file)}"
+        )
         if demo:
             code = run(lambda: play(stack.redis_url, stack.site_url))
         if not demo or keep:

@@ -22,6 +22,8 @@ from playwright.async_api import Browser, BrowserContext, Page, Playwright, asyn
 
 from hiscrm_bus.errors import ConfigurationError
 
+from .settings import private_dir
+
 log = logging.getLogger(__name__)
 RecoverHook = Callable[[str, str], None]
 
@@ -68,8 +70,8 @@ class BrowserPool:
                 return self._browser
             if self._pw is None:
                 self._pw = await async_playwright().start()
-            home = self.data_dir / "chromium-home"
-            home.mkdir(parents=True, exist_ok=True)
+            private_dir(self.data_dir, tighten=False)
+            home = private_dir(self.data_dir / "chromium-home")
             env: dict[str, str | float | bool] = {
                 **os.environ,
                 "HOME": str(home),
@@ -161,7 +163,8 @@ class BrowserPool:
         ctx = self._contexts.get(account_id)
         if ctx is None:
             return
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir, tighten=False)
+        private_dir(self.state_dir)  # sessions are logins: no one else may even list them
         path = self.state_file(account_id)
         tmp = path.with_suffix(".tmp")
         await ctx.storage_state(path=str(tmp))

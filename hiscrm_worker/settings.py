@@ -19,7 +19,7 @@ class WorkerSettings(BusSettings):
     heartbeat_ttl_s: float = Field(10.0, gt=0)
     # anti-entropy: compare applied versions with the hashes this often
     reconcile_interval_s: float = Field(30.0, gt=0)
-    # per-account browser sessions (mode 0600) and Chromium's own files
+    # per-account browser sessions (mode 0600, in a 0700 directory) and Chromium's files
     data_dir: Path = Path("var/worker")
     chromium: str = "/usr/bin/chromium"
     sandbox_url: str = "http://127.0.0.1:8765"
@@ -33,3 +33,16 @@ class WorkerSettings(BusSettings):
             )
             raise ValueError(msg)
         return self
+
+
+def private_dir(path: Path, *, tighten: bool = True) -> Path:
+    """``path``, created if missing, that only this user may list or enter (0700).
+
+    ``tighten`` also takes group and other access away from a directory that exists
+    already (one of hiscrm's own, left by an older version); a directory the operator
+    named is created private but otherwise left as it is."""
+    existed = path.is_dir()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not existed or tighten:
+        path.chmod(0o700)  # mkdir's mode is filtered through the umask
+    return path

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.asyncio import Redis
 
-from .connection import call, is_transient
+from .connection import CONNECTION_ERRORS, call, is_transient
 from .errors import (
     AccountExists,
     AccountNotFound,
@@ -311,7 +311,9 @@ class AccountStore:
                 pipe.hgetall(self.keys.account(account_id))
             replies = await call(pipe.execute(raise_on_error=False))
         for reply in replies:
-            if isinstance(reply, Exception) and is_transient(reply):
+            if isinstance(reply, Exception) and (
+                is_transient(reply) or isinstance(reply, CONNECTION_ERRORS)
+            ):
                 raise BusUnavailable(f"Redis cannot serve us right now: {reply}") from reply
         return list(replies)
 

@@ -23,9 +23,8 @@ from hiscrm_bus.accounts import (
     to_hash,
     validate,
 )
-from hiscrm_bus.control import publish
 from hiscrm_bus.errors import AccountExists, InvalidAccountConfig
-from hiscrm_bus.messages import AccountConfigUpdate, LoginSuccess, new_id
+from hiscrm_bus.messages import AccountConfigUpdate, LoginSuccess
 from hiscrm_bus.pending import Outcome
 from hiscrm_bus.workers import WorkerRegistry
 from hiscrm_master.login import on_login_success
@@ -195,17 +194,7 @@ def remove(
 
     async def main() -> None:
         async with redis_client(settings) as redis:
-            store = AccountStore(redis, settings.keys)
-            version, worker = await store.remove(account_id)
-            if worker:
-                notice = AccountConfigUpdate(
-                    sender=SENDER,
-                    update_id=new_id(),
-                    account_id=account_id,
-                    config_version=version + 1,
-                    reason="removed",
-                )
-                await publish(redis, settings, worker, notice)
+            await Updates(redis, settings, SENDER).remove(account_id)
             console.print(f"removed account {safe(account_id)}")
 
     run(main)

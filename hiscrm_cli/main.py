@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import account, data, diagnose, login, sandbox, services, up
+from . import account, acl, data, diagnose, login, sandbox, services, up
 from .common import setup_logging
 
 app = typer.Typer(
@@ -50,4 +50,5 @@ app.command()(data.data)
 app.command("diagnose")(diagnose.diagnose_command)
 app.command()(up.up)
 app.add_typer(account.app, name="account")
+app.add_typer(acl.app, name="acl")
 app.add_typer(sandbox.app, name="sandbox")

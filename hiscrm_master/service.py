@@ -18,9 +18,9 @@ import anyio
 from anyio.abc import TaskStatus
 from redis.asyncio import Redis
 
-from hiscrm_bus.connection import call
+from hiscrm_bus.connection import CONNECTION_ERRORS, call, is_transient
 from hiscrm_bus.deadletter import DeadLetters
-from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig, NotOwner
+from hiscrm_bus.errors import AccountNotFound, BusUnavailable, InvalidAccountConfig, NotOwner
 from hiscrm_bus.keys import StreamKind
 from hiscrm_bus.messages import (
     AccountConfigUpdate,
@@ -86,6 +86,12 @@ class Master:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         log.info("master %s starting", self.id)
         s = self.settings
+        # worker users' read access, as the assignments say (a restarted Redis, or
+        # changes made while no Master ran); ``liveness`` re-checks it every pass
+        try:
+            await self.updates.grants.ensure()
+        except Exception as exc:
+            log.warning("master %s: grants not applied yet (%s); liveness retries", self.id, exc)
         async with anyio.create_task_group() as tg:
             await tg.start(self.acks.run_received, self.on_acks)
             await tg.start(self.events.run_received, self.on_events)
@@ -111,6 +117,7 @@ class Master:
     async def liveness(self) -> None:
         """Say we are alive, then move dead workers' accounts and place unowned ones."""
         await call(self.redis.zadd(self.keys.masters, {self.id: time.time()}))
+        await self.updates.grants.ensure()
         await self.assigner.run_once()
 
     async def reject(self, received: Received, reason: str) -> None:
@@ -139,6 +146,13 @@ class Master:
             for account_id in unique:
                 pipe.hget(self.keys.account(account_id), "worker_id")
             replies = await call(pipe.execute(raise_on_error=False))
+        for reply in replies:
+            # a Redis still loading or full is an outage, not an answer: the entries stay
+            # pending and are judged once Redis answers
+            if isinstance(reply, Exception) and (
+                is_transient(reply) or isinstance(reply, CONNECTION_ERRORS)
+            ):
+                raise BusUnavailable(f"cannot read account owners: {reply}") from reply
         return {
             a: (r.decode() if isinstance(r, bytes) else None)
             for a, r in zip(unique, replies, strict=True)

@@ -10,6 +10,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from hiscrm_bus.accounts import AccountStore, AccountUpdate
+from hiscrm_bus.acl import Grants
 from hiscrm_bus.connection import call
 from hiscrm_bus.messages import AccountConfigUpdate, UpdateReason, encode, new_id
 from hiscrm_bus.pending import PendingTracker
@@ -27,6 +28,7 @@ class Updates:
         self.sender = sender
         self.store = AccountStore(redis, self.keys)
         self.tracker = PendingTracker(redis, settings)
+        self.grants = Grants(redis, self.keys)
 
     def message(
         self, update: AccountUpdate, reason: UpdateReason, attempt: int = 1
@@ -104,6 +106,10 @@ class Updates:
             if r.previous_worker_id is not None and r.previous_worker_id != r.worker_id
         ]
         sends = [*owned, *notices]
+        # read access follows the account before anyone is told to read it
+        moved = [r for r in results if r.previous_worker_id != r.worker_id]
+        if moved:
+            await self.grants.sync(w for r in moved for w in (r.worker_id, r.previous_worker_id))
         if sends:
             async with self.redis.pipeline(transaction=False) as pipe:
                 await self.tracker.record_many(owned, pipe)
@@ -112,6 +118,22 @@ class Updates:
                 replies = await call(pipe.execute())
             self._log_sent(sends, replies[len(owned) :])
         return messages
+
+    async def remove(self, account_id: str) -> tuple[int, str | None]:
+        """Delete the account, revoke its worker's read access, and tell the worker (it
+        stops the task). Returns the last version and the owner it had."""
+        version, worker = await self.store.remove(account_id)
+        if worker:
+            await self.grants.sync([worker])
+            notice = AccountConfigUpdate(
+                sender=self.sender,
+                update_id=new_id(),
+                account_id=account_id,
+                config_version=version + 1,
+                reason="removed",
+            )
+            await self.publish_many([(notice, worker)])
+        return version, worker
 
     async def publish_many(self, messages: Sequence[tuple[AccountConfigUpdate, str]]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

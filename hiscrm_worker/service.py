@@ -122,6 +122,10 @@ class Worker:
         self.reconciles = 0
         self.tg: TaskGroup | None = None
         self.streams = {k: self.keys.worker_stream(self.id, k) for k in STREAM_KINDS}
+        # the assignment set as the last reconcile read it; and whether an account of
+        # it was not readable (NOPERM) then
+        self._assigned: set[str] = set()
+        self._grant_wait = False
 
     # lifecycle
 
@@ -257,6 +261,13 @@ class Worker:
 
     def _apply_unguarded(self, account_id: str, raw: dict[Any, Any] | Exception) -> Applied:
         applied = self.applied.get(account_id, 0)
+        if isinstance(raw, rexc.NoPermissionError) and account_id in self._assigned:
+            # still ours, but not readable yet: a restarted Redis forgot the grant until
+            # the Master re-applies it. Keep running what we have; look again soon.
+            if not self._grant_wait:
+                log.warning("account %s: waiting for read access (NOPERM)", account_id)
+            self._grant_wait = True
+            return Applied(True, applied, applied, mine=False)
         if isinstance(raw, rexc.NoPermissionError):
             # the Master revoked our read access: the account moved or was removed
             self._forget(account_id)
@@ -317,6 +328,7 @@ class Worker:
         """Reload every account whose hash version is ahead of what we applied."""
         self.reconciles += 1
         mine = set(await self.store.ids_of_worker(self.id))
+        self._assigned = mine
         candidates = mine | set(self.runner.ids())
         # an account we never applied nor rejected is behind by definition: only the
         # known ones need their version probed (on a cold start, none do)
@@ -339,6 +351,9 @@ class Worker:
             lock = self._locks.get(account_id)
             if lock is None or not lock.locked():
                 results.append((account_id, self._apply(account_id, raw)))
+        if self._grant_wait and self.tg is not None:
+            self._grant_wait = False
+            self.tg.start_soon(self._reconcile_soon)
         acks = [self._ack_message(a, result) for a, result in results if result.mine]
         try:
             await append_many(self.redis, self.streams["acks"], acks, self.settings.stream_maxlen)
@@ -346,6 +361,11 @@ class Worker:
             log.warning("worker %s: %d reconcile ACK(s) queued (%s)", self.id, len(acks), exc)
             for ack in acks:
                 self.send("acks", ack)
+
+    async def _reconcile_soon(self) -> None:
+        """Another pass shortly, for accounts whose read access was missing."""
+        await anyio.sleep(self.settings.backoff_max_s)
+        await self._safe(self.reconcile())
 
     # outgoing events and crawl batches
 

@@ -11,7 +11,6 @@ from typing import Any
 import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
-from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from hiscrm_bus.connection import make_client

@@ -50,22 +50,28 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, what: str = "
 
 
 class Stack:
-    def __init__(self, redis_url: str, prefix: str, workdir: Path) -> None:
+    def __init__(
+        self, redis_url: str, prefix: str, workdir: Path, probe_url: str | None = None
+    ) -> None:
+        """``probe_url``: what the test's own probes connect with, when ``redis_url``
+        (the processes') carries no password."""
         self.redis_url = redis_url
         self.prefix = prefix
         self.keys = Keys(prefix)
         self.workdir = workdir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.r = redis.Redis.from_url(redis_url, decode_responses=True, encoding_errors="replace")
+        self.r = redis.Redis.from_url(
+            probe_url or redis_url, decode_responses=True, encoding_errors="replace"
+        )
         self.extra_env: dict[str, str] = {}
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(FAST_ENV)
-        env.update(self.extra_env)
-        env.update(extra)
         env["HISCRM_REDIS_URL"] = self.redis_url
         env["HISCRM_KEY_PREFIX"] = self.prefix
+        env.update(self.extra_env)
+        env.update(extra)
         return env
 
     def _spawn(self, name: str, args: list[str], **env: str) -> subprocess.Popen[bytes]:

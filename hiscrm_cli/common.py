@@ -14,6 +14,7 @@ import anyio
 import typer
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
+from redis import exceptions as rexc
 from redis.asyncio import Redis
 from rich.console import Console
 
@@ -127,6 +128,10 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
         fail(str(exc), EXIT_FAILED)
     except (ConfigurationError, HiscrmError) as exc:
         fail(str(exc))
+    except rexc.NoPermissionError as exc:
+        fail(f"Redis refused: this user may not do that ({exc})")
+    except rexc.RedisError as exc:
+        fail(f"Redis refused the command: {exc}")
 
 
 @asynccontextmanager

@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from hiscrm_bus.connection import call
-from hiscrm_bus.errors import AccountNotFound, VersionConflict
+from hiscrm_bus.connection import call, is_transient
+from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig, VersionConflict
 from hiscrm_bus.messages import UpdateReason
 from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
 
@@ -27,6 +28,7 @@ class Assigner:
         self.updates = updates
         self.registry = WorkerRegistry(redis, self.keys)
         self._offline_logged: set[str] = set()
+        self._invalid_logged: set[str] = set()
 
     async def lease(self) -> bool:
         """Hold a short lease so one Master at a time moves accounts."""
@@ -90,6 +92,23 @@ class Assigner:
                 config = await self.updates.store.get(account_id)
             except AccountNotFound:
                 continue
+            except InvalidAccountConfig as exc:
+                # its own problem (diagnose names the field): it moves once repaired;
+                # every other account is placed meanwhile
+                if account_id not in self._invalid_logged:
+                    log.error("account %s cannot be placed: %s", account_id, exc)
+                    self._invalid_logged.add(account_id)
+                left += 1
+                continue
+            except rexc.ResponseError as exc:
+                if is_transient(exc):
+                    raise
+                if account_id not in self._invalid_logged:
+                    log.error("account %s cannot be read: %s", account_id, exc)
+                    self._invalid_logged.add(account_id)
+                left += 1
+                continue
+            self._invalid_logged.discard(account_id)
             candidates = [
                 w for w in alive if w.supports(config.platform) and loads.get(w.id, 0) < w.capacity
             ]
@@ -109,7 +128,7 @@ class Assigner:
                     reason,
                     expect_version=config.config_version,
                 )
-            except (VersionConflict, AccountNotFound):
+            except (VersionConflict, AccountNotFound, InvalidAccountConfig):
                 continue  # changed meanwhile; the next pass looks again
             loads[target.id] = loads.get(target.id, 0) + 1
             placed += 1

@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: test demo lint typecheck pytest soak bootstrap system-deps clean
 
-test: bootstrap lint typecheck pytest
+test: bootstrap lint typecheck pytest bench-smoke
 
 bootstrap: system-deps $(STAMP)
 
@@ -58,7 +58,12 @@ clean:
 # DESIGN.md §7: delivery latency, throughput across 100 workers, reconcile of 10,000
 # accounts and Celery's broadcast, each beside the raw Redis floor measured in the same
 # run; prints a table and updates benchmarks/RESULTS.md. BENCH_ARGS for longer runs.
-.PHONY: bench
+# bench-smoke (part of `make test`): every scenario at tiny sizes, a few seconds, so a
+# library change that breaks the benchmark fails the gate; writes no results.
+.PHONY: bench bench-smoke
 BENCH_ARGS ?=
 bench: bootstrap
 	$(PY) benchmarks/delivery.py $(BENCH_ARGS)
+
+bench-smoke: bootstrap
+	$(PY) benchmarks/delivery.py --smoke

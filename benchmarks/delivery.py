@@ -21,12 +21,18 @@ event loop (asyncio backend), with the hiscrm services in-process:
         --reconcile-reps 5 --celery-n 1000                  # a longer one
     .venv/bin/python benchmarks/delivery.py --only latency --no-results
     .venv/bin/python benchmarks/delivery.py --hiredis       # redis-py's C reply parser
+    .venv/bin/python benchmarks/delivery.py --smoke         # every scenario, tiny (make test)
 
 The numbers go to stdout as a table and (unless --no-results) into the section
 "## Delivery (DESIGN.md §7)" of benchmarks/RESULTS.md (", with hiredis" for --hiredis),
 replacing an earlier one. The hiscrm side is instrumented without changing it: the
 Master's ACK batch handler and ``Updates.notify`` are wrapped on their instances to
 timestamp each update.
+
+``--smoke`` runs every scenario at tiny sizes in a few seconds, so a change to the
+library that breaks the benchmark fails ``make test``: it checks that each scenario ran
+to completion (every update applied, every account reconciled), never the numbers, and
+writes nothing to RESULTS.md. Celery is compared only if already installed.
 """
 
 from __future__ import annotations
@@ -63,8 +69,9 @@ if str(ROOT) not in sys.path:
 
 from hiscrm_bus.accounts import AccountConfig, AccountUpdate, decode_hash, to_hash  # noqa: E402
 from hiscrm_bus.connection import connect  # noqa: E402
-from hiscrm_bus.messages import AccountConfigUpdateAck, Message  # noqa: E402
-from hiscrm_bus.streams import append_many  # noqa: E402
+from hiscrm_bus.messages import AccountConfigUpdateAck  # noqa: E402
+from hiscrm_bus.streams import Received, append_many  # noqa: E402
+from hiscrm_bus.workers import WorkerInfo, WorkerRegistry  # noqa: E402
 from hiscrm_master.service import Master  # noqa: E402
 from hiscrm_master.settings import MasterSettings  # noqa: E402
 from hiscrm_master.updates import Updates  # noqa: E402
@@ -77,6 +84,19 @@ CELERY_VENV = ROOT / "var" / "bench" / "celery-venv"
 CELERY = ("celery[redis]",)
 now = time.perf_counter
 _prefixes = itertools.count()
+# --smoke: every scenario, tiny; a flag given explicitly still wins
+SMOKE_SIZES: dict[str, Any] = {
+    "latency_n": 20,
+    "warmup": 5,
+    "workers": 4,
+    "accounts_per_worker": 1,
+    "updates": 40,
+    "reconcile_accounts": 200,
+    "reconcile_reps": 1,
+    "celery_n": 5,
+    "no_celery_install": True,
+    "no_results": True,
+}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -239,7 +259,7 @@ class FloorRoundTrip:
             pipe.publish(self.channel, notice)
             await pipe.execute()
         while True:
-            reply = await self.master.xread({self.stream: self.last_id}, count=10, block=5000)
+            reply: Any = await self.master.xread({self.stream: self.last_id}, count=10, block=5000)
             if not reply:
                 raise RuntimeError("floor: no entry within 5 s")
             for _stream, entries in reply:
@@ -275,12 +295,12 @@ async def bench_latency(url: str, n: int, warmup: int, workdir: Path) -> dict[st
     closed: dict[str, float] = {}
     handler = master.on_acks
 
-    async def on_acks(messages: list[Message]) -> None:
+    async def on_acks(received: list[Received]) -> None:
         t = now()
-        ids = [i for i in (getattr(m, "update_id", "") for m in messages) if i]
+        ids = [i for i in (getattr(r.message, "update_id", "") for r in received) if i]
         for update_id in ids:
             seen.setdefault(update_id, t)
-        await handler(messages)
+        await handler(received)
         t = now()
         for update_id in ids:
             closed.setdefault(update_id, t)
@@ -305,7 +325,7 @@ async def bench_latency(url: str, n: int, warmup: int, workdir: Path) -> dict[st
     sent_at: dict[str, float] = {}
     published: dict[str, float] = {}
     e2e: dict[str, float] = {}
-    recorded_ms: dict[str, int] = {}
+    recorded_ms: dict[str, float] = {}
     floor_s: list[float] = []
     statuses: Counter[str] = Counter()
     try:
@@ -320,7 +340,7 @@ async def bench_latency(url: str, n: int, warmup: int, workdir: Path) -> dict[st
                 created.id, created.config_version, tuple(sorted(to_hash(created))), worker.id, None
             )
             await updates.notify([result], "assignment")  # as `hiscrm account add` does
-            await wait_until(lambda: worker.task(account) is not None, 10, "the task")
+            await wait_until(lambda: worker.runner.get(account) is not None, 10, "the task")
             for i in range(warmup + n):
                 measured = i >= warmup
                 # the floor's round trip, then ours, in turn
@@ -408,7 +428,7 @@ async def floor_throughput(url: str, workers: int, total: int, batch: int) -> di
         last = "0-0"
         task_status.started()
         while got < total:
-            reply = await reader.xread({stream: last}, count=1000, block=1000)
+            reply: Any = await reader.xread({stream: last}, count=1000, block=1000)
             for _s, entries in reply or []:
                 last = entries[-1][0]
                 got += len(entries)
@@ -494,6 +514,12 @@ async def bench_throughput(  # noqa: PLR0915 - one measurement, read top to bott
             await wait_until(
                 lambda: all(len(w.applied) == per_worker for w in fleet), 60, "the fleet"
             )
+            # steady state: the Master reads every worker's stream (it has read the ACK
+            # each worker sent for its accounts on start)
+            await wait_until(
+                lambda: master.acks.processed >= len(accounts), 60, "the Master to hear the fleet"
+            )
+            master_caught_up_s = now() - t_start
             raws = await updates.store.get_raw(accounts)
             current = {a: decode_hash(r) for a, r in zip(accounts, raws, strict=True)}
             after = await updates.tracker.last_outcome_id()
@@ -548,12 +574,14 @@ async def bench_throughput(  # noqa: PLR0915 - one measurement, read top to bott
         "acks": acks,
         "retried": stats_after.get("retried", 0) - stats_before.get("retried", 0),
         "fleet_start_s": fleet_start_s,
+        "master_caught_up_s": master_caught_up_s,
     }
 
 
 async def bench_master_drain(url: str, total: int) -> dict[str, Any]:
-    """The Master alone: ``total`` pending updates and their ACKs already in the stream
-    (as from a worker that is not running), then time the Master until it read them all."""
+    """The Master alone: ``total`` pending updates and their ACKs already in the owning
+    worker's ACK stream (as from a worker that is not running), then time the Master
+    until it read them all."""
     p = prefix("drain")
     msettings = MasterSettings(
         redis_url=url, key_prefix=p, master_id="bench-master", ack_timeout_s=600
@@ -581,7 +609,12 @@ async def bench_master_drain(url: str, total: int) -> dict[str, Any]:
             for m in notices
             if m is not None
         ]
-        await append_many(admin, msettings.keys.acks, acks, msettings.stream_maxlen)
+        # the ghost's own ACK stream, and the ghost in the worker index as a live worker
+        # (as its heartbeat would put it there): the Master reads the streams of the
+        # workers it knows, and accepts ACKs only from an account's owner
+        stream = msettings.keys.worker_stream(ghost, "acks")
+        await append_many(admin, stream, acks, msettings.stream_maxlen)
+        await WorkerRegistry(admin, msettings.keys).heartbeat(WorkerInfo(id=ghost), ttl_s=600)
         master = Master(msettings, mredis)
         async with anyio.create_task_group() as tg:
             t0 = now()
@@ -634,14 +667,14 @@ async def reconcile_once(
     until every task has left `starting`, and one heartbeat carrying every task's report."""
     worker = Worker(wsettings, client)
     spent: dict[str, float] = {}
-    time_calls(worker.store, ("ids_of_worker", "versions", "get_raw"), spent)
+    time_calls(worker.store, ("ids_of_worker", "versions", "get_each"), spent)
     async with anyio.create_task_group() as tg:
         await tg.start(worker.runner.run)
         t0 = now()
         await worker.reconcile()
         rec = now() - t0
         assert len(worker.applied) == len(ids), len(worker.applied)
-        tasks = [worker.task(i) for i in ids]
+        tasks = [worker.runner.get(i) for i in ids]
         await wait_until(
             lambda: all(t is not None and t.state != "starting" for t in tasks), 120, "tasks"
         )
@@ -679,7 +712,7 @@ async def bench_reconcile(  # noqa: PLR0915 - one measurement, read top to botto
         floors, floors_same = [], []
         for _ in range(reps):
             t0 = now()
-            members = await bare.smembers(keys.worker_accounts(wid))
+            members: Any = await bare.smembers(keys.worker_accounts(wid))
             async with bare.pipeline(transaction=False) as pipe:
                 for m in members:
                     pipe.hgetall(keys.account(m.decode()))
@@ -731,7 +764,7 @@ async def bench_reconcile(  # noqa: PLR0915 - one measurement, read top to botto
             await tg.start(worker.run)  # returns after the first reconcile
             out["run_ready_s"] = now() - t0
             out["run_applied"] = len(worker.applied)
-            tasks = [worker.task(i) for i in ids]
+            tasks = [worker.runner.get(i) for i in ids]
             await wait_until(
                 lambda: all(t is not None and t.state != "starting" for t in tasks), 120, "tasks"
             )
@@ -951,7 +984,9 @@ def report_throughput(r: dict[str, Any], t: Table, notes: list[str], says: list[
             f"{tp['statuses']}, {tp['acks']} ACKs read by the Master, {tp['retried']} retries; "
             f"all sent after {tp['send_s']:.2f} s, last outcome after {tp['seconds']:.2f} s "
             f"(floor: sent {fl['send_s']:.2f} s, done {fl['seconds']:.2f} s); "
-            f"the {tp['workers']} workers started in {tp['fleet_start_s']:.2f} s."
+            f"the {tp['workers']} workers started in {tp['fleet_start_s']:.2f} s and the Master "
+            f"had read every one's start-up ACKs after {tp['master_caught_up_s']:.2f} s "
+            "(measuring began then)."
         )
         if tp["retried"]:
             notes.append(
@@ -1016,12 +1051,12 @@ def report_reconcile(r: dict[str, Any], t: Table, notes: list[str], says: list[s
             f"creating the accounts took {rc['setup_s']:.1f} s (not measured)."
         )
         ph = rc["phases"]
-        reads = ph.get("ids_of_worker", 0) + ph.get("versions", 0) + ph.get("get_raw", 0)
+        reads = ph.get("ids_of_worker", 0) + ph.get("versions", 0) + ph.get("get_each", 0)
         notes.append(
             f"inside the best `Worker.reconcile` ({ms(best)}): SMEMBERS "
             f"{ms(ph.get('ids_of_worker', 0) * 1000)}, pipelined HGET of every version "
             f"{ms(ph.get('versions', 0) * 1000)}, pipelined HGETALL of every hash "
-            f"{ms(ph.get('get_raw', 0) * 1000)}; the remaining {ms(best - reads * 1000)} is the "
+            f"{ms(ph.get('get_each', 0) * 1000)}; the remaining {ms(best - reads * 1000)} is the "
             "per-account apply loop (decode, validate, start a task), the ACK pipeline and, "
             "while that pipeline is awaited, the first steps of the 10,000 tasks it has "
             "just started (each logs that it waits for a login)."
@@ -1050,7 +1085,7 @@ def report_celery(r: dict[str, Any], t: Table, notes: list[str], says: list[str]
             t.add("Celery broadcast(reply=True)", "skipped", "", "", "")
             notes.append(f"celery: skipped — {ce['skipped']}")
         else:
-            f = (lat or {}).get("floor")
+            f: dict[str, float] | None = (lat or {}).get("floor")
             for q in ("p50", "p99"):
                 t.add(
                     f"Celery broadcast(reply=True), 1 worker, {q}",
@@ -1064,7 +1099,7 @@ def report_celery(r: dict[str, Any], t: Table, notes: list[str], says: list[str]
                 f"solo-pool worker, celery {ce['celery']} / kombu {ce['kombu']} from {ce['where']},"
                 f" same redis-server (db 1); {ce['missing']} without a reply."
             )
-            if lat:
+            if lat and f:
                 says.append(
                     f"Celery's `control.broadcast(reply=True)` to one worker on the same Redis "
                     f"takes {ms(ce['rt']['p50'])} at p50 and {ms(ce['rt']['p99'])} at p99, "
@@ -1127,7 +1162,9 @@ def write_results(
 # ----------------------------------------------------------------------------- main
 
 
-async def run_all(args: argparse.Namespace, url: str, workdir: Path, tally: LogTally) -> dict:  # type: ignore[type-arg]
+async def run_all(
+    args: argparse.Namespace, url: str, workdir: Path, tally: LogTally
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     flush = redis.Redis.from_url(url)
     try:
@@ -1162,7 +1199,7 @@ async def run_all(args: argparse.Namespace, url: str, workdir: Path, tally: LogT
     return results
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--latency-n", type=int, default=500, help="round trips measured (each side)")
     ap.add_argument("--warmup", type=int, default=50, help="round trips not measured")
@@ -1182,12 +1219,27 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
     ap.add_argument("--no-results", action="store_true", help="print only")
     ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every scenario at tiny sizes (a few seconds), checked for completion only;\n"
+        "never writes results, never installs Celery (make bench-smoke, part of make test)",
+    )
+    ap.add_argument(
         "--hiredis",
         action="store_true",
         help="use redis-py's hiredis parser (installed into var/bench/hiredis, not the venv);\n"
         'results go to their own section, "… §7), with hiredis"',
     )
     args = ap.parse_args()
+    if args.smoke:
+        ap.set_defaults(**SMOKE_SIZES)
+        args = ap.parse_args()
+        args.no_results = args.no_celery_install = True
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.hiredis and not hiredis_available():
         reexec_with_hiredis()
 
@@ -1219,6 +1271,15 @@ def main() -> None:
         for (name, msg), count in tally.counts.most_common():
             print(f"  {count:6d}  {name}: {msg}")
     print(f"\n(total {time.monotonic() - started:.0f} s)")
+    if args.smoke:
+        problems = smoke_problems(results, args)
+        for problem in problems:
+            print(f"smoke: {problem}", file=sys.stderr)
+        if problems:
+            raise SystemExit(1)
+        print(
+            "smoke: every scenario ran to completion (sizes too small for the numbers to mean much)"
+        )
     if not args.no_results:
         command = " ".join([".venv/bin/python", "benchmarks/delivery.py", *sys.argv[1:]])
         title = SECTION + (", with hiredis" if args.hiredis else "")
@@ -1226,6 +1287,40 @@ def main() -> None:
             args.results, title=title, command=command, env=env, t=t, notes=notes, says=says
         )
         print(f"results written to {args.results}")
+
+
+def smoke_problems(r: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """What a --smoke run shows broken: a scenario that did not run to completion, or
+    instrumentation that no longer sees what it wraps. Never a judgement on the numbers."""
+    out: list[str] = []
+    lat = r.get("latency")
+    if "latency" in args.only:
+        rounds = args.latency_n + args.warmup
+        if not lat or lat["statuses"] != {"applied": rounds}:
+            out.append(f"latency: outcomes {lat and lat['statuses']}, expected {rounds} applied")
+        elif lat["ack_seen"]["n"] != args.latency_n or lat["pub_ack_seen"]["n"] != args.latency_n:
+            out.append("latency: the wrapped Master.on_acks / Updates.notify saw no updates")
+    tp = r.get("throughput")
+    if "throughput" in args.only:
+        if not tp or tp["applied"] != tp["total"]:
+            out.append(f"throughput: outcomes {tp and tp['statuses']}, expected all applied")
+        elif tp["drain"]["applied"] != tp["drain"]["acks"]:
+            out.append(f"Master drain: {tp['drain']['applied']} of {tp['drain']['acks']} applied")
+    rc = r.get("reconcile")
+    if "reconcile" in args.only:
+        if not rc or rc["run_applied"] != rc["accounts"]:
+            out.append(
+                f"reconcile: {rc and rc['run_applied']} of {args.reconcile_accounts} applied"
+            )
+        elif not {"ids_of_worker", "get_each"} <= set(rc["phases"]):
+            out.append(f"reconcile: Worker.reconcile's reads not seen ({sorted(rc['phases'])})")
+    ce = r.get("celery")
+    if "celery" in args.only:
+        if ce and "skipped" in ce:
+            print(f"smoke: celery skipped ({ce['skipped']})")
+        elif not ce or ce["missing"] or ce["rt"]["n"] != args.celery_n:
+            out.append(f"celery: {ce and ce['missing']} broadcasts without a reply")
+    return out
 
 
 def hiredis_available() -> bool:

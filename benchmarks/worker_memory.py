@@ -20,9 +20,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import redis
+
+T = TypeVar("T")
 
 PY = [sys.executable, "-m", "hiscrm_cli", "--log-level", "warning"]
 
@@ -33,7 +37,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait(probe, timeout: float = 60, what: str = "it"):  # type: ignore[no-untyped-def]
+def wait(probe: Callable[[], T], timeout: float = 60, what: str = "it") -> T:
     deadline = time.monotonic() + timeout
     while not (value := probe()):
         if time.monotonic() > deadline:

@@ -82,6 +82,14 @@ class ControlSubscription:
             except _LOST as exc:
                 failures += 1
                 log.warning("control subscription %s lost (%s); resubscribing", self.channel, exc)
+            except Exception as exc:
+                # an error reply (e.g. NOPERM while an operator fixes the user's rules)
+                # or a bug: never the end of the worker's subscription
+                failures += 1
+                if failures == 1:
+                    log.exception("control subscription %s failed; resubscribing", self.channel)
+                else:
+                    log.debug("control subscription %s failed again: %s", self.channel, exc)
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                     await _close(pubsub, client)

@@ -12,10 +12,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from . import PROTOCOL_VERSION
-from .limits import MAX_MESSAGE_BYTES, check_depth
+from .limits import MAX_MESSAGE_BYTES, check_depth, clip
 
 CONFIG_UPDATE: Final = "master:account:config_update"
 CONFIG_UPDATE_ACK: Final = "master:account:config_update:ack"
@@ -30,6 +39,7 @@ UpdateReason = Literal[
 ]
 # versions come from Redis' 64-bit HINCRBY; anything larger is not a real version
 MAX_VERSION = 2**63 - 1
+MAX_ITEM_TEXT = 20_000
 # free-form JSON a platform gave us (a profile, an item's extra fields): kept, but shallow
 JsonObject = Annotated[dict[str, Any], AfterValidator(check_depth)]
 TaskState = Literal["starting", "waiting_login", "running", "disabled", "error", "stopped"]
@@ -145,10 +155,17 @@ class CrawledItem(BaseModel):
 
     kind: Literal["comment", "dm"]
     item_id: str = Field(min_length=1, max_length=200)
-    text: str = Field(max_length=20_000)
+    text: str = Field(max_length=MAX_ITEM_TEXT)
     author: str = Field("", max_length=500)
     created_at: datetime
     extra: JsonObject = Field(default_factory=dict)
+
+    @field_validator("text", "author", mode="before")
+    @classmethod
+    def _clipped(cls, value: Any, info: ValidationInfo) -> Any:
+        # what a fan wrote is kept, cut to size, rather than losing the whole crawl
+        limit = MAX_ITEM_TEXT if info.field_name == "text" else 500
+        return clip(value, limit) if isinstance(value, str) else value
 
 
 class CrawlBatch(Envelope):

@@ -81,8 +81,19 @@ class TaskRunner:
         return task
 
     async def _run_task(self, task: MonitorTask, scope: anyio.CancelScope) -> None:
+        """Run the task until it is stopped; a bug it trips over restarts it after a
+        pause instead of ending the worker (every task shares one task group)."""
+        pause = 1.0
         with scope:
-            await task.run()
+            while True:
+                try:
+                    await task.run()
+                    return
+                except Exception as exc:
+                    log.exception("account %s: task failed; restarting it", task.account_id)
+                    task.error = f"task failed: {type(exc).__name__}: {exc}"[:2000]
+                    await anyio.sleep(pause)
+                    pause = min(pause * 2, 60.0)
 
     def stop(self, account_id: str) -> None:
         running = self._tasks.pop(account_id, None)

@@ -50,6 +50,7 @@ from .settings import WorkerSettings
 from .task import MonitorTask
 
 log = logging.getLogger(__name__)
+INGEST_BATCH = 1000  # items per crawl batch message (a message holds at most 5000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,10 +398,14 @@ class Worker:
             self._on_task_state(task, what)
 
     def _on_items(self, task: MonitorTask, items: list[CrawledItem]) -> None:
-        batch = CrawlBatch(
-            sender=self.id, account_id=task.account_id, worker_id=self.id, items=tuple(items)
-        )
-        self.send("ingest", batch)
+        for start in range(0, len(items), INGEST_BATCH):
+            batch = CrawlBatch(
+                sender=self.id,
+                account_id=task.account_id,
+                worker_id=self.id,
+                items=tuple(items[start : start + INGEST_BATCH]),
+            )
+            self.send("ingest", batch)
 
     async def _event_sender(self, batch: int = 500) -> None:
         """Write the outbox in pipelined batches; on any failure keep it and retry."""

@@ -75,7 +75,8 @@ class Keys:
 
     @property
     def masters(self) -> str:
-        """Sorted set: Master id by the time of its last liveness pass (epoch seconds)."""
+        """Sorted set: Master id by the time (epoch seconds) after which, without another
+        liveness pass, it counts as gone."""
         return f"{self.prefix}masters"
 
     def login(self, session_id: str) -> str:

@@ -97,8 +97,12 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])) do
     end
   end
 end
--- an applied update ends the account's staleness (HDEL never creates the hash)
-if status == 'applied' and #out > 0 then redis.call('HDEL', KEYS[5], 'config_stale') end
+-- the account applied at its current version, by an update or by reconciling, is
+-- no longer stale (HDEL never creates the hash)
+if status == 'applied' then
+  local v = tonumber(redis.call('HGET', KEYS[5], 'config_version') or '0')
+  if #out > 0 or tonumber(ARGV[1]) >= v then redis.call('HDEL', KEYS[5], 'config_stale') end
+end
 return out
 """
 )

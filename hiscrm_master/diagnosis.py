@@ -11,7 +11,6 @@ from hiscrm_bus.messages import CrawledItem
 from .snapshot import AccountView, Snapshot, WorkerView
 
 Severity = Literal["problem", "info"]
-MASTER_IDLE_S = 15.0  # a running Master records a liveness pass every second
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ def _age(snap: Snapshot, worker: WorkerView) -> float | None:
 
 def fleet_findings(snap: Snapshot) -> list[Finding]:
     found = []
-    if snap.masters_idle_s is None and snap.accounts:
+    if snap.master_overdue_s is None and snap.accounts:
         found.append(
             Finding(
                 "no_master",
@@ -112,11 +111,11 @@ def fleet_findings(snap: Snapshot) -> list[Finding]:
                 "start one: `hiscrm master`",
             )
         )
-    elif snap.masters_idle_s is not None and snap.masters_idle_s > MASTER_IDLE_S:
+    elif snap.master_overdue_s is not None and snap.master_overdue_s > 0:
         found.append(
             Finding(
                 "no_master",
-                f"no Master has been alive for {snap.masters_idle_s:.0f} s",
+                f"no Master has been alive for {snap.master_overdue_s:.0f} s past its own deadline",
                 "start one: `hiscrm master` (updates stay pending until a Master runs)",
             )
         )
@@ -135,7 +134,8 @@ def fleet_findings(snap: Snapshot) -> list[Finding]:
         found.append(
             Finding(
                 "dead_letters",
-                f"{count} undecodable message(s) from {source} were dead-lettered",
+                f"{count} message(s) from {source} were dead-lettered "
+                "(undecodable, or refused: not_owner / wrong_sender)",
                 "inspect them: `redis-cli XRANGE <prefix>deadletter - + COUNT 10`",
                 "info",
             )
@@ -208,7 +208,10 @@ def account_findings(snap: Snapshot, view: AccountView, worker: WorkerView | Non
             )
         ]
     found: list[Finding] = []
-    if cfg.config_stale:
+    task = worker.task(aid) if worker is not None else None
+    # what the worker runs: its heartbeat lags, the ACKs do not
+    applied = max(task.applied_version if task else 0, view.acked_version)
+    if cfg.config_stale and applied < cfg.config_version:
         found.append(
             Finding(
                 "config_stale",
@@ -251,9 +254,14 @@ def account_findings(snap: Snapshot, view: AccountView, worker: WorkerView | Non
             )
         )
         return found
-    task = worker.task(aid)
     reconcile = snap.settings.get("reconcile_interval_s", 30.0)
     oldest = max((snap.now - p.created_at_ms / 1000 for p in view.pending), default=0.0)
+    # a change younger than an ACK deadline plus a heartbeat is in flight, not behind
+    grace = snap.settings.get("ack_timeout_s", 5.0) + 2 * snap.settings.get(
+        "heartbeat_interval_s", 2.0
+    )
+    changed = cfg.updated_at.timestamp() if cfg.updated_at else 0.0
+    in_flight = snap.now - changed < grace
     if task is None:
         found.append(
             Finding(
@@ -262,7 +270,7 @@ def account_findings(snap: Snapshot, view: AccountView, worker: WorkerView | Non
                 f"it reconciles within {reconcile:.0f} s; if not, restart it",
             )
         )
-    elif task.applied_version < cfg.config_version:
+    elif applied < cfg.config_version and not in_flight:
         behind = f" for {oldest:.0f} s" if oldest else ""
         found.append(
             Finding(

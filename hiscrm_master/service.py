@@ -51,6 +51,7 @@ from .settings import MasterSettings
 from .updates import Updates
 
 log = logging.getLogger(__name__)
+MASTER_GRACE_PASSES = 15
 # events that speak about one account: accepted only from that account's owner
 _ABOUT_ACCOUNT = (LoginSuccess, LoginQrCode, LoginProgress, LoginFailed, TaskStatusEvent)
 
@@ -116,7 +117,9 @@ class Master:
 
     async def liveness(self) -> None:
         """Say we are alive, then move dead workers' accounts and place unowned ones."""
-        await call(self.redis.zadd(self.keys.masters, {self.id: time.time()}))
+        # the time after which diagnose may call this Master gone: many missed passes
+        window = max(MASTER_GRACE_PASSES * self.settings.liveness_interval_s, 3.0)
+        await call(self.redis.zadd(self.keys.masters, {self.id: time.time() + window}))
         await self.updates.grants.ensure()
         await self.assigner.run_once()
 

@@ -31,6 +31,8 @@ class AccountView:
     stats: CrawlStats
     # updates that ended badly (failed or rejected), newest first, from recent outcomes
     unsuccessful: list[Outcome] = field(default_factory=list)
+    # the newest version an ACK confirmed applied (recent outcomes; 0: none seen)
+    acked_version: int = 0
     recent_comments: list[CrawledItem] = field(default_factory=list)
     recent_dms: list[CrawledItem] = field(default_factory=list)
 
@@ -54,7 +56,9 @@ class Snapshot:
     now: float  # epoch seconds, Redis' clock
     accounts: list[AccountView]
     workers: dict[str, WorkerView]
-    masters_idle_s: float | None  # least idle Master consumer; None: no Master ever ran
+    # seconds since the last running Master's own liveness deadline passed (<= 0: one
+    # runs; None: no Master ever ran on this Redis)
+    master_overdue_s: float | None
     dead_letters: dict[str, int] = field(default_factory=dict)
     settings: dict[str, float] = field(default_factory=dict)
 
@@ -68,20 +72,27 @@ async def collect(redis: Redis, settings: BusSettings, account_id: str | None = 
     now = float(seconds) + float(micros) / 1e6
     ids = [account_id] if account_id else await store.ids()
     bad_outcomes: dict[str, list[Outcome]] = {}
+    acked: dict[str, int] = {}
     for outcome in await tracker.recent_outcomes():
         if outcome.status != "applied":
             bad_outcomes.setdefault(outcome.account_id, []).append(outcome)
-    raws = await store.get_raw(ids)
+        else:
+            acked[outcome.account_id] = max(acked.get(outcome.account_id, 0), outcome.version)
+    raws = await store.get_each(ids)
     accounts = []
     for aid, raw in zip(ids, raws, strict=True):
         if not raw:
             continue
-        decoded = decode_hash(raw)
         config, invalid = None, None
-        try:
-            config = validate(decoded)
-        except InvalidAccountConfig as exc:
-            invalid = str(exc)
+        if isinstance(raw, Exception):  # e.g. the key was overwritten with a string
+            decoded: dict[str, Any] = {}
+            invalid = f"its hash cannot be read: {raw}"
+        else:
+            decoded = decode_hash(raw)
+            try:
+                config = validate(decoded)
+            except InvalidAccountConfig as exc:
+                invalid = str(exc)
         accounts.append(
             AccountView(
                 id=aid,
@@ -91,6 +102,7 @@ async def collect(redis: Redis, settings: BusSettings, account_id: str | None = 
                 pending=await tracker.of_account(aid),
                 stats=await ingest.stats(aid),
                 unsuccessful=bad_outcomes.get(aid, [])[:RECENT],
+                acked_version=acked.get(aid, 0),
                 recent_comments=await ingest.newest(aid, "comments", RECENT),
                 recent_dms=await ingest.newest(aid, "dms", RECENT),
             )
@@ -110,22 +122,25 @@ async def collect(redis: Redis, settings: BusSettings, account_id: str | None = 
         now=now,
         accounts=accounts,
         workers=workers,
-        masters_idle_s=await _masters_idle(redis, keys.masters, now),
+        master_overdue_s=await _master_overdue(redis, keys.masters, now),
         dead_letters=await _dead_letters(redis, keys.deadletter_counts),
         settings={
             "ack_timeout_s": settings.ack_timeout_s,
+            "heartbeat_interval_s": float(getattr(settings, "heartbeat_interval_s", 2.0)),
             "reconcile_interval_s": float(getattr(settings, "reconcile_interval_s", 30.0)),
         },
     )
 
 
-async def _masters_idle(redis: Redis, key: str, now: float) -> float | None:
-    """Seconds since the last liveness pass of any Master (None: no Master ever ran)."""
+async def _master_overdue(redis: Redis, key: str, now: float) -> float | None:
+    """How far past the latest Master deadline we are (None: no Master ever ran). Each
+    Master sets its own deadline from its own liveness interval, so this verdict does
+    not depend on the settings of whoever runs diagnose."""
     try:
         newest: Any = await call(redis.zrange(key, -1, -1, withscores=True))
     except ResponseError:
         return None
-    return max(now - float(newest[0][1]), 0.0) if newest else None
+    return now - float(newest[0][1]) if newest else None
 
 
 async def _dead_letters(redis: Redis, key: str) -> dict[str, int]:

@@ -36,9 +36,13 @@ def worker(
     return WorkerView("w1", info, NOW - 1)
 
 
-def snap(view: AccountView, *workers: WorkerView, masters_idle: float | None = 0.5) -> Snapshot:
+def snap(view: AccountView, *workers: WorkerView, master_overdue: float | None = -5.0) -> Snapshot:
     return Snapshot(
-        NOW, [view], {w.id: w for w in workers}, masters_idle, settings={"reconcile_interval_s": 30}
+        NOW,
+        [view],
+        {w.id: w for w in workers},
+        master_overdue,
+        settings={"reconcile_interval_s": 30},
     )
 
 
@@ -100,8 +104,8 @@ def test_unassigned_account() -> None:
 
 
 def test_no_master_running() -> None:
-    assert codes(snap(account(), worker(), masters_idle=120)) == ["no_master"]
-    assert codes(snap(account(), worker(), masters_idle=None)) == ["no_master"]
+    assert codes(snap(account(), worker(), master_overdue=120)) == ["no_master"]
+    assert codes(snap(account(), worker(), master_overdue=None)) == ["no_master"]
 
 
 def test_task_error_and_stale_config_and_retries() -> None:
@@ -109,8 +113,28 @@ def test_task_error_and_stale_config_and_retries() -> None:
     view.pending.append(
         PendingUpdate("u1", "acc-1", "w1", 3, "admin_update", (), 3, "pending", int(NOW * 1000), 0)
     )
-    s = snap(view, worker("error", error="douyin: status_code 8"))
-    assert codes(s) == ["config_stale", "task_error", "update_retrying"]
+    s = snap(view, worker("error", applied=2, error="douyin: status_code 8"))
+    assert codes(s) == ["config_stale", "version_behind", "task_error", "update_retrying"]
+
+
+def test_stale_mark_of_an_account_applied_at_its_version_is_not_reported() -> None:
+    """The worker caught up by reconciling: the mark is history, not a problem."""
+    assert codes(snap(account(config_stale=True), worker(applied=3))) == []
+
+
+def test_a_change_in_flight_is_not_behind() -> None:
+    """Right after `set --wait` printed applied, the heartbeat may still show the old
+    version: a change younger than an ACK deadline plus a heartbeat is not reported."""
+    just_now = datetime.fromtimestamp(NOW - 1, UTC)
+    assert codes(snap(account(updated_at=just_now), worker(applied=2))) == []
+    long_ago = datetime.fromtimestamp(NOW - 60, UTC)
+    assert codes(snap(account(updated_at=long_ago), worker(applied=2))) == ["version_behind"]
+
+
+def test_an_ack_proves_the_version_applied_before_the_heartbeat_does() -> None:
+    view = account(updated_at=datetime.fromtimestamp(NOW - 60, UTC))
+    view = AccountView(**{**view.__dict__, "acked_version": 3})
+    assert codes(snap(view, worker(applied=2))) == []
 
 
 def test_disabled_account_is_information_not_a_problem() -> None:

@@ -1,0 +1,78 @@
+"""`hiscrm diagnose` never cries wolf on a healthy fleet (issue 15, finding 1), and
+still finds what is really wrong; real master and worker processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from tests.e2e.stack import Stack, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _logged_in(stack: Stack, account_id: str) -> None:
+    result = stack.cli(
+        "account", "login-success", account_id, "--platform-user-id", "u-1", "--wait"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    stack.wait_task("w1", account_id, "running")
+
+
+def test_set_wait_then_diagnose_is_green_every_time_and_an_idle_stack_stays_green(
+    stack: Stack,
+) -> None:
+    stack.master()
+    stack.worker("w1")
+    stack.add("acc-1", interval="5")
+    _logged_in(stack, "acc-1")
+    for n in range(20):
+        result = stack.cli("account", "set", "acc-1", f"monitor_interval_s={5 + n}", "--wait")
+        assert result.returncode == 0 and "applied" in result.stdout, result.stdout
+        seen = stack.cli("diagnose")
+        assert seen.returncode == 0, f"pair {n}: {seen.stdout}{seen.stderr}"
+    # idle for longer than a Master's liveness window (15 passes, at least 3 s here):
+    # a running Master is still seen
+    time.sleep(4)  # the idleness is the scenario, there is nothing to wait on
+    seen = stack.cli("diagnose")
+    assert seen.returncode == 0, seen.stdout + seen.stderr
+
+
+def test_a_given_up_update_stops_being_stale_once_the_worker_catches_up(stack: Stack) -> None:
+    stack.extra_env.update(HISCRM_ACK_TIMEOUT_S="0.2", HISCRM_MAX_ATTEMPTS="2")
+    stack.master()
+    w1 = stack.worker("w1", HISCRM_RECONCILE_INTERVAL_S="0.5")
+    stack.add("acc-1", interval="5")
+    _logged_in(stack, "acc-1")
+    w1.send_signal(signal.SIGSTOP)
+    result = stack.cli("account", "set", "acc-1", "name=x", "--wait", "--timeout", "20")
+    assert result.returncode == 1 and "failed" in result.stdout, result.stdout
+    doc = json.loads(stack.cli("diagnose", "acc-1", "--json").stdout)
+    assert "config_stale" in [p["code"] for p in doc["accounts"][0]["problems"]]
+    # a real problem is still found: the worker is frozen and behind
+    w1.send_signal(signal.SIGCONT)
+    # no further change is sent: the worker reconciles, ACKs, and that clears the mark
+    wait_for(lambda: "config_stale" not in stack.account("acc-1"), what="stale mark cleared")
+    stack.wait_task("w1", "acc-1", "running", version=int(stack.account("acc-1")["config_version"]))
+    seen = stack.cli("diagnose")
+    assert seen.returncode == 0, seen.stdout + seen.stderr
+
+
+def test_a_stopped_master_is_found(stack: Stack) -> None:
+    master = stack.master()
+    stack.worker("w1")
+    stack.add("acc-1", interval="5")
+    _logged_in(stack, "acc-1")
+    master.send_signal(signal.SIGSTOP)
+    try:
+        # diagnose tells a Master that stopped passing from an idle one
+        def flagged() -> bool:
+            doc = json.loads(stack.cli("diagnose", "--json").stdout)
+            return "no_master" in [p["code"] for p in doc["problems"]]
+
+        wait_for(flagged, timeout=40, what="no_master reported")
+    finally:
+        master.send_signal(signal.SIGCONT)

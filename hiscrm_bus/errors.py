@@ -33,3 +33,7 @@ class VersionConflict(HiscrmError):
 
 class NotOwner(HiscrmError):
     """A worker spoke about an account it does not own at that moment. Nothing was written."""
+
+
+class WorkerIdInUse(HiscrmError):
+    """Another live process runs as this worker id."""

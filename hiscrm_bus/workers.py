@@ -32,6 +32,8 @@ class TaskReport(BaseModel):
     error: str | None = None
     crawls: int = 0
     items: int = 0
+    # new items the last crawl saw but left for later ones (max_items_per_crawl)
+    items_left: int = 0
     last_crawl_at: datetime | None = None
 
 
@@ -47,6 +49,8 @@ class WorkerInfo(BaseModel):
     started_at: datetime | None = None
     heartbeat_at: datetime | None = None
     subscriptions: int = 0
+    # which process holds the id: a worker id is a lease, one process at a time
+    instance: str = ""
     tasks: dict[str, TaskReport] = Field(default_factory=dict)
 
     def supports(self, platform: str) -> bool:
@@ -141,6 +145,30 @@ class WorkerRegistry:
             else:
                 dead.append((_text(member), float(score)))
         return alive, dead
+
+    async def claim(self, info: WorkerInfo, ttl_s: float) -> WorkerInfo | None:
+        """Take the worker id for ``info.instance``, unless another live process holds
+        it: then return that holder (its host and pid say where it runs). The lease is
+        the registry hash itself, so it ends when that worker's heartbeat expires."""
+        key = self.keys.worker(info.id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "instance", info.instance)
+            pipe.pexpire(key, int(ttl_s * 1000), nx=True)  # only a hash we just made
+            pipe.hgetall(key)
+            _set, _ttl, raw = await call(pipe.execute())
+        holder = _from_hash(info.id, raw)
+        if holder.instance in (info.instance, ""):
+            return None
+        return holder
+
+    async def take_over(self, info: WorkerInfo) -> None:
+        """Hold the id although the hash names another instance (one known dead)."""
+        await call(self.redis.hset(self.keys.worker(info.id), "instance", info.instance))
+
+    async def release(self, info: WorkerInfo) -> None:
+        """Give the id up on a clean stop, so it can start elsewhere at once (the hash
+        stays until its TTL: the Master still sees the last heartbeat)."""
+        await call(self.redis.hdel(self.keys.worker(info.id), "instance"))
 
     async def ids(self) -> list[str]:
         """Every worker id in the index, alive or not."""

@@ -74,6 +74,7 @@ def worker(
                 service = Worker(settings, redis)
             except PlatformError as exc:
                 fail(str(exc))
+            await service.claim()  # a second process with this id stops here, exit 2
             await serve_until_signalled(service.run)
 
     run(main)

@@ -9,6 +9,8 @@ in the worker's data directory (mode 0600) and never goes on the bus or into log
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -25,6 +27,29 @@ from hiscrm_bus.errors import ConfigurationError
 from .settings import private_dir
 
 log = logging.getLogger(__name__)
+_DRIVER_GONE = "Connection closed while reading from the driver"
+
+
+def _quiet_driver_loss() -> None:
+    """A stop signal sent to the whole process group (``kill -TERM -PGID``, systemd's
+    control-group stop, a closed terminal) reaches the Playwright driver too, which
+    exits at once; Playwright then fails the futures of calls that were in flight and
+    nobody awaits any more. That is the expected end of a stop, not an error to print
+    as a traceback: it is logged at debug level, everything else goes on as before."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if _DRIVER_GONE in str(context.get("exception", "")):
+            log.debug("the Playwright driver went away (a call in flight was dropped)")
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 RecoverHook = Callable[[str, str], None]
 
 
@@ -69,6 +94,7 @@ class BrowserPool:
             if self._browser is not None and self._browser.is_connected():
                 return self._browser
             if self._pw is None:
+                _quiet_driver_loss()
                 self._pw = await async_playwright().start()
             private_dir(self.data_dir, tighten=False)
             home = private_dir(self.data_dir / "chromium-home")
@@ -77,8 +103,15 @@ class BrowserPool:
                 "HOME": str(home),
                 "XDG_CONFIG_HOME": str(home / ".config"),
             }
+            # the worker stops Chromium itself, in order: a terminal's Ctrl-C (which
+            # reaches the Playwright driver too) must not close it from under us
             self._browser = await self._pw.chromium.launch(
-                executable_path=self.chromium, headless=True, env=env
+                executable_path=self.chromium,
+                headless=True,
+                env=env,
+                handle_sigint=False,
+                handle_sigterm=False,
+                handle_sighup=False,
             )
             self._browser.on("disconnected", self._on_disconnected)
             log.info("chromium launched (%s)", self.chromium)
@@ -184,12 +217,17 @@ class BrowserPool:
                 await ctx.close()
 
     async def close(self) -> None:
+        """Close every context, then Chromium, then the driver; a part already gone
+        (a crashed browser) is no reason to leave the rest running."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
             for account_id in list(self._contexts):
-                await self._close_context(account_id)
+                with contextlib.suppress(Exception):
+                    await self._close_context(account_id)
             if self._browser is not None:
                 browser, self._browser = self._browser, None
-                await browser.close()
+                with contextlib.suppress(Exception):
+                    await browser.close()
             if self._pw is not None:
                 pw, self._pw = self._pw, None
-                await pw.stop()
+                with contextlib.suppress(Exception):
+                    await pw.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import uuid
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from redis.asyncio import Redis
 from hiscrm_bus import __version__
 from hiscrm_bus.accounts import AccountStore, from_hash
 from hiscrm_bus.control import ControlSubscription
-from hiscrm_bus.errors import InvalidAccountConfig
+from hiscrm_bus.errors import InvalidAccountConfig, WorkerIdInUse
 from hiscrm_bus.keys import STREAM_KINDS, StreamKind
 from hiscrm_bus.limits import clip
 from hiscrm_bus.messages import (
@@ -120,6 +121,7 @@ class Worker:
         self._states: dict[str, TaskStatusEvent] = {}
         self._outbox_ready = anyio.Event()
         self.started_at = utcnow()
+        self.instance = uuid.uuid4().hex
         self.reconciles = 0
         self.tg: TaskGroup | None = None
         self.streams = {k: self.keys.worker_stream(self.id, k) for k in STREAM_KINDS}
@@ -153,8 +155,27 @@ class Worker:
                     for account_id in self.runner.ids():
                         self.runner.stop(account_id)
                     await self._safe(self.heartbeat())
+                    await self._safe(self.registry.release(self.info()))
                 await self.pool.close()
                 log.info("worker %s stopped", self.id)
+
+    async def claim(self) -> None:
+        """Hold this worker id, or raise WorkerIdInUse naming where it runs. A holder on
+        this host whose process is gone (a crash) is taken over at once."""
+        me = self.info()
+        holder = await self.registry.claim(me, self.settings.heartbeat_ttl_s)
+        if holder is None:
+            return
+        if holder.host == me.host and holder.pid and not _pid_alive(holder.pid):
+            log.info("worker %s: taking over from a dead process (pid %d)", self.id, holder.pid)
+            await self.registry.take_over(me)
+            return
+        seen = holder.heartbeat_at.isoformat(timespec="seconds") if holder.heartbeat_at else "?"
+        raise WorkerIdInUse(
+            f"worker id {self.id} is in use by host {holder.host or '?'} pid {holder.pid} "
+            f"(last heartbeat {seen}); stop it, or give this worker another --id "
+            f"(the id frees {self.settings.heartbeat_ttl_s:g} s after that worker stops)"
+        )
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -166,6 +187,7 @@ class Worker:
             platforms=tuple(self.platforms),
             started_at=self.started_at,
             subscriptions=self.subscription.subscriptions,
+            instance=self.instance,
             tasks=self.runner.reports(),
         )
 
@@ -428,6 +450,16 @@ class Worker:
                     await anyio.sleep(max(episode.failed(exc), self.settings.backoff_min_s))
                 else:
                     episode.ok()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _field(raw: dict[Any, Any], name: str) -> str | None:

@@ -74,7 +74,10 @@ class Stack:
         env.update(extra)
         return env
 
-    def _spawn(self, name: str, args: list[str], **env: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: list[str], *, session: bool = False, **env: str
+    ) -> subprocess.Popen[bytes]:
+        """``session``: in a process group of its own, as a terminal would run it."""
         log = (self.workdir / f"{name}.log").open("ab")
         with log:
             proc = subprocess.Popen(
@@ -82,12 +85,15 @@ class Stack:
                 env=self.env(**env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=session,
             )
         self.procs[name] = proc
         return proc
 
-    def worker(self, worker_id: str, **env: str) -> subprocess.Popen[bytes]:
-        proc = self._spawn(worker_id, ["worker", "--id", worker_id], **env)
+    def worker(
+        self, worker_id: str, *, session: bool = False, **env: str
+    ) -> subprocess.Popen[bytes]:
+        proc = self._spawn(worker_id, ["worker", "--id", worker_id], session=session, **env)
         wait_for(lambda: self.r.exists(self.keys.worker(worker_id)), what=f"{worker_id} up")
         return proc
 

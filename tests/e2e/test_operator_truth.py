@@ -76,3 +76,17 @@ def test_a_stopped_master_is_found(stack: Stack) -> None:
         wait_for(flagged, timeout=40, what="no_master reported")
     finally:
         master.send_signal(signal.SIGCONT)
+
+
+def test_a_worker_id_is_held_by_one_process_at_a_time(stack: Stack) -> None:
+    first = stack.worker("w1")
+    second = stack.cli("worker", "--id", "w1")
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"pid {first.pid}" in second.stderr and "in use by host" in second.stderr
+    assert first.poll() is None
+    # a clean stop gives the id up at once; a crash's is taken over on the same host
+    stack.kill("w1", signal.SIGTERM)
+    assert first.returncode == 0
+    stack.worker("w1")
+    stack.kill("w1", signal.SIGKILL)
+    stack.worker("w1")

@@ -121,6 +121,12 @@ class Keys:
         return f"{self.prefix}outcomes"
 
     @property
+    def policy(self) -> str:
+        """Hash: the Masters' delivery policy (``ack_timeout_ms``, ``retry_backoff``,
+        ``max_attempts``), which every writer of an update records it under."""
+        return f"{self.prefix}policy"
+
+    @property
     def stats(self) -> str:
         """Hash: counters (updates sent, applied, rejected, retried, failed)."""
         return f"{self.prefix}stats"

@@ -37,12 +37,15 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 """
 
-# KEYS: pending, account pending index, update hash, stats
+# KEYS: pending, account pending index, update hash, stats, policy
 # ARGV: update_id, account_id, worker_id, version, reason, fields, ack_timeout_ms, sender
+# The first deadline follows the Masters' policy when one is published (the Master
+# tracks the update, whoever wrote it), else the writer's own setting.
 _RECORD = (
     _NOW
     + """
-local deadline = now + tonumber(ARGV[7])
+local timeout = tonumber(redis.call('HGET', KEYS[5], 'ack_timeout_ms') or ARGV[7]) or ARGV[7]
+local deadline = now + tonumber(timeout)
 redis.call('HSET', KEYS[3], 'update_id', ARGV[1], 'account_id', ARGV[2], 'worker_id', ARGV[3],
   'version', ARGV[4], 'reason', ARGV[5], 'fields', ARGV[6], 'attempts', 1,
   'created_at_ms', now, 'created_at_us', now_us, 'deadline_ms', deadline, 'status', 'pending',
@@ -253,6 +256,7 @@ class PendingTracker:
             self.keys.account_pending(update.account_id),
             self.keys.update(update.update_id),
             self.keys.stats,
+            self.keys.policy,
         ]
         args = [
             update.update_id,
@@ -362,6 +366,15 @@ class PendingTracker:
                 continue
             (retry if _s(r[1]) == "retry" else failed).append(update)
         return Sweep(retry, failed)
+
+    async def publish_policy(self) -> None:
+        """Publish this process's delivery timing as the fleet's (the Master does)."""
+        policy = {
+            "ack_timeout_ms": int(self.settings.ack_timeout_s * 1000),
+            "retry_backoff": self.settings.retry_backoff,
+            "max_attempts": self.settings.max_attempts,
+        }
+        await call(self.redis.hset(self.keys.policy, mapping=policy))  # type: ignore[arg-type]
 
     async def cancel(self, update: PendingUpdate, error: str) -> bool:
         """Record a pending update as failed now (e.g. its account was removed).

@@ -29,6 +29,7 @@ class Assigner:
         self.registry = WorkerRegistry(redis, self.keys)
         self._offline_logged: set[str] = set()
         self._invalid_logged: set[str] = set()
+        self._unplaceable: set[str] = set()
 
     async def lease(self) -> bool:
         """Hold a short lease so one Master at a time moves accounts."""
@@ -113,13 +114,16 @@ class Assigner:
                 w for w in alive if w.supports(config.platform) and loads.get(w.id, 0) < w.capacity
             ]
             if not candidates:
-                log.warning(
-                    "account %s: no live worker with room for platform %s",
-                    account_id,
-                    config.platform,
-                )
+                if account_id not in self._unplaceable:  # once per episode, not per pass
+                    log.warning(
+                        "account %s: no live worker with room for platform %s",
+                        account_id,
+                        config.platform,
+                    )
+                    self._unplaceable.add(account_id)
                 left += 1
                 continue
+            self._unplaceable.discard(account_id)
             target = min(candidates, key=lambda w: (loads.get(w.id, 0), w.id))
             try:
                 result, sent = await self.updates.change(

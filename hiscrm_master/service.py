@@ -120,6 +120,7 @@ class Master:
         # the time after which diagnose may call this Master gone: many missed passes
         window = max(MASTER_GRACE_PASSES * self.settings.liveness_interval_s, 3.0)
         await call(self.redis.zadd(self.keys.masters, {self.id: time.time() + window}))
+        await self.tracker.publish_policy()
         await self.updates.grants.ensure()
         await self.assigner.run_once()
 

@@ -90,3 +90,31 @@ def test_a_worker_id_is_held_by_one_process_at_a_time(stack: Stack) -> None:
     stack.worker("w1")
     stack.kill("w1", signal.SIGKILL)
     stack.worker("w1")
+
+
+def test_delivery_timing_is_the_masters_and_a_lasting_condition_is_logged_once(
+    stack: Stack,
+) -> None:
+    stack.master()  # FAST_ENV: ACK deadline 1 s
+    stack.add("acc-1", worker=None)  # no worker runs: the Master cannot place it
+    w1 = stack.worker("w1", HISCRM_CAPACITY="0")
+    first = stack.r.zscore(stack.keys.masters, "m1")
+    assert first is not None
+    wait_for(
+        lambda: (stack.r.zscore(stack.keys.masters, "m1") or 0) > first + 2,
+        what="ten passes of the Master",
+    )
+    log = stack.log("m1")
+    assert log.count("account acc-1: no live worker with room") == 1, log
+    # whoever writes an update, the Master's deadline applies
+    stack.kill("w1", signal.SIGTERM)
+    assert w1.returncode == 0
+    stack.worker("w2")
+    stack.extra_env["HISCRM_ACK_TIMEOUT_S"] = "30"  # the CLI's own, different setting
+    result = stack.cli("account", "set", "acc-1", "worker_id=w2", "name=x")
+    assert result.returncode == 0, result.stderr
+    records = [stack.r.hgetall(k) for k in stack.r.scan_iter(stack.keys.update("*"))]
+    assert records
+    for record in records:
+        first_deadline = int(record["deadline_ms"]) - int(record["created_at_ms"])
+        assert first_deadline == 1000 or int(record["attempts"]) > 1, record

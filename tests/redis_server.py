@@ -12,7 +12,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,3 +220,13 @@ def _quoted(value: str) -> str:
     """A redis.conf argument: double-quoted, with backslashes and quotes escaped."""
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
+
+
+@contextmanager
+def running(server: RedisServer) -> Iterator[RedisServer]:
+    """``server`` started for the block, stopped after it."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -15,7 +15,7 @@ from hiscrm_bus.errors import BusUnavailable, ConfigurationError
 from hiscrm_bus.settings import BusSettings, masked_url, url_password, url_username
 from hiscrm_worker.browser import BrowserPool
 from hiscrm_worker.settings import private_dir
-from tests.redis_server import RedisServer, TlsFiles, free_port, make_tls
+from tests.redis_server import RedisServer, TlsFiles, free_port, make_tls, running
 
 SECRET = "s3cret-Pa55"
 
@@ -109,10 +109,8 @@ user gone off >gone-pw ~* +@all
 def acl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     workdir = tmp_path_factory.mktemp("acl")
     (workdir / "users.acl").write_text(ACL)
-    server = RedisServer(workdir / "redis", aclfile=workdir / "users.acl")
-    server.start()
-    yield server
-    server.stop()
+    with running(RedisServer(workdir / "redis", aclfile=workdir / "users.acl")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +120,9 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory, tls: TlsFiles) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("tls-redis"), tls=tls, requirepass=SECRET)
-    server.start()
-    yield server
-    server.stop()
+    directory = tmp_path_factory.mktemp("tls-redis")
+    with running(RedisServer(directory, tls=tls, requirepass=SECRET)) as server:
+        yield server
 
 
 async def _refusal(settings: BusSettings) -> str:

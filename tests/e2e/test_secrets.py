@@ -17,7 +17,7 @@ import redis
 
 from hiscrm_bus.keys import Keys
 from tests.e2e.stack import FAST_ENV, wait_for
-from tests.redis_server import RedisServer, TlsFiles, free_port, make_tls
+from tests.redis_server import RedisServer, TlsFiles, free_port, make_tls, running
 
 pytestmark = pytest.mark.e2e
 
@@ -53,10 +53,8 @@ def cmdline(pid: int) -> str:
 def acl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     workdir = tmp_path_factory.mktemp("secrets")
     (workdir / "users.acl").write_text(ACL)
-    server = RedisServer(workdir / "redis", aclfile=workdir / "users.acl")
-    server.start()
-    yield server
-    server.stop()
+    with running(RedisServer(workdir / "redis", aclfile=workdir / "users.acl")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +64,9 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory, tls: TlsFiles) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("tls-redis"), tls=tls, requirepass=SECRET)
-    server.start()
-    yield server
-    server.stop()
+    directory = tmp_path_factory.mktemp("tls-redis")
+    with running(RedisServer(directory, tls=tls, requirepass=SECRET)) as server:
+        yield server
 
 
 def tls_env(server: RedisServer, tls: TlsFiles, pw_file: Path) -> dict[str, str]:

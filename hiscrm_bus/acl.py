@@ -4,8 +4,8 @@ applied at run time, re-applied after a Redis restart.
 A worker drives a browser on the open web, so its credentials are the likeliest to be
 stolen. Its user may only: follow its own control channel, write its own registry hash
 and its own outgoing streams (XADD only: no delete, no trim command), add itself to the
-worker index (ZADD only), and read its assignment set and the hashes of the accounts it
-owns *now*. The last part changes as accounts move, so the Master (a trusted, admin-
+worker index (ZADD only), read its assignment set and the hashes of the accounts it
+owns *now*, and read and write those accounts' sealed browser sessions. The last part changes as accounts move, so the Master (a trusted, admin-
 capable user) rewrites a worker's key rules whenever its set of accounts changes, on its
 own start, and whenever Redis' run id changes (runtime ACL changes are lost on a Redis
 restart unless Redis has an ACL file and they are saved).
@@ -51,6 +51,7 @@ WORKER_COMMANDS: tuple[str, ...] = (
     "hget",
     "smembers",
     "xadd",
+    "hincrby",
 )
 # the Master and operators: everything on our keys and channels except what can wreck
 # a shared Redis (FLUSHALL, KEYS, CONFIG, DEBUG, …), plus managing the worker users
@@ -91,7 +92,9 @@ def worker_key_rules(keys: Keys, worker_id: str, account_ids: Iterable[str]) -> 
         "%W~" + keys.worker_streams(worker_id),  # XADD to its own streams
         "%R~" + escape_glob(keys.worker_accounts(worker_id)),
     ]
-    rules += ["%R~" + escape_glob(keys.account(a)) for a in sorted(set(account_ids))]
+    for a in sorted(set(account_ids)):
+        rules.append("%R~" + escape_glob(keys.account(a)))
+        rules.append("~" + escape_glob(keys.session(a)))  # its sealed browser session
     return rules
 
 

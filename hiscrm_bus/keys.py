@@ -40,6 +40,11 @@ class Keys:
         """Set: ids of the accounts that no worker owns."""
         return f"{self.prefix}unassigned"
 
+    def session(self, account_id: str) -> str:
+        """Hash: the account's browser session, sealed with the workers' session key
+        (``blob``), its ``version`` and the worker that wrote it (``by``)."""
+        return f"{self.prefix}account:{account_id}:session"
+
     def account_pending(self, account_id: str) -> str:
         """Sorted set: the account's pending update ids scored by config version."""
         return f"{self.prefix}account:{account_id}:pending"

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import account, acl, data, diagnose, login, sandbox, services, up
+from . import account, acl, data, diagnose, login, sandbox, services, session, up
 from .common import setup_logging
 
 app = typer.Typer(
@@ -51,4 +51,5 @@ app.command("diagnose")(diagnose.diagnose_command)
 app.command()(up.up)
 app.add_typer(account.app, name="account")
 app.add_typer(acl.app, name="acl")
+app.add_typer(session.app, name="session")
 app.add_typer(sandbox.app, name="sandbox")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -25,6 +26,7 @@ from playwright.async_api import Browser, BrowserContext, Page, Playwright, asyn
 from hiscrm_bus.errors import ConfigurationError
 
 from .settings import private_dir
+from .vault import SessionUnreadable, SessionVault, digest
 
 log = logging.getLogger(__name__)
 _DRIVER_GONE = "Connection closed while reading from the driver"
@@ -72,6 +74,7 @@ class BrowserPool:
         chromium: str,
         data_dir: Path,
         on_recover: RecoverHook | None = None,
+        vault: SessionVault | None = None,
     ) -> None:
         self.chromium = chromium
         self.data_dir = data_dir
@@ -86,6 +89,9 @@ class BrowserPool:
         self._locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
         self._launch_lock = anyio.Lock()
         self.relaunches = 0
+        # sessions in Redis, sealed (None: they stay in state_dir on this host only)
+        self.vault = vault
+        self._saved: dict[str, str] = {}  # account → digest of the session last stored
 
     # browser
 
@@ -143,11 +149,32 @@ class BrowserPool:
                 ctx = await self._open_context(account_id, proxy)
             return ctx
 
+    async def _stored_session(self, account_id: str) -> dict[str, Any] | None:
+        """The account's session from the vault, None when it has none or it cannot
+        be opened (said once, as the account's problem: it needs a new login)."""
+        if self.vault is None:
+            return None
+        try:
+            stored = await self.vault.get(account_id)
+        except SessionUnreadable as exc:
+            log.error(
+                "account %s: %s; log it in again: hiscrm login %s", account_id, exc, account_id
+            )
+            self.on_recover(account_id, f"{exc}: run hiscrm login {account_id}")
+            return None
+        if stored is None:
+            return None
+        self._saved[account_id] = digest(stored.state)
+        return stored.state
+
     async def _open_context(self, account_id: str, proxy: str | None) -> BrowserContext:
         browser = await self.browser()
         options: dict[str, Any] = {}
         state = self.state_file(account_id)
-        if state.exists():
+        stored = await self._stored_session(account_id)
+        if stored is not None:
+            options["storage_state"] = stored
+        elif state.exists():  # a session of this host only (no vault, or not yet in it)
             options["storage_state"] = str(state)
         if proxy:
             options["proxy"] = {"server": proxy}
@@ -193,16 +220,38 @@ class BrowserPool:
             return page
 
     async def save_state(self, account_id: str) -> None:
+        """Keep the account's session: in the vault when there is one (so it follows
+        the account to any worker), and in this host's cache. Written only on change."""
         ctx = self._contexts.get(account_id)
         if ctx is None:
+            return
+        state: dict[str, Any] = dict(await ctx.storage_state())
+        fingerprint = digest(state)
+        if self._saved.get(account_id) == fingerprint:
             return
         private_dir(self.data_dir, tighten=False)
         private_dir(self.state_dir)  # sessions are logins: no one else may even list them
         path = self.state_file(account_id)
         tmp = path.with_suffix(".tmp")
-        await ctx.storage_state(path=str(tmp))
-        tmp.chmod(0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f)
         tmp.replace(path)
+        if self.vault is not None:
+            await self.vault.put(account_id, state)
+        self._saved[account_id] = fingerprint
+
+    async def checkpoint(self, account_id: str) -> None:
+        """After a crawl: store the session if its cookies changed (never fails the
+        crawl: an unsaved session is saved at the next checkpoint)."""
+        try:
+            await self.save_state(account_id)
+        except Exception as exc:
+            log.warning(
+                "account %s: session not saved (%s); trying after the next crawl",
+                account_id,
+                type(exc).__name__,
+            )
 
     async def release(self, account_id: str) -> None:
         """Close the account's context (its saved state stays on disk)."""

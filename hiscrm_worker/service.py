@@ -49,6 +49,7 @@ from .platforms import BROWSER_PLATFORMS, CrawledItem, build_platforms
 from .runner import TaskRunner
 from .settings import WorkerSettings
 from .task import MonitorTask
+from .vault import SessionVault, read_key_file
 
 log = logging.getLogger(__name__)
 INGEST_BATCH = 1000  # items per crawl batch message (a message holds at most 5000)
@@ -99,7 +100,12 @@ class Worker:
         chromium = settings.chromium
         if BROWSER_PLATFORMS & set(settings.platforms):
             chromium = check_chromium(chromium)
-        self.pool = BrowserPool(chromium, settings.data_dir, self._on_recover)
+        vault = (
+            SessionVault(redis, self.keys, read_key_file(settings.session_key_file), self.id)
+            if settings.session_key_file is not None
+            else None
+        )
+        self.pool = BrowserPool(chromium, settings.data_dir, self._on_recover, vault)
         self.platforms = build_platforms(settings.platforms, self.pool, settings.sandbox_url)
         self.runner = TaskRunner(self.platforms, self._on_task_state, self._on_items)
         self.logins = LoginRunner(self)

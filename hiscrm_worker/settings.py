@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
-from hiscrm_bus.accounts import ID_PATTERN
+from hiscrm_bus.accounts import ID_PATTERN, PLATFORMS, unknown_platform
 from hiscrm_bus.settings import BusSettings
 
 
 class WorkerSettings(BusSettings):
     worker_id: str = Field(default_factory=socket.gethostname, pattern=ID_PATTERN)
     capacity: int = Field(50, ge=0, le=10_000)
-    platforms: tuple[str, ...] = ("sandbox", "douyin", "synthetic")
+    # HISCRM_PLATFORMS=sandbox,synthetic (or a JSON list): the platforms this worker runs
+    platforms: Annotated[tuple[str, ...], NoDecode] = PLATFORMS
     heartbeat_interval_s: float = Field(2.0, gt=0)
     heartbeat_ttl_s: float = Field(10.0, gt=0)
     # anti-entropy: compare applied versions with the hashes this often
@@ -23,6 +27,32 @@ class WorkerSettings(BusSettings):
     data_dir: Path = Path("var/worker")
     chromium: str = "/usr/bin/chromium"
     sandbox_url: str = "http://127.0.0.1:8765"
+    # the key that seals browser sessions in Redis (`hiscrm session keygen`); without
+    # it sessions stay on this host's disk and do not follow a failover
+    session_key_file: Path | None = None
+
+    @field_validator("platforms", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    raise ValueError(f"{text!r} is not a JSON list of platforms") from None
+            return tuple(p.strip() for p in text.split(",") if p.strip())
+        return value
+
+    @field_validator("platforms")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError(f"name at least one platform ({', '.join(PLATFORMS)})")
+        for name in value:
+            if name not in PLATFORMS:
+                raise ValueError(unknown_platform(name))
+        return value
 
     @model_validator(mode="after")
     def _ttl_outlives_interval(self) -> WorkerSettings:

@@ -7,12 +7,14 @@ reader never sees fields without the version that announces them.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from redis.asyncio import Redis
 
 from .connection import CONNECTION_ERRORS, call, is_transient
@@ -30,7 +32,16 @@ from .messages import dumps, utcnow
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
 LoginStatus = Literal["not_logged_in", "logged_in", "expired", "failed"]
+LOGIN_STATUSES: tuple[LoginStatus, ...] = get_args(LoginStatus)
 MISSING_USER_ID = "Account missing platform_user_id - please login first to obtain douyin_id"
+# every platform a worker can run, and so every value ``platform`` may take: the worker's
+# registry (hiscrm_worker.platforms) builds exactly these (a test keeps the two equal)
+PLATFORMS: tuple[str, ...] = ("sandbox", "douyin", "synthetic")
+
+
+def unknown_platform(name: str) -> str:
+    """The one sentence for a platform name that is not in :data:`PLATFORMS`."""
+    return f"{name!r} is not a known platform ({', '.join(PLATFORMS)})"
 
 
 class AccountConfig(BaseModel):
@@ -39,7 +50,7 @@ class AccountConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     id: str = Field(pattern=ID_PATTERN)
-    platform: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    platform: str
     name: str = Field("", max_length=200)
     worker_id: str | None = Field(None, pattern=ID_PATTERN)
     enabled: bool = True
@@ -55,6 +66,15 @@ class AccountConfig(BaseModel):
     updated_at: datetime | None = None
     # status, not configuration: set when an update to this account was given up
     config_stale: bool = False
+
+    @field_validator("platform")
+    @classmethod
+    def _known_platform(cls, value: str) -> str:
+        if value not in PLATFORMS:
+            # no "Value error, " prefix: describe() shows the field and value before it
+            known = ", ".join(PLATFORMS)
+            raise PydanticCustomError("platform", f"not a known platform ({known})")
+        return value
 
     @field_validator("user_info", mode="before")
     @classmethod
@@ -324,6 +344,19 @@ class AccountStore:
                 pipe.hget(self.keys.account(account_id), "config_version")
             raw = await call(pipe.execute(raise_on_error=False))
         return {a: _int_or_none(v) for a, v in zip(account_ids, raw, strict=True)}
+
+    async def login_statuses(self) -> Counter[str]:
+        """How many accounts are in each login status, in two round trips."""
+        ids = await self.ids()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for account_id in ids:
+                pipe.hget(self.keys.account(account_id), "login_status")
+            replies = await call(pipe.execute(raise_on_error=False))
+        return Counter(
+            _text(r) if isinstance(r, bytes | str) else "not_logged_in"
+            for r in replies
+            if not isinstance(r, Exception)
+        )
 
     async def ids(self) -> list[str]:
         return sorted(_text(m) for m in await call(self.redis.smembers(self.keys.accounts)))

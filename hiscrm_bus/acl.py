@@ -5,10 +5,11 @@ A worker drives a browser on the open web, so its credentials are the likeliest 
 stolen. Its user may only: follow its own control channel, write its own registry hash
 and its own outgoing streams (XADD only: no delete, no trim command), add itself to the
 worker index (ZADD only), read its assignment set and the hashes of the accounts it
-owns *now*, and read and write those accounts' sealed browser sessions. The last part changes as accounts move, so the Master (a trusted, admin-
-capable user) rewrites a worker's key rules whenever its set of accounts changes, on its
-own start, and whenever Redis' run id changes (runtime ACL changes are lost on a Redis
-restart unless Redis has an ACL file and they are saved).
+owns *now*, and read and write those accounts' sealed browser sessions. What it owns
+changes as accounts move, so the Master (a trusted, admin-capable user) rewrites a
+worker's key rules whenever its set of accounts changes, on its own start, and whenever
+Redis' run id changes (runtime ACL changes are lost on a Redis restart unless Redis has
+an ACL file and they are saved).
 
 Only users that exist are managed: with no ``worker-<id>`` user (a single trusted
 deployment on the default user) nothing here runs a command but ``ACL USERS``.

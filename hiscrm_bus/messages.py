@@ -31,6 +31,7 @@ CONFIG_UPDATE_ACK: Final = "master:account:config_update:ack"
 
 UpdateReason = Literal[
     "login_success",
+    "login_expired",
     "admin_update",
     "assignment",
     "unassignment",
@@ -148,6 +149,16 @@ class LoginFailed(Envelope):
     error: str = Field("", max_length=2000)
 
 
+class LoginExpired(Envelope):
+    """Worker → Master: the platform no longer accepts the account's session (it was
+    sent to the login page, or an API answered "not logged in")."""
+
+    type: Literal["worker:login:expired"] = "worker:login:expired"
+    account_id: str = Field(min_length=1, max_length=200)
+    worker_id: str = Field(min_length=1, max_length=200)
+    reason: str = Field("", max_length=2000)
+
+
 class CrawledItem(BaseModel):
     """One comment or direct message, with the platform's own id for de-duplication."""
 
@@ -212,6 +223,7 @@ Message = Annotated[
     | LoginProgress
     | LoginSuccess
     | LoginFailed
+    | LoginExpired
     | TaskStatus
     | CrawlBatch
     | DeadLetterReport,

@@ -281,7 +281,16 @@ def account_findings(snap: Snapshot, view: AccountView, worker: WorkerView | Non
                 f"{reconcile:.0f} s, or restart it: `hiscrm worker --id {cfg.worker_id}`",
             )
         )
-    if not cfg.platform_user_id:
+    if cfg.login_status == "expired":
+        found.append(
+            Finding(
+                "login_expired",
+                f"the platform no longer accepts the session of {aid}: its crawler waits "
+                "for a new login",
+                f"log it in again: `hiscrm login {aid}`",
+            )
+        )
+    elif not cfg.platform_user_id:
         found.append(
             Finding(
                 "not_logged_in",

@@ -11,6 +11,7 @@ from hiscrm_bus.connection import call
 from hiscrm_bus.control import publish
 from hiscrm_bus.errors import AccountNotFound, HiscrmError, InvalidAccountConfig
 from hiscrm_bus.messages import (
+    LoginExpired,
     LoginFailed,
     LoginProgress,
     LoginQrCode,
@@ -160,5 +161,30 @@ async def on_login_success(
         user_id,
         result.version,
         f"; update {sent.update_id} sent to worker {result.worker_id}" if sent else "",
+    )
+    return True
+
+
+async def on_login_expired(updates: Updates, event: LoginExpired) -> bool:
+    """Record that the account's session expired, as a versioned update its worker
+    applies like any other (its task then waits for a login instead of retrying a dead
+    session). Only the owner's word counts; an account already expired is left as is.
+    True if the account was marked now."""
+    try:
+        account = await updates.store.get(event.account_id)
+    except (AccountNotFound, InvalidAccountConfig):
+        return False
+    if account.login_status == "expired" or account.worker_id != event.worker_id:
+        return False
+    result, sent = await updates.change(
+        event.account_id, {"login_status": "expired"}, "login_expired", expect_owner=event.worker_id
+    )
+    log.warning(
+        "account %s: its login expired (%s); version %d%s; log it in: hiscrm login %s",
+        event.account_id,
+        event.reason or "the platform asked for a login",
+        result.version,
+        f", update {sent.update_id} sent to worker {result.worker_id}" if sent else "",
+        event.account_id,
     )
     return True

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hiscrm_bus.accounts import LOGIN_STATUSES
 from hiscrm_bus.workers import WorkerInfo
 
 OUTCOMES = ("sent", "applied", "rejected", "retried", "failed")
@@ -32,14 +33,18 @@ class MasterMetrics(Collector):
         self._stats: dict[str, int] = {}
         self._alive = 0
         self._tasks: Counter[str] = Counter()
+        self._logins: Counter[str] = Counter()
         self.registry.register(self)
         self._server: Any = None
         self._thread: Thread | None = None
 
-    def refresh(self, stats: dict[str, int], alive: list[WorkerInfo]) -> None:
+    def refresh(
+        self, stats: dict[str, int], alive: list[WorkerInfo], logins: Counter[str] | None = None
+    ) -> None:
         self._stats = dict(stats)
         self._alive = len(alive)
         self._tasks = Counter(t.state for w in alive for t in w.tasks.values())
+        self._logins = logins or Counter()
 
     def collect(self) -> Iterator[Metric]:
         for outcome in OUTCOMES:
@@ -55,6 +60,12 @@ class MasterMetrics(Collector):
         for state in ("waiting_login", "running", "disabled", "error", "starting"):
             tasks.add_metric([state], self._tasks.get(state, 0))
         yield tasks
+        logins = GaugeMetricFamily(
+            "hiscrm_accounts_by_login", "Accounts by login status.", labels=["status"]
+        )
+        for status in LOGIN_STATUSES:
+            logins.add_metric([status], self._logins.get(status, 0))
+        yield logins
 
     def serve(self, host: str, port: int) -> None:
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)

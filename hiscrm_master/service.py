@@ -28,6 +28,7 @@ from hiscrm_bus.messages import (
     CrawlBatch,
     DeadLetterReport,
     DecodeError,
+    LoginExpired,
     LoginFailed,
     LoginProgress,
     LoginQrCode,
@@ -45,7 +46,7 @@ from hiscrm_bus.streams import Received, StreamReader
 
 from .assignment import Assigner
 from .ingest import IngestStore
-from .login import on_login_event, on_login_success, record_session
+from .login import on_login_event, on_login_expired, on_login_success, record_session
 from .metrics import MasterMetrics
 from .settings import MasterSettings
 from .updates import Updates
@@ -53,7 +54,14 @@ from .updates import Updates
 log = logging.getLogger(__name__)
 MASTER_GRACE_PASSES = 15
 # events that speak about one account: accepted only from that account's owner
-_ABOUT_ACCOUNT = (LoginSuccess, LoginQrCode, LoginProgress, LoginFailed, TaskStatusEvent)
+_ABOUT_ACCOUNT = (
+    LoginSuccess,
+    LoginQrCode,
+    LoginProgress,
+    LoginFailed,
+    LoginExpired,
+    TaskStatusEvent,
+)
 
 
 class Master:
@@ -213,7 +221,8 @@ class Master:
 
     async def refresh_metrics(self) -> None:
         alive, _dead = await self.assigner.registry.all()
-        self.metrics.refresh(await self.tracker.stats(), alive)
+        logins = await self.store.login_statuses()
+        self.metrics.refresh(await self.tracker.stats(), alive, logins)
 
     async def on_events(self, received: list[Received]) -> None:
         """Worker events, each accepted only from the worker that owns its account."""
@@ -251,6 +260,12 @@ class Master:
                     status="success" if ok else "refused",
                     platform_user_id=message.platform_user_id,
                 )
+        elif isinstance(message, LoginExpired):
+            try:
+                await on_login_expired(self.updates, message)
+            except NotOwner:
+                if received is not None:
+                    await self.reject(received, "not_owner")
         elif isinstance(message, LoginQrCode | LoginProgress | LoginFailed):
             await on_login_event(self.redis, self.settings, message)
         elif isinstance(message, TaskStatusEvent):

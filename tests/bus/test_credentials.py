@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 from pydantic import ValidationError
 
@@ -239,8 +238,8 @@ def test_private_dir_creates_and_tightens(tmp_path: Path) -> None:
 
 
 class _Context:
-    async def storage_state(self, path: str) -> None:
-        await anyio.Path(path).write_text("{}")  # written with the umask, as Playwright does
+    async def storage_state(self) -> dict[str, list[object]]:
+        return {"cookies": [], "origins": []}
 
 
 async def test_saved_sessions_are_in_a_private_directory(tmp_path: Path) -> None:

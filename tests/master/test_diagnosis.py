@@ -163,3 +163,9 @@ def test_dead_letters_are_reported_as_information() -> None:
     d = diagnose(s)
     assert [(p.code, p.severity) for p in d.problems] == [("dead_letters", "info")]
     assert d.healthy
+
+
+def test_an_expired_login_names_its_remedy() -> None:
+    d = diagnose(snap(account(login_status="expired"), worker("waiting_login")))
+    (finding,) = d.accounts[0].problems
+    assert finding.code == "login_expired" and "hiscrm login acc-1" in finding.remedy

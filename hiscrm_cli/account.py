@@ -13,6 +13,7 @@ from rich.table import Table
 
 from hiscrm_bus import limits
 from hiscrm_bus.accounts import (
+    PLATFORMS,
     AccountStore,
     AccountUpdate,
     check_changes,
@@ -21,6 +22,7 @@ from hiscrm_bus.accounts import (
     from_hash,
     parse_assignments,
     to_hash,
+    unknown_platform,
     validate,
 )
 from hiscrm_bus.errors import AccountExists, InvalidAccountConfig
@@ -48,12 +50,13 @@ app = typer.Typer(help="Manage accounts and change their configuration.", no_arg
 SENDER = CLI_SENDER
 Wait = Annotated[bool, typer.Option("--wait", help="Wait for the worker's outcome.")]
 Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait.")]
+PLATFORM_NAMES = ", ".join(PLATFORMS)
 
 
 @app.command()
 def add(
     account_id: Annotated[str, typer.Argument(metavar="ID")],
-    platform: Annotated[str, typer.Option(help="sandbox or douyin.")],
+    platform: Annotated[str, typer.Option(help=f"One of: {PLATFORM_NAMES}.")],
     worker: Annotated[
         str | None, typer.Option(help="Owning worker; default: the Master assigns one.")
     ] = None,
@@ -187,15 +190,19 @@ def show(
 @app.command()
 def remove(
     account_id: Annotated[str, typer.Argument(metavar="ID")],
+    keep_data: Annotated[
+        bool, typer.Option("--keep-data", help="Keep its crawled comments and DMs.")
+    ] = False,
     redis_url: RedisUrl = None,
 ) -> None:
-    """Remove an account; its worker stops the task."""
+    """Remove an account and everything of it; its worker stops the task."""
     settings = command_settings(redis_url)
 
     async def main() -> None:
         async with redis_client(settings) as redis:
-            await Updates(redis, settings, SENDER).remove(account_id)
-            console.print(f"removed account {safe(account_id)}")
+            done = await Updates(redis, settings, SENDER).remove(account_id, keep_data=keep_data)
+        data = "crawled data kept" if done.data_kept else "crawled data deleted"
+        console.print(f"removed account {safe(account_id)} ({data})")
 
     run(main)
 
@@ -206,7 +213,9 @@ def set_(
         list[str], typer.Argument(metavar="[ID] FIELD=VALUE...", help="Account id, then changes.")
     ],
     all_: Annotated[bool, typer.Option("--all", help="Every account.")] = False,
-    platform: Annotated[str | None, typer.Option(help="Every account of a platform.")] = None,
+    platform: Annotated[
+        str | None, typer.Option(help=f"Every account of a platform ({PLATFORM_NAMES}).")
+    ] = None,
     worker: Annotated[str | None, typer.Option(help="Every account of a worker.")] = None,
     wait: Wait = False,
     timeout: Timeout = 30.0,
@@ -221,6 +230,8 @@ def set_(
         fail("name one account ID, or exactly one of --all, --platform, --worker")
     if not pairs:
         fail("nothing to set: give FIELD=VALUE pairs")
+    if platform is not None and platform not in PLATFORMS:
+        fail(f"--platform {unknown_platform(platform)}")
     try:
         changes = parse_assignments(pairs)
     except InvalidAccountConfig as exc:

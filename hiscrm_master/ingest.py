@@ -1,5 +1,10 @@
 """Crawled comments and DMs: de-duplicated by the platform's item id, stored per account,
-capped so Redis memory stays bounded."""
+capped so Redis memory stays bounded, and forgotten with the account.
+
+Forgetting leaves a ``removed_at`` mark (with a TTL) in the crawl stats hash: a batch the
+Master accepted while the account still had its owner, but stores only after the data
+was deleted, finds the mark and no account, and is refused in the same Lua call that
+would have written it. So a removed account's data cannot come back."""
 
 from __future__ import annotations
 
@@ -11,18 +16,28 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from hiscrm_bus.connection import call
+from hiscrm_bus.connection import CONNECTION_ERRORS, call, is_transient
+from hiscrm_bus.errors import BusUnavailable
 from hiscrm_bus.keys import Keys
-from hiscrm_bus.messages import CrawlBatch, CrawledItem
+from hiscrm_bus.messages import CrawlBatch, CrawledItem, utcnow
+from hiscrm_bus.workers import TaskReport, WorkerRegistry
 
 log = logging.getLogger(__name__)
 Kind = Literal["comment", "dm"]
 KINDS: dict[str, Kind] = {"comments": "comment", "dms": "dm"}
-DEFAULT_CAP = 1000
 
-# KEYS: item zset, bodies hash, crawl stats hash
+DEFAULT_CAP = 1000
+REMOVED_TTL_S = 3600  # far longer than a Master holds a batch between its checks and the write
+
+# KEYS: item zset, bodies hash, crawl stats hash, account hash
 # ARGV: cap, crawled_at, stats field, then (id, score, body) triples
 _STORE = """
+if redis.call('HEXISTS', KEYS[3], 'removed_at') == 1 then
+  if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
+  -- added again since: this batch is the new account's
+  redis.call('HDEL', KEYS[3], 'removed_at')
+  redis.call('PERSIST', KEYS[3])
+end
 local cap = tonumber(ARGV[1])
 local added = 0
 for i = 4, #ARGV, 3 do
@@ -51,9 +66,32 @@ return added
 
 @dataclass(frozen=True, slots=True)
 class CrawlStats:
+    """What the Master recorded as batches arrived: how many new items of each kind it
+    ever stored (the cap evicts the oldest, so more than are kept now), and when the last
+    batch arrived (a crawl that finds nothing sends none: the worker's report says more)."""
+
     comments: int
     dms: int
     last_crawl_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountData:
+    """Everything ``hiscrm data`` shows of one account."""
+
+    account_id: str
+    exists: bool  # its config hash exists (crawled data may outlive it: --keep-data)
+    items: list[CrawledItem]  # the newest of the kind asked for, newest first
+    stored: dict[str, int]  # items kept now, by plural kind
+    received: CrawlStats
+    worker_id: str | None  # the owner the config names
+    worker_alive: bool
+    task: TaskReport | None  # the owner's last heartbeat report of the account's task
+
+    @property
+    def known(self) -> bool:
+        """The account exists, or crawled data of it is kept."""
+        return self.exists or any(self.stored.values()) or self.received.last_crawl_at is not None
 
 
 class IngestStore:
@@ -64,7 +102,8 @@ class IngestStore:
         self._store = redis.register_script(_STORE)
 
     async def store(self, batch: CrawlBatch) -> dict[Kind, int]:
-        """Store the batch's new items; returns how many of each kind were new."""
+        """Store the batch's new items; returns how many of each kind were new (nothing
+        when the account was removed since the batch was accepted)."""
         added: dict[Kind, int] = {}
         for plural, kind in KINDS.items():
             items = [i for i in batch.items if i.kind == kind]
@@ -77,9 +116,71 @@ class IngestStore:
                 self.keys.items(batch.account_id, plural),
                 self.keys.item_bodies(batch.account_id, plural),
                 self.keys.crawl_stats(batch.account_id),
+                self.keys.account(batch.account_id),
             ]
-            added[kind] = int(await call(self._store(keys=keys, args=args)))
+            count = int(await call(self._store(keys=keys, args=args)))
+            if count < 0:
+                log.info(
+                    "account %s: crawl batch from worker %s dropped: the account was removed",
+                    batch.account_id,
+                    batch.worker_id,
+                )
+                return {}
+            added[kind] = count
         return added
+
+    async def forget(self, account_id: str) -> int:
+        """Delete every crawled item, item body and crawl stat of the account, and mark
+        it removed so that a batch already on its way is refused (see the module
+        docstring). Returns how many keys were deleted."""
+        data = [self.keys.items(account_id, p) for p in KINDS]
+        data += [self.keys.item_bodies(account_id, p) for p in KINDS]
+        stats = self.keys.crawl_stats(account_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*data, stats)
+            pipe.hset(stats, "removed_at", utcnow().isoformat())
+            pipe.expire(stats, REMOVED_TTL_S)
+            deleted, *_ = await call(pipe.execute())
+        return int(deleted)
+
+    async def holds(self, account_id: str) -> bool:
+        """Whether any crawled data of the account is stored (a removal mark is none)."""
+        data = [self.keys.items(account_id, p) for p in KINDS]
+        data += [self.keys.item_bodies(account_id, p) for p in KINDS]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(*data)
+            pipe.hexists(self.keys.crawl_stats(account_id), "last_crawl_at")
+            found, crawled = await call(pipe.execute())
+        return bool(found) or bool(crawled)
+
+    async def stored(self, account_id: str) -> dict[str, int]:
+        """How many items of each kind are kept now (by plural kind); a key of another
+        type (written by something else than this store) counts as none."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for plural in KINDS:
+                pipe.zcard(self.keys.items(account_id, plural))
+            replies = await call(pipe.execute(raise_on_error=False))
+        return {p: _reply_count(r) for p, r in zip(KINDS, replies, strict=True)}
+
+    async def overview(self, account_id: str, plural: str, limit: int) -> AccountData:
+        """The account's newest ``limit`` items of ``plural``, the counts kept and
+        received, and the last crawl as its owner reports it in its heartbeat."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(self.keys.account(account_id))
+            pipe.hget(self.keys.account(account_id), "worker_id")
+            exists, owner = await call(pipe.execute())
+        worker_id = _s(owner) if owner else None
+        worker = await WorkerRegistry(self.redis, self.keys).get(worker_id) if worker_id else None
+        return AccountData(
+            account_id=account_id,
+            exists=bool(exists),
+            items=await self.newest(account_id, plural, limit),
+            stored=await self.stored(account_id),
+            received=await self.stats(account_id),
+            worker_id=worker_id,
+            worker_alive=worker is not None,
+            task=worker.tasks.get(account_id) if worker else None,
+        )
 
     async def newest(self, account_id: str, plural: str, limit: int) -> list[CrawledItem]:
         """The newest ``limit`` items, newest first; a stored body that does not
@@ -115,6 +216,14 @@ class IngestStore:
 
 def _s(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _reply_count(reply: Any) -> int:
+    if isinstance(reply, Exception):
+        if is_transient(reply) or isinstance(reply, CONNECTION_ERRORS):
+            raise BusUnavailable(f"Redis cannot serve us right now: {reply}") from reply
+        return 0
+    return max(0, int(reply))
 
 
 def _count(value: str | None) -> int:

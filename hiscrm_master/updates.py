@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -12,12 +13,25 @@ from redis.asyncio import Redis
 from hiscrm_bus.accounts import AccountStore, AccountUpdate
 from hiscrm_bus.acl import Grants
 from hiscrm_bus.connection import call
+from hiscrm_bus.errors import AccountNotFound
 from hiscrm_bus.messages import AccountConfigUpdate, UpdateReason, encode, new_id
 from hiscrm_bus.pending import PendingTracker
 from hiscrm_bus.settings import BusSettings
 
+from .ingest import IngestStore
+
 log = logging.getLogger(__name__)
 BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """What removing an account did."""
+
+    version: int  # the last version it had
+    worker_id: str | None  # the owner it had (told to stop the task)
+    cancelled: int  # pending updates closed as failed
+    data_kept: bool
 
 
 class Updates:
@@ -29,6 +43,7 @@ class Updates:
         self.store = AccountStore(redis, self.keys)
         self.tracker = PendingTracker(redis, settings)
         self.grants = Grants(redis, self.keys)
+        self.items = IngestStore(redis, self.keys)
 
     def message(
         self, update: AccountUpdate, reason: UpdateReason, attempt: int = 1
@@ -119,10 +134,24 @@ class Updates:
             self._log_sent(sends, replies[len(owned) :])
         return messages
 
-    async def remove(self, account_id: str) -> tuple[int, str | None]:
+    async def remove(self, account_id: str, *, keep_data: bool = False) -> Removal:
         """Delete the account, revoke its worker's read access, and tell the worker (it
-        stops the task). Returns the last version and the owner it had."""
-        version, worker = await self.store.remove(account_id)
+        stops the task); close its pending updates as failed; and, unless ``keep_data``,
+        delete its crawled items and stats, so an account added again with this id
+        starts empty. Raises AccountNotFound (after deleting crawled data left behind by
+        an earlier removal, unless ``keep_data``)."""
+        pending = await self.tracker.of_account(account_id)
+        try:
+            version, worker = await self.store.remove(account_id)
+        except AccountNotFound:
+            if not keep_data and await self.items.holds(account_id):
+                await self.items.forget(account_id)
+                log.info("account %s: crawled data left behind was deleted", account_id)
+            raise
+        # after the config is gone: a batch stored before this is deleted here, one
+        # stored after is refused (IngestStore's removal mark)
+        deleted = 0 if keep_data else await self.items.forget(account_id)
+        cancelled = [await self.tracker.cancel(u, "account removed") for u in pending]
         if worker:
             await self.grants.sync([worker])
             notice = AccountConfigUpdate(
@@ -133,7 +162,14 @@ class Updates:
                 reason="removed",
             )
             await self.publish_many([(notice, worker)])
-        return version, worker
+        log.info(
+            "account %s removed (version %d, worker %s)%s",
+            account_id,
+            version,
+            worker or "-",
+            "; crawled data kept" if keep_data else f"; {deleted} crawled data key(s) deleted",
+        )
+        return Removal(version, worker, sum(cancelled), data_kept=keep_data)
 
     async def publish_many(self, messages: Sequence[tuple[AccountConfigUpdate, str]]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

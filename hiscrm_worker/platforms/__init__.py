@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from hiscrm_bus.accounts import PLATFORMS, unknown_platform
+
 from ..browser import BrowserPool
 from .base import (
     CrawledItem,
@@ -22,27 +26,36 @@ __all__ = [
     "Platform",
     "PlatformError",
     "build_platforms",
+    "registry",
 ]
-KNOWN = ("sandbox", "douyin", "synthetic")
+KNOWN = PLATFORMS  # the bus's set: what an account's ``platform`` may be
 BROWSER_PLATFORMS = frozenset({"sandbox", "douyin"})
+Factory = Callable[[BrowserPool, str], Platform]
+
+
+def registry() -> dict[str, Factory]:
+    """Each platform's constructor (pool, sandbox URL), by name; its names are
+    :data:`KNOWN`, in that order (a test keeps them equal)."""
+    from .douyin import DouyinPlatform
+    from .sandbox import SandboxPlatform
+    from .synthetic import SyntheticPlatform
+
+    return {
+        "sandbox": SandboxPlatform,
+        "douyin": lambda pool, _url: DouyinPlatform(pool),
+        "synthetic": lambda _pool, _url: SyntheticPlatform(),
+    }
 
 
 def build_platforms(
     names: tuple[str, ...], pool: BrowserPool, sandbox_url: str
 ) -> dict[str, Platform]:
     """The platforms this worker supports. Unknown names are refused at start-up."""
-    from .douyin import DouyinPlatform
-    from .sandbox import SandboxPlatform
-    from .synthetic import SyntheticPlatform
-
+    factories = registry()
     out: dict[str, Platform] = {}
     for name in names:
-        if name == "sandbox":
-            out[name] = SandboxPlatform(pool, sandbox_url)
-        elif name == "douyin":
-            out[name] = DouyinPlatform(pool)
-        elif name == "synthetic":
-            out[name] = SyntheticPlatform()
-        else:
-            raise PlatformError(f"unknown platform {name!r} (known: {', '.join(KNOWN)})")
+        factory = factories.get(name)
+        if factory is None:
+            raise PlatformError(unknown_platform(name))
+        out[name] = factory(pool, sandbox_url)
     return out

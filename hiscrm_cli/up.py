@@ -4,7 +4,13 @@ the sandbox site, a Master and one worker — stopped cleanly, all of it, on Ctr
 The embedded Redis listens on loopback only and has a password generated for the run,
 kept in ``<data-dir>/redis-password`` (0600); the children read it through
 HISCRM_REDIS_PASSWORD_FILE and redis-server from its config file, so it is never on a
-command line. Everything under the data directory is private to this user."""
+command line. Everything under the data directory is private to this user.
+
+``<data-dir>/env`` (0600) holds what another shell needs to use the stack (``source`` it):
+the Redis URL, the password *file* (never the password: it changes on every start, and
+the file keeps it out of every environment), the sandbox site and the settings the
+stack runs with. A new run keeps the previous run's ports when they are free, so a
+shell that sourced the file once keeps working across restarts."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -38,6 +45,20 @@ _OTHER_REDIS_SETTINGS = (
     "HISCRM_REDIS_CERT_FILE",
     "HISCRM_REDIS_KEY_FILE",
 )
+# settings of one process, not of the stack: another shell's commands must not inherit
+# them (a second worker would share w1's session directory, a second Master its port;
+# the session key is for workers only)
+_PER_PROCESS_SETTINGS = (
+    "HISCRM_DATA_DIR",
+    "HISCRM_SESSION_KEY_FILE",
+    "HISCRM_WORKER_ID",
+    "HISCRM_MASTER_ID",
+    "HISCRM_METRICS_PORT",
+    "HISCRM_METRICS_HOST",
+    "HISCRM_LOG_LEVEL",
+    "HISCRM_LOG_FORMAT",
+)
+ENV_FILE = "env"
 
 
 def write_private(path: Path, text: str) -> None:
@@ -50,10 +71,29 @@ def write_private(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def free_port() -> int:
+def free_port(wanted: object = None) -> int:
+    """``wanted`` when nothing listens on it (on loopback), else any free port."""
+    if isinstance(wanted, int) and 0 < wanted < 65536:
+        with socket.socket() as s:
+            # as the servers do: a port held only by closed connections is free
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", wanted))
+            except OSError:
+                pass
+            else:
+                return wanted
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as typed in a shell here: relative to the working directory when under it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 class LocalStack:
@@ -65,13 +105,25 @@ class LocalStack:
         self.log_level = log_level
         self.logs = self.data_dir / "logs"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.redis_port = free_port()
-        self.site_port = free_port()
+        self.ports_file = self.data_dir / "ports.json"
+        previous = self._previous_ports()
+        self.redis_port = free_port(previous.get("redis"))
+        self.site_port = free_port(previous.get("sandbox"))
+        while self.site_port == self.redis_port:  # both free, neither bound yet
+            self.site_port = free_port()
+        self.env_file = self.data_dir / ENV_FILE
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.password_file = self.data_dir / "redis-password"
         self.redis_conf = self.data_dir / "redis.conf"
         self.site_url = f"http://127.0.0.1:{self.site_port}"
         self.password = ""
+
+    def _previous_ports(self) -> dict[str, object]:
+        try:
+            doc = json.loads(self.ports_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
 
     def env(self) -> dict[str, str]:
         return dict(
@@ -119,7 +171,8 @@ class LocalStack:
             self._wait_ready("redis", self._redis_ready)
         console.print(
             f"redis-server   {safe(masked_url(self.redis_url))}  (loopback only; password: "
-            f"cat {safe(self.password_file)}; data in {safe(self.data_dir / 'redis')})"
+            f"cat {safe(shown_path(self.password_file))}; "
+            f"data in {safe(shown_path(self.data_dir / 'redis'))})"
         )
         with console.status("starting the sandbox site, the Master and a worker…"):
             self._spawn("sandbox", self._hiscrm("sandbox", "serve", "--port", str(self.site_port)))
@@ -127,7 +180,34 @@ class LocalStack:
             self._spawn("worker", self._hiscrm("worker", "--id", "w1"))
             self._wait_ready("worker", self._worker_ready)
         console.print(f"sandbox site   {safe(self.site_url)}")
-        console.print(f"master, worker w1 (logs in {safe(self.logs)})")
+        console.print(f"master, worker w1 (logs in {safe(shown_path(self.logs))})")
+        self._write_env_file()
+
+    def shell_env(self) -> dict[str, str]:
+        """What a shell needs to use this stack: its connection, its sandbox site and
+        the settings its processes run with (the key prefix among them), not the ones
+        that belong to one process."""
+        env = self.env()
+        env["HISCRM_REDIS_PASSWORD_FILE"] = str(self.password_file)
+        return {
+            name: value
+            for name, value in sorted(env.items())
+            if name.startswith("HISCRM_")
+            and name not in _PER_PROCESS_SETTINGS
+            and name not in _OTHER_REDIS_SETTINGS
+        }
+
+    def _write_env_file(self) -> None:
+        lines = [
+            "# written by `hiscrm up`: `source` it to use this stack from another shell.",
+            "# The password is not here: it is read from HISCRM_REDIS_PASSWORD_FILE (for",
+            '# redis-cli: export REDISCLI_AUTH=$(cat "$HISCRM_REDIS_PASSWORD_FILE")).',
+            *(f"export {name}={shlex.quote(value)}" for name, value in self.shell_env().items()),
+            "",
+        ]
+        write_private(self.env_file, "\n".join(lines))
+        ports = {"redis": self.redis_port, "sandbox": self.site_port}
+        write_private(self.ports_file, json.dumps(ports) + "\n")
 
     def _write_credentials(self) -> None:
         """A new password for this run: in a 0600 file for the clients and in a 0600
@@ -223,9 +303,7 @@ def up(
             stack.reset()  # the scenario starts from nothing, every time
         stack.start()
         console.print(
-            "use it from another shell: export "
-            f"HISCRM_REDIS_URL={safe(masked_url(stack.redis_url))} "
-            f"HISCRM_REDIS_PASSWORD_FILE={safe(stack.password_file)}"
+            f"use it from another shell: source {safe(shlex.quote(shown_path(stack.env_file)))}"
         )
         if demo:
             code = run(lambda: play(stack.redis_url, stack.site_url))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ from tests.e2e.stack import wait_for
 pytestmark = pytest.mark.e2e
 
 
-def _gone(pid: int) -> bool:
+def gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -26,7 +28,7 @@ def _gone(pid: int) -> bool:
     return status.exists() and "zombie" in status.read_text()
 
 
-def _chromium_of(data_dir: Path) -> list[int]:
+def chromium_of(data_dir: Path) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -39,17 +41,40 @@ def _chromium_of(data_dir: Path) -> list[int]:
     return pids
 
 
+def env_file(data_dir: Path) -> dict[str, str]:
+    """The variables `hiscrm up` wrote for other shells."""
+    values = {}
+    for line in (data_dir / "env").read_text().splitlines():
+        if line.startswith("export "):
+            name, _, value = line.removeprefix("export ").partition("=")
+            values[name] = shlex.split(value)[0]
+    return values
+
+
+def _shell_env() -> dict[str, str]:
+    """A shell of a user who has set no hiscrm setting, with the venv's commands."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HISCRM_")}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
 def test_up_demo_plays_the_seed_scenario_and_stops_everything(tmp_path: Path) -> None:
     data_dir = tmp_path / "up"
+    addresses = []
     for _run in range(2):  # a second `make demo` plays it again from the start
         result = subprocess.run(
             [sys.executable, "-m", "hiscrm_cli", "up", "--demo", "--data-dir", str(data_dir)],
             capture_output=True,
             text=True,
             timeout=240,
+            env=_shell_env(),
             check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+        values = env_file(data_dir)
+        addresses.append((values["HISCRM_REDIS_URL"], values["HISCRM_SANDBOX_URL"]))
+    # the ports were free again: a shell that sourced the env file keeps working
+    assert addresses[0] == addresses[1]
     out = result.stdout
     timeline = [
         "account demo-1 added",
@@ -68,29 +93,78 @@ def test_up_demo_plays_the_seed_scenario_and_stops_everything(tmp_path: Path) ->
     assert positions == sorted(positions), out
     pids = json.loads((data_dir / "pids.json").read_text())
     assert set(pids) == {"redis", "sandbox", "master", "worker"}
-    assert all(_gone(pid) for pid in pids.values())
-    assert _chromium_of(data_dir) == []
+    assert all(gone(pid) for pid in pids.values())
+    assert chromium_of(data_dir) == []
 
 
 def test_up_runs_until_ctrl_c_then_leaves_no_process(tmp_path: Path) -> None:
     data_dir = tmp_path / "up"
+    env = dict(
+        _shell_env(),
+        HISCRM_KEY_PREFIX="up1:",  # a setting of the stack: other shells need it
+        HISCRM_DATA_DIR=str(tmp_path / "w"),  # one process's own: they must not get it
+        HISCRM_REDIS_PASSWORD="some other Redis's",  # never the stack's
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "hiscrm_cli", "up", "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=env,
     )
     assert proc.stdout is not None
+    shown = []
     for line in proc.stdout:
+        shown.append(line)
         if "Ctrl-C stops everything" in line:
             break
-    pids = json.loads((data_dir / "pids.json").read_text())
-    assert all(not _gone(pid) for pid in pids.values())
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    try:
+        pids = json.loads((data_dir / "pids.json").read_text())
+        assert all(not gone(pid) for pid in pids.values())
+
+        # the stack is usable from another shell after `source <env file>`, as printed
+        env_path = data_dir / "env"
+        assert f"use it from another shell: source {shlex.quote(str(env_path))}\n" in shown
+        assert stat.S_IMODE(env_path.stat().st_mode) == 0o600
+        values = env_file(data_dir)
+        assert set(values) == {
+            "HISCRM_REDIS_URL",
+            "HISCRM_REDIS_PASSWORD_FILE",
+            "HISCRM_SANDBOX_URL",
+            "HISCRM_KEY_PREFIX",
+            "HISCRM_HEARTBEAT_INTERVAL_S",
+        }
+        assert values["HISCRM_KEY_PREFIX"] == "up1:"
+        assert values["HISCRM_REDIS_PASSWORD_FILE"] == str(data_dir / "redis-password")
+        password = (data_dir / "redis-password").read_text().strip()
+        assert password not in env_path.read_text()
+        script = (
+            f"source {shlex.quote(str(env_path))}\n"
+            "hiscrm sandbox scan --user-id 1; echo scan=$?\n"  # the stack's site answers
+            "hiscrm account list; echo list=$?\n"  # its Redis, password and prefix
+            'export REDISCLI_AUTH=$(cat "$HISCRM_REDIS_PASSWORD_FILE")\n'
+            'redis-cli -u "$HISCRM_REDIS_URL" EXISTS "${HISCRM_KEY_PREFIX}worker:w1"\n'
+        )
+        other = subprocess.run(
+            ["bash", "-c", script],
+            cwd=tmp_path,  # not where `hiscrm up` ran
+            env=_shell_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        out = other.stdout + other.stderr
+        # the site answered (no login waits for a scan: exit 1); unreachable is exit 2
+        assert "scan=1" in out, out
+        assert "list=0" in out, out
+        assert other.stdout.splitlines()[-1] == "1", out
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, whatever happened above
+        out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "no process left behind" in out
-    wait_for(lambda: all(_gone(pid) for pid in pids.values()), what="children gone")
+    wait_for(lambda: all(gone(pid) for pid in pids.values()), what="children gone")
 
 
 def test_up_without_redis_server_says_how_to_get_one(tmp_path: Path) -> None:

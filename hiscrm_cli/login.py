@@ -66,7 +66,9 @@ def login(
             events_from = await last_entry_id(redis, settings.keys.worker_stream(owner, "events"))
             outcomes_from = await updates.tracker.last_outcome_id()
             try:
-                login = await start_login(redis, settings, account_id, timeout, SENDER)
+                login = await start_login(
+                    redis, settings, account_id, timeout, SENDER, placement_wait_s=10
+                )
             except LoginUnavailable as exc:
                 fail(str(exc), EXIT_USAGE)
             started = time.monotonic()

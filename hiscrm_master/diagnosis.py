@@ -136,7 +136,8 @@ def fleet_findings(snap: Snapshot) -> list[Finding]:
                 "dead_letters",
                 f"{count} message(s) from {source} were dead-lettered "
                 "(undecodable, or refused: not_owner / wrong_sender)",
-                "inspect them: `redis-cli XRANGE <prefix>deadletter - + COUNT 10`",
+                'inspect them: `redis-cli -u "$HISCRM_REDIS_URL" XRANGE <prefix>deadletter - + '
+                "COUNT 10`",
                 "info",
             )
         )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import anyio
 from redis.asyncio import Redis
 
+from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.connection import call
 from hiscrm_bus.control import publish
 from hiscrm_bus.errors import AccountNotFound, HiscrmError, InvalidAccountConfig
@@ -38,14 +40,29 @@ class LoginStarted:
 
 
 async def start_login(
-    redis: Redis, settings: BusSettings, account_id: str, timeout_s: float, sender: str
+    redis: Redis,
+    settings: BusSettings,
+    account_id: str,
+    timeout_s: float,
+    sender: str,
+    *,
+    placement_wait_s: float = 0.0,
 ) -> LoginStarted:
-    """Ask the account's worker to open the login page."""
+    """Ask the account's worker to open the login page. An account just added may have
+    no worker yet: wait up to ``placement_wait_s`` for the Master to place it."""
     updates = Updates(redis, settings, sender)
-    try:
-        account = await updates.store.get(account_id)
-    except AccountNotFound as exc:
-        raise LoginUnavailable(str(exc)) from None
+
+    async def read() -> AccountConfig:
+        try:
+            return await updates.store.get(account_id)
+        except AccountNotFound as exc:
+            raise LoginUnavailable(str(exc)) from None
+
+    account = await read()
+    with anyio.move_on_after(placement_wait_s):
+        while account.worker_id is None:
+            await anyio.sleep(0.1)  # placement is the Master's next pass; poll it
+            account = await read()
     if account.worker_id is None:
         raise LoginUnavailable(f"account {account_id} has no worker yet; is a Master running?")
     if await WorkerRegistry(redis, settings.keys).get(account.worker_id) is None:

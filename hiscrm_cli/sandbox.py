@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hiscrm_sandbox.site import MAX_BURST
 from hiscrm_sandbox.site import serve as make_server
 
 from .common import EXIT_FAILED, EXIT_USAGE, console, fail
@@ -71,9 +72,23 @@ def scan(
     console.print(f"scanned login {doc['token']}: {doc['status']}")
 
 
-def _post_item(kind: str, text: str, user_id: str, author: str, url: str) -> str:
-    doc = _post(url, f"/api/{kind}", {"user_id": user_id, "text": text, "author": author})
-    return str(doc["id"])
+Count = Annotated[
+    int,
+    typer.Option(min=1, max=MAX_BURST, help='Post a burst of N at once: "TEXT 1" … "TEXT N".'),
+]
+
+
+def _post_item(kind: str, text: str, user_id: str, author: str, url: str, count: int) -> str:
+    doc: dict[str, Any] = {"user_id": user_id, "text": text, "author": author}
+    if count == 1:
+        return f"{_noun(kind, 1)} {_post(url, f'/api/{kind}', doc)['id']}"
+    got = _post(url, f"/api/{kind}", {**doc, "count": count})
+    return f"{got['count']} {_noun(kind, got['count'])} ({got['first']} … {got['last']})"
+
+
+def _noun(kind: str, n: int) -> str:
+    one = "comment" if kind == "comments" else "message"
+    return one if n == 1 else f"{one}s"
 
 
 @app.command("post-comment")
@@ -81,10 +96,11 @@ def post_comment(
     text: Annotated[str, typer.Argument()],
     user_id: Annotated[str, typer.Option(help="Whose content gets the comment.")],
     author: Annotated[str, typer.Option(help="Who writes it.")] = "fan",
+    count: Count = 1,
     url: Url = DEFAULT_URL,
 ) -> None:
     """Post a comment on a user's content."""
-    console.print(f"comment {_post_item('comments', text, user_id, author, url)} posted")
+    console.print(f"{_post_item('comments', text, user_id, author, url, count)} posted")
 
 
 @app.command("send-dm")
@@ -92,7 +108,8 @@ def send_dm(
     text: Annotated[str, typer.Argument()],
     user_id: Annotated[str, typer.Option(help="Who receives the message.")],
     author: Annotated[str, typer.Option(help="Who sends it.")] = "fan",
+    count: Count = 1,
     url: Url = DEFAULT_URL,
 ) -> None:
     """Send a direct message to a user."""
-    console.print(f"message {_post_item('dms', text, user_id, author, url)} sent")
+    console.print(f"{_post_item('dms', text, user_id, author, url, count)} sent")

@@ -53,18 +53,33 @@ fetch('/api/profile/self').then(r => r.json()).then(d => {
 </script></body></html>
 """
 
+# Newest first, one page per response, like the creator centre's lists: the page asks
+# for the next one with the cursor of the last response when "more" is clicked (the
+# real site does it on scroll). ``?cursor=N`` opens the list at that cursor.
 _LIST = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Sandbox {kind}</title></head>
 <body><h1>{kind}</h1><ul id="items"></ul>
+<button id="more" hidden>more</button>
 <script>
-fetch('/api/{kind}').then(r => r.json()).then(d => {{
+const more = document.getElementById('more');
+let cursor = new URLSearchParams(location.search).get('cursor');
+async function load() {{
+  more.hidden = true;
+  const q = cursor === null ? '' : '?cursor=' + encodeURIComponent(cursor);
+  const r = await fetch('/api/{kind}' + q);
+  const d = await r.json();
   const ul = document.getElementById('items');
   for (const it of (d['{kind}'] || [])) {{
     const li = document.createElement('li');
     li.dataset.id = it.id; li.textContent = it.author + ': ' + it.text; ul.appendChild(li);
   }}
+  if (d.has_more) {{
+    cursor = String(d.cursor); more.dataset.cursor = cursor; more.hidden = false;
+  }}
   document.body.dataset.loaded = '1';
-}});
+}}
+more.addEventListener('click', load);
+load();
 </script></body></html>
 """
 

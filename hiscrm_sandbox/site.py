@@ -15,10 +15,38 @@ import qrcode
 from qrcode.image.pure import PyPNGImage
 
 from . import pages
-from .state import SiteState
+from .state import PAGE_SIZE, SiteState
 
 log = logging.getLogger(__name__)
 COOKIE = "sandbox_session"
+MAX_LIMIT = 1000  # items per list response
+MAX_BURST = 100_000  # items per bulk post
+
+
+def _int_arg(query: dict[str, list[str]], name: str, default: int, lo: int, hi: int) -> int | None:
+    """A query argument as an int in [lo, hi]; None when it is not one."""
+    raw = (query.get(name) or [str(default)])[0]
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value if lo <= value <= hi else None
+
+
+def list_response(
+    state: SiteState, kind: str, user_id: str, cursor: int = 0, limit: int = PAGE_SIZE
+) -> dict[str, Any]:
+    """The body of ``GET /api/comments`` or ``/api/dms``: the page at ``cursor`` of the
+    newest-first list, shaped like the creator centre's (``cursor`` / ``has_more`` /
+    ``total_count``); without a cursor, the newest ``limit`` items as always."""
+    page = state.page(kind, user_id, cursor, limit)
+    return {
+        "status_code": 0,
+        kind: page["items"],
+        "cursor": page["cursor"],
+        "has_more": page["has_more"],
+        "total_count": page["total_count"],
+    }
 
 
 def qr_png(data: str) -> bytes:
@@ -103,8 +131,12 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(401, {"status_code": 8, "status_msg": "not logged in"})
                 return
             kind = path.rsplit("/", 1)[1]
-            limit = int((query.get("limit") or ["50"])[0])
-            self._json(200, {"status_code": 0, kind: state.list_items(kind, user["uid"], limit)})
+            cursor = _int_arg(query, "cursor", 0, 0, 10**9)
+            limit = _int_arg(query, "limit", PAGE_SIZE, 1, MAX_LIMIT)
+            if cursor is None or limit is None:
+                self._json(400, {"status_code": 2, "status_msg": "bad cursor or limit"})
+                return
+            self._json(200, list_response(state, kind, user["uid"], cursor, limit))
         else:
             self._json(404, {"error": "not found"})
 
@@ -143,8 +175,18 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(400, {"error": "user_id and text are required"})
                 return
             kind = path.rsplit("/", 1)[1]
-            item = state.add_item(kind, user_id, text, str(body.get("author") or "fan"))
-            self._json(201, item)
+            author = str(body.get("author") or "fan")
+            if "count" not in body:
+                self._json(201, state.add_item(kind, user_id, text, author))
+                return
+            count = body["count"]
+            if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_BURST:
+                self._json(400, {"error": f"count must be an integer from 1 to {MAX_BURST}"})
+                return
+            # a burst: "TEXT 1" … "TEXT n", posted at once
+            texts = [f"{text} {i}" for i in range(1, count + 1)]
+            items = state.add_items(kind, user_id, texts, author)
+            self._json(201, {"count": len(items), "first": items[0]["id"], "last": items[-1]["id"]})
         else:
             self._json(404, {"error": "not found"})
 

@@ -1,4 +1,10 @@
-"""The sandbox site's state: users, QR logins, browser sessions, comments and DMs."""
+"""The sandbox site's state: users, QR logins, browser sessions, comments and DMs.
+
+Comment and DM lists are served like the creator centre's: newest first, one page per
+response, with ``cursor`` (the offset of the next page), ``has_more`` and
+``total_count``. An offset cursor shifts when items arrive between two pages, as the
+real site's does; the page after a shift repeats items, it never skips one.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 QrStatus = Literal["pending", "scanned", "confirmed", "expired"]
+PAGE_SIZE = 50  # items per response unless the caller asks for another ``limit``
 
 
 @dataclass
@@ -91,18 +98,44 @@ class SiteState:
             return self.users.get(uid) if uid else None
 
     def add_item(self, kind: str, user_id: str, text: str, author: str) -> dict[str, Any]:
-        with self.lock:
-            n = next(self._ids)
-            item = {
-                "id": f"{kind[0]}{n}",
-                "text": text,
-                "author": author,
-                "create_time": int(time.time()),
-                "seq": n,
-            }
-            self.items.setdefault((kind, user_id), []).append(item)
-            return item
+        return self.add_items(kind, user_id, [text], author)[0]
 
-    def list_items(self, kind: str, user_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    def add_items(
+        self, kind: str, user_id: str, texts: list[str], author: str
+    ) -> list[dict[str, Any]]:
+        """Post several items at once (a burst): one lock, so a reader sees all or none."""
         with self.lock:
-            return list(reversed(self.items.get((kind, user_id), [])[-limit:]))
+            now = int(time.time())
+            added = []
+            for text in texts:
+                n = next(self._ids)
+                added.append(
+                    {
+                        "id": f"{kind[0]}{n}",
+                        "text": text,
+                        "author": author,
+                        "create_time": now,
+                        "seq": n,
+                    }
+                )
+            self.items.setdefault((kind, user_id), []).extend(added)
+            return added
+
+    def list_items(self, kind: str, user_id: str, limit: int = PAGE_SIZE) -> list[dict[str, Any]]:
+        """The newest ``limit`` items, newest first."""
+        return self.page(kind, user_id, 0, limit)["items"]  # type: ignore[no-any-return]
+
+    def page(self, kind: str, user_id: str, cursor: int, limit: int = PAGE_SIZE) -> dict[str, Any]:
+        """The page at offset ``cursor`` of the newest-first list: ``items``, ``cursor``
+        (the next page's offset), ``has_more`` and ``total_count``."""
+        with self.lock:
+            kept = self.items.get((kind, user_id), [])
+            total = len(kept)
+            end = max(0, total - cursor)
+            items = list(reversed(kept[max(0, end - limit) : end]))
+            return {
+                "items": items,
+                "cursor": cursor + len(items),
+                "has_more": cursor + len(items) < total,
+                "total_count": total,
+            }

@@ -25,6 +25,10 @@ class MonitorTask:
     :meth:`swap` replaces the config in one assignment and wakes the loop, so a task
     waiting for login starts at once when ``platform_user_id`` arrives, and a shorter
     interval cuts a sleep short.
+
+    A crawl takes what is new since the last one, at most ``max_items_per_crawl`` per
+    list; what the platform had to leave is ``items_left`` in the report, and the next
+    crawls (at the usual interval: the bound is what keeps a crawl's work small) take it.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class MonitorTask:
         self.error: str | None = None
         self.crawls = 0
         self.items = 0
+        self.items_left = 0  # what the last crawl had to leave (see platforms.paging)
         self.last_crawl_at: datetime | None = None
         self._changed = anyio.Event()
 
@@ -67,6 +72,7 @@ class MonitorTask:
             error=self.error,
             crawls=self.crawls,
             items=self.items,
+            items_left=self.items_left,
             last_crawl_at=self.last_crawl_at,
         )
 
@@ -114,10 +120,15 @@ class MonitorTask:
     async def _crawl(self, config: AccountConfig) -> None:
         try:
             items: list[CrawledItem] = []
+            left = 0
             if config.crawl_comments:
-                items += await self.platform.fetch_comments(config)
+                got = await self.platform.fetch_comments(config)
+                items += got.items
+                left += got.left
             if config.crawl_dms:
-                items += await self.platform.fetch_dms(config)
+                got = await self.platform.fetch_dms(config)
+                items += got.items
+                left += got.left
         except PlatformError as exc:
             self._set_state("error", str(exc))
             return
@@ -128,6 +139,16 @@ class MonitorTask:
         self.crawls += 1
         self.items += len(items)
         self.last_crawl_at = utcnow()
+        if left and not self.items_left:
+            log.info(
+                "account %s: %d new items left for the next crawls (max_items_per_crawl %d)",
+                config.id,
+                left,
+                config.max_items_per_crawl,
+            )
+        elif self.items_left and not left:
+            log.info("account %s: caught up with the items left before", config.id)
+        self.items_left = left
         if items and self.on_items is not None:
             self.on_items(self, items)
         self._set_state("running")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -10,6 +11,7 @@ from hiscrm_bus.messages import CrawledItem
 
 __all__ = [
     "CrawledItem",
+    "Fetched",
     "LoginFailedError",
     "LoginReporter",
     "LoginResult",
@@ -34,6 +36,22 @@ class LoginResult:
     user_info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What one fetch of a list took: its new items, newest first, and how many new
+    items it saw but left for the next crawls because of ``max_items_per_crawl``.
+    Iterating it iterates the items."""
+
+    items: tuple[CrawledItem, ...] = ()
+    left: int = 0
+
+    def __iter__(self) -> Iterator[CrawledItem]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 class LoginReporter(Protocol):
     async def qr(self, png: bytes, refresh: int) -> None:
         """A QR code to scan was shown (``refresh`` counts replacements)."""
@@ -50,12 +68,12 @@ class Platform(Protocol):
         LoginFailedError when it cannot succeed."""
         ...
 
-    async def fetch_comments(self, account: AccountConfig) -> list[CrawledItem]:
-        """New comments on the account's content."""
+    async def fetch_comments(self, account: AccountConfig) -> Fetched:
+        """Comments new since the last fetch, at most ``account.max_items_per_crawl``."""
         ...
 
-    async def fetch_dms(self, account: AccountConfig) -> list[CrawledItem]:
-        """New direct messages to the account."""
+    async def fetch_dms(self, account: AccountConfig) -> Fetched:
+        """Direct messages new since the last fetch, at most ``max_items_per_crawl``."""
         ...
 
     async def release(self, account_id: str) -> None:

@@ -18,7 +18,7 @@ from hiscrm_bus.messages import CrawledItem
 
 from ..browser import BrowserPool
 from . import douyin_api as api
-from .base import LoginFailedError, LoginReporter, LoginResult, PlatformError
+from .base import Fetched, LoginFailedError, LoginReporter, LoginResult, PlatformError
 
 _LOGGED_IN = f"() => localStorage.getItem('{api.LOGIN_STORAGE_KEY}') === '1'"
 _FETCH_JSON = "async (p) => (await fetch(p, {credentials: 'include'})).json()"
@@ -87,15 +87,20 @@ class DouyinPlatform:
             raise PlatformError(f"douyin: response is not JSON ({exc})") from exc
         return parse(doc)
 
-    async def fetch_comments(self, account: AccountConfig) -> list[CrawledItem]:
-        return await self._from_page(
+    # One response per crawl, as before: paging these lists back to the newest item
+    # already taken (their ``cursor`` / ``has_more``, with .paging as the sandbox does)
+    # is issue 12. Until then a crawl takes the first page and reports nothing left.
+    async def fetch_comments(self, account: AccountConfig) -> Fetched:
+        items = await self._from_page(
             account, api.CREATOR_COMMENTS_URL, api.COMMENT_LIST_PATH, api.parse_comment_list
         )
+        return Fetched(tuple(items))
 
-    async def fetch_dms(self, account: AccountConfig) -> list[CrawledItem]:
-        return await self._from_page(
+    async def fetch_dms(self, account: AccountConfig) -> Fetched:
+        items = await self._from_page(
             account, api.CREATOR_MESSAGES_URL, api.MESSAGE_LIST_PATH, api.parse_message_list
         )
+        return Fetched(tuple(items))
 
     async def release(self, account_id: str) -> None:
         await self.pool.release(account_id)

@@ -1,11 +1,19 @@
 """The sandbox platform: the shipped sandbox site (``hiscrm sandbox serve``) driven in
-a real headless Chromium, exactly as a real platform would be."""
+a real headless Chromium, exactly as a real platform would be.
+
+Its comment and DM lists come a page at a time, newest first; a crawl opens the list,
+then clicks the page's "more" button for each older page, and takes the items from
+the responses the page receives, back to the newest item it already took and at most
+``max_items_per_crawl`` of them (:mod:`.paging` has the contract). A gap left at that
+bound is resumed later by opening the list at the gap's cursor (``/comments?cursor=N``).
+"""
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page
@@ -14,7 +22,8 @@ from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.messages import CrawledItem
 
 from ..browser import BrowserPool
-from .base import LoginFailedError, LoginReporter, LoginResult, PlatformError
+from .base import Fetched, LoginFailedError, LoginReporter, LoginResult, PlatformError
+from .paging import ListPage, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,39 @@ _FETCH_JSON = """async (path) => {
 }"""
 
 
+def list_page(kind: str, doc: Any) -> ListPage:
+    """One response of ``/api/comments`` or ``/api/dms``; ``seq`` orders the items."""
+    if not isinstance(doc, dict) or doc.get("status_code", 0) != 0:
+        raise PlatformError(f"sandbox {kind}: unexpected response")
+    raw = doc.get(kind) or []
+    if not isinstance(raw, list):
+        raise PlatformError(f"sandbox {kind}: {kind!r} is not a list")
+    entries = []
+    try:
+        for it in raw:
+            entries.append(
+                (
+                    int(it["seq"]),
+                    CrawledItem(
+                        kind="comment" if kind == "comments" else "dm",
+                        item_id=str(it["id"]),
+                        text=str(it.get("text", "")),
+                        author=str(it.get("author", "")),
+                        created_at=datetime.fromtimestamp(int(it["create_time"]), UTC),
+                    ),
+                )
+            )
+        total = doc.get("total_count")
+        return ListPage(
+            entries,
+            None if doc.get("cursor") is None else str(doc["cursor"]),
+            bool(doc.get("has_more")),
+            None if total is None else int(total),
+        )
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise PlatformError(f"sandbox {kind}: malformed item ({exc})") from exc
+
+
 def _navigating(exc: PlaywrightError) -> bool:
     text = exc.message.lower()
     return "context was destroyed" in text or "navigat" in text
@@ -49,7 +91,7 @@ class SandboxPlatform:
     def __init__(self, pool: BrowserPool, base_url: str) -> None:
         self.pool = pool
         self.base_url = base_url.rstrip("/")
-        self._seen: dict[tuple[str, str], int] = {}
+        self._lists = Tracker()
 
     async def login(self, account: AccountConfig, reporter: LoginReporter) -> LoginResult:
         ctx = await self.pool.context(account.id, account.proxy)
@@ -96,49 +138,46 @@ class SandboxPlatform:
                 f"sandbox site unreachable at {self.base_url}: {exc.message.splitlines()[0]}"
             ) from exc
 
-    async def _fetch(self, account: AccountConfig, kind: str) -> list[CrawledItem]:
-        """Open the page and take the items from the response the page itself receives."""
+    async def _fetch(self, account: AccountConfig, kind: str) -> Fetched:
+        """Page through the list as the page itself does, taking the items from the
+        responses it receives (paging contract: :mod:`.paging`)."""
         page = await self.pool.page(account.id, account.proxy)
-        try:
+        shown: str | None = None  # the cursor the page's "more" button asks for next
+
+        async def read(cursor: str | None) -> ListPage:
+            nonlocal shown
             async with page.expect_response(
                 lambda r: r.url.split("?")[0].endswith(f"/api/{kind}"), timeout=15_000
             ) as info:
-                await self._goto(page, f"/{kind}")
+                if cursor is None:
+                    await self._goto(page, f"/{kind}")
+                elif cursor == shown:
+                    await page.locator(f'#more[data-cursor="{cursor}"]').click(timeout=15_000)
+                else:  # a gap's cursor from an earlier crawl: open the list there
+                    await self._goto(page, f"/{kind}?cursor={quote(cursor)}")
             response = await info.value
             if response.status == 401:
                 raise PlatformError(
                     f"sandbox session of {account.id} is not logged in: "
                     f"run `hiscrm login {account.id}`"
                 )
-            doc: dict[str, Any] = await response.json()
+            if response.status != 200:
+                raise PlatformError(f"sandbox {kind}: HTTP {response.status} at {response.url}")
+            got = list_page(kind, await response.json())
+            shown = got.next_cursor if got.has_more else None
+            return got
+
+        try:
+            return await self._lists.fetch(account, kind, read)
         except PlaywrightError as exc:
             raise PlatformError(f"sandbox {kind}: {exc.message.splitlines()[0]}") from exc
-        seen = self._seen.get((account.id, kind), 0)
-        items, newest = [], seen
-        for raw in doc.get(kind, []):
-            seq = int(raw.get("seq", 0))
-            if seq <= seen:
-                continue
-            newest = max(newest, seq)
-            items.append(
-                CrawledItem(
-                    kind="comment" if kind == "comments" else "dm",
-                    item_id=str(raw["id"]),
-                    text=str(raw.get("text", "")),
-                    author=str(raw.get("author", "")),
-                    created_at=datetime.fromtimestamp(int(raw["create_time"]), UTC),
-                )
-            )
-        self._seen[(account.id, kind)] = newest
-        return items
 
-    async def fetch_comments(self, account: AccountConfig) -> list[CrawledItem]:
+    async def fetch_comments(self, account: AccountConfig) -> Fetched:
         return await self._fetch(account, "comments")
 
-    async def fetch_dms(self, account: AccountConfig) -> list[CrawledItem]:
+    async def fetch_dms(self, account: AccountConfig) -> Fetched:
         return await self._fetch(account, "dms")
 
     async def release(self, account_id: str) -> None:
-        for kind in ("comments", "dms"):
-            self._seen.pop((account_id, kind), None)
+        self._lists.forget(account_id)
         await self.pool.release(account_id)

@@ -12,7 +12,7 @@ import itertools
 from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.messages import CrawledItem, utcnow
 
-from .base import LoginFailedError, LoginReporter, LoginResult, PlatformError
+from .base import Fetched, LoginFailedError, LoginReporter, LoginResult, PlatformError
 
 
 class SyntheticPlatform:
@@ -26,22 +26,23 @@ class SyntheticPlatform:
             "unsupported", "the synthetic platform has no login page; use login-success"
         )
 
-    async def fetch_comments(self, account: AccountConfig) -> list[CrawledItem]:
+    async def fetch_comments(self, account: AccountConfig) -> Fetched:
+        # one new comment per crawl: never more than max_items_per_crawl (at least 1),
+        # so nothing is ever left and there is nothing to page
         if not account.platform_user_id:
             raise PlatformError("synthetic: not logged in")
         n = next(self._counters.setdefault(account.id, itertools.count(1)))
-        return [
-            CrawledItem(
-                kind="comment",
-                item_id=f"{account.platform_user_id}-c{n}",
-                text=f"generated comment {n}",
-                author="synthetic-fan",
-                created_at=utcnow(),
-            )
-        ]
+        item = CrawledItem(
+            kind="comment",
+            item_id=f"{account.platform_user_id}-c{n}",
+            text=f"generated comment {n}",
+            author="synthetic-fan",
+            created_at=utcnow(),
+        )
+        return Fetched((item,))
 
-    async def fetch_dms(self, account: AccountConfig) -> list[CrawledItem]:
-        return []
+    async def fetch_dms(self, account: AccountConfig) -> Fetched:
+        return Fetched()
 
     async def release(self, account_id: str) -> None:
         self._counters.pop(account_id, None)

@@ -10,6 +10,7 @@ import pytest
 from hiscrm_bus.accounts import MISSING_USER_ID, AccountConfig
 from hiscrm_bus.messages import utcnow
 from hiscrm_worker.platforms import CrawledItem, PlatformError
+from hiscrm_worker.platforms.base import Fetched
 from hiscrm_worker.runner import TaskRunner
 from hiscrm_worker.task import MonitorTask
 
@@ -25,18 +26,21 @@ class RecordingPlatform:
         self.fail_with: str | None = None
         self.released: list[str] = []
         self.released_event = anyio.Event()
+        self.left: list[int] = []  # what each crawl of comments says it left
+        self.dms_left = 0
 
-    async def fetch_comments(self, account: AccountConfig) -> list[CrawledItem]:
+    async def fetch_comments(self, account: AccountConfig) -> Fetched:
         self.crawls.append(account)
         self.crawled.set()
         self.crawled = anyio.Event()
         if self.fail_with:
             raise PlatformError(self.fail_with)
         n = len(self.crawls)
-        return [CrawledItem(kind="comment", item_id=f"c{n}", text="hi", created_at=utcnow())]
+        item = CrawledItem(kind="comment", item_id=f"c{n}", text="hi", created_at=utcnow())
+        return Fetched((item,), self.left.pop(0) if self.left else 0)
 
-    async def fetch_dms(self, account: AccountConfig) -> list[CrawledItem]:
-        return []
+    async def fetch_dms(self, account: AccountConfig) -> Fetched:
+        return Fetched((), self.dms_left)
 
     async def login(self, account: AccountConfig, reporter: object) -> object:
         raise PlatformError("no login here")
@@ -142,3 +146,22 @@ async def test_stop_cancels_the_task(runner) -> None:
     with anyio.move_on_after(0.3):
         await platform.crawled.wait()
     assert len(platform.crawls) == count
+
+
+async def test_the_report_says_how_many_items_the_last_crawl_left(runner) -> None:
+    r, platform, states = runner
+    platform.left = [910, 10]
+    platform.dms_left = 3
+    reported: list[int] = []  # items_left as each crawl hands its items over
+    r.on_items = lambda task, items: reported.append(task.report().items_left)
+    task = r.apply(config(platform_user_id="u", monitor_interval_s=3600))
+    await states.wait_for(task, "running")
+    assert reported == [913]  # comments and DMs
+    r.apply(config(platform_user_id="u", monitor_interval_s=0.05, config_version=2))
+    with anyio.fail_after(5):
+        while task.crawls < 3:
+            await platform.crawled.wait()
+    assert reported[:3] == [913, 13, 3]  # the comments caught up; the DMs' 3 remain
+    platform.fail_with = "page did not load"
+    await states.wait_for(task, "error")
+    assert task.report().items_left == 3  # a failed crawl does not pretend to catch up

@@ -1,0 +1,224 @@
+"""Bursts are not lost (issue 15, finding 5): the crawler pages the sandbox site's lists
+in headless Chromium back to the newest item it already took, at most
+``max_items_per_crawl`` a crawl, says how many it left, and takes them later.
+
+In-process first (the platform against the site, timed), then through real master and
+worker processes on a real Redis, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import pytest
+
+from hiscrm_bus.accounts import AccountConfig
+from hiscrm_sandbox.site import SandboxServer, serve
+from hiscrm_worker.browser import BrowserPool
+from hiscrm_worker.platforms.sandbox import SandboxPlatform
+from tests.browser.conftest import Site
+from tests.e2e.stack import Stack, wait_for
+
+USER = "1864722759"
+
+
+# in-process: the platform, Chromium and the site
+
+
+class Reporter:
+    def __init__(self) -> None:
+        self.qr_shown = anyio.Event()
+
+    async def qr(self, png: bytes, refresh: int) -> None:
+        self.qr_shown.set()
+
+    async def progress(self, status: Literal["page_opened", "scanned"]) -> None:
+        pass
+
+
+@pytest.fixture
+def site() -> Iterator[SandboxServer]:
+    server = serve("127.0.0.1", 0, 60, 3)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+async def platform(site: SandboxServer, tmp_path: Path) -> AsyncIterator[SandboxPlatform]:
+    pool = BrowserPool("/usr/bin/chromium", tmp_path, lambda account, what: None)
+    yield SandboxPlatform(pool, site.base_url)
+    await pool.close()
+
+
+async def _logged_in(site: SandboxServer, platform: SandboxPlatform, limit: int) -> AccountConfig:
+    account = AccountConfig(id="acc-1", platform="sandbox", max_items_per_crawl=limit)
+    reporter = Reporter()
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(platform.login, account, reporter)
+            await reporter.qr_shown.wait()
+            assert site.state.scan(USER, "fan", None, confirm=True) is not None
+    return account.model_copy(update={"platform_user_id": USER})
+
+
+def _ids(n: int, m: int) -> list[str]:
+    """Comment ids c{n} down to c{m}, newest first."""
+    return [f"c{i}" for i in range(n, m - 1, -1)]
+
+
+async def test_the_platform_pages_a_burst_in_chromium(
+    site: SandboxServer, platform: SandboxPlatform
+) -> None:
+    account = await _logged_in(site, platform, 1000)
+    assert list(await platform.fetch_comments(account)) == []  # nothing yet
+    site.state.add_items("comments", USER, [f"burst {i}" for i in range(1, 1011)], "fan")
+    started = time.perf_counter()
+    got = await platform.fetch_comments(account)
+    took = time.perf_counter() - started
+    assert [i.item_id for i in got] == _ids(1010, 11)
+    assert got.left == 10
+    print(f"\n1,010 comments: 1,000 taken from 21 pages in {took:.2f} s")
+    # the next crawl opens the list at the cursor where the bound stopped
+    got = await platform.fetch_comments(account)
+    assert [i.item_id for i in got] == _ids(10, 1)
+    assert got.left == 0
+    site.state.add_items("comments", USER, ["later"] * 3, "fan")
+    got = await platform.fetch_comments(account.model_copy(update={"max_items_per_crawl": 2}))
+    assert [i.item_id for i in got] == ["c1013", "c1012"] and got.left == 1
+    got = await platform.fetch_comments(account)
+    assert [i.item_id for i in got] == ["c1011"] and got.left == 0
+    # DMs are paged the same way, on their own
+    site.state.add_items("dms", USER, ["hi"] * 120, "fan")
+    got = await platform.fetch_dms(account)
+    assert len(got) == 120 and got.left == 0  # a first crawl of the DMs: the newest 120
+
+
+# real processes: what a user sees
+
+
+def _login(stack: Stack, site: Site) -> None:
+    login = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hiscrm_cli",
+            "--log-level",
+            "warning",
+            "login",
+            "acc-1",
+            "--timeout",
+            "60",
+            "--qr-dir",
+            str(stack.workdir / "qr"),
+        ],
+        env=stack.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert login.stdout is not None
+    shown = ""
+    for line in login.stdout:
+        shown += line
+        if "QR code" in line:
+            break
+    _sandbox(site, "scan", "--user-id", USER)
+    out, _ = login.communicate(timeout=60)
+    assert login.returncode == 0, shown + out
+
+
+def _sandbox(site: Site, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "hiscrm_cli", "sandbox", *args, "--url", site.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def _running(stack: Stack, site: Site, max_items: int, interval: str) -> dict[str, Any]:
+    """A logged-in sandbox account whose first crawl found the list empty."""
+    stack.extra_env["HISCRM_SANDBOX_URL"] = site.url
+    stack.master()
+    stack.worker("w1")
+    stack.add("acc-1", interval=interval, platform="sandbox")
+    stack.cli("account", "set", "acc-1", f"max_items_per_crawl={max_items}", "--wait", check=True)
+    stack.wait_task("w1", "acc-1", "waiting_login")
+    _login(stack, site)
+    return wait_for(lambda: _task(stack, lambda t: t["crawls"] >= 1), what="the first crawl")
+
+
+def _task(stack: Stack, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    task = stack.task("w1", "acc-1")
+    return task if task and task["state"] == "running" and ok(task) else None
+
+
+def _stored(stack: Stack) -> list[str]:
+    """The stored comment ids, newest first (ids break the ties of one second)."""
+    ids = stack.r.zrange(stack.keys.items("acc-1", "comments"), 0, -1)
+    return sorted(ids, key=lambda i: -int(i[1:]))
+
+
+def _batches(stack: Stack) -> list[list[str]]:
+    """The comment ids of each crawl batch the worker sent, in order."""
+    entries = stack.r.xrange(stack.keys.worker_stream("w1", "ingest"))
+    batches = [json.loads(fields["msg"])["items"] for _id, fields in entries]
+    return [[i["item_id"] for i in b if i["kind"] == "comment"] for b in batches]
+
+
+def test_a_burst_of_1010_is_stored_up_to_the_cap_and_the_rest_is_fetched(
+    browser_stack: Stack, site_factory: Callable[..., Site]
+) -> None:
+    stack, site = browser_stack, site_factory()
+    _running(stack, site, max_items=1000, interval="1.5")
+    posted = time.monotonic()
+    assert "1010 comments (c1 … c1010) posted" in _sandbox(
+        site, "post-comment", "burst", "--user-id", USER, "--count", "1010"
+    )
+    # the next crawl pages back through 21 pages and takes 1,000: the bound; its report
+    # says 10 are left
+    wait_for(lambda: _task(stack, lambda t: t["items_left"] == 10), what="10 left")
+    wait_for(lambda: len(_stored(stack)) == 1000, what="1,000 stored")
+    stored_in = time.monotonic() - posted
+    assert _stored(stack) == _ids(1010, 11)
+    # the crawl after takes the 10 it left (one crawl each: the worker's batches); the
+    # store, at its cap of 1,000 a kind, keeps the newest 1,000 and refuses the older
+    wait_for(lambda: _batches(stack) == [_ids(1010, 11), _ids(10, 1)], what="the 10 fetched")
+    wait_for(lambda: _task(stack, lambda t: t["items_left"] == 0), what="none left")
+    assert _stored(stack) == _ids(1010, 11)
+    data = json.loads(stack.cli("data", "acc-1", "--json", "--limit", "1000", check=True).stdout)
+    assert sorted(i["item_id"] for i in data["items"]) == sorted(_ids(1010, 11))
+    assert stack.task("w1", "acc-1")["error"] is None
+    print(f"\n1,010 posted at once: 1,000 stored {stored_in:.2f} s later (crawl interval 1.5 s)")
+
+
+def test_a_small_bound_leaves_items_that_later_crawls_store(
+    browser_stack: Stack, site_factory: Callable[..., Site]
+) -> None:
+    stack, site = browser_stack, site_factory()
+    _running(stack, site, max_items=100, interval="1.5")
+    posted = time.monotonic()
+    _sandbox(site, "post-comment", "burst", "--user-id", USER, "--count", "950")
+    # the first crawl after the burst takes the newest 100 and says 850 are left
+    wait_for(lambda: _task(stack, lambda t: t["items_left"] == 850), what="850 left")
+    wait_for(lambda: _stored(stack)[:100] == _ids(950, 851), what="the newest 100 stored")
+    # each later crawl takes the next 100, newest first, until none is left: ten crawls
+    wait_for(lambda: len(_stored(stack)) == 950, timeout=60, what="950 stored")
+    took = time.monotonic() - posted
+    assert _stored(stack) == _ids(950, 1)  # all of them, each once
+    assert _batches(stack) == [_ids(950 - 100 * k, max(1, 851 - 100 * k)) for k in range(10)]
+    wait_for(lambda: _task(stack, lambda t: t["items_left"] == 0), what="none left")
+    print(f"\n950 posted at once, 100 a crawl: all stored {took:.2f} s later in 10 crawls")

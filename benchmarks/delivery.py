@@ -88,6 +88,7 @@ _prefixes = itertools.count()
 SMOKE_SIZES: dict[str, Any] = {
     "latency_n": 20,
     "warmup": 5,
+    "idle_workers": 3,
     "workers": 4,
     "accounts_per_worker": 1,
     "updates": 40,
@@ -272,7 +273,9 @@ class FloorRoundTrip:
         await aclose_all(self.master, self.worker, self.sub)
 
 
-async def bench_latency(url: str, n: int, warmup: int, workdir: Path) -> dict[str, Any]:  # noqa: PLR0915 - one measurement, read top to bottom
+async def bench_latency(  # noqa: PLR0915 - one measurement, read top to bottom
+    url: str, n: int, warmup: int, workdir: Path, idle_workers: int = 0
+) -> dict[str, Any]:
     p = prefix("latency")
     msettings = MasterSettings(redis_url=url, key_prefix=p, master_id="bench-master")
     wsettings = WorkerSettings(
@@ -289,6 +292,11 @@ async def bench_latency(url: str, n: int, warmup: int, workdir: Path) -> dict[st
     worker = Worker(wsettings, wredis)
     updates = Updates(credis, msettings, "bench")
     floor = FloorRoundTrip(url)
+    # a fleet around the one worker measured: registered, alive, idle (the Master reads
+    # every known worker's streams)
+    registry = WorkerRegistry(credis, msettings.keys)
+    for k in range(idle_workers):
+        await registry.heartbeat(WorkerInfo(id=f"idle-w{k}"), ttl_s=3600)
 
     # instrumentation only: when the Master's ACK handler sees each update, and returns
     seen: dict[str, float] = {}
@@ -370,6 +378,7 @@ async def bench_latency(url: str, n: int, warmup: int, workdir: Path) -> dict[st
     return {
         "n": n,
         "warmup": warmup,
+        "idle_workers": idle_workers,
         "statuses": dict(statuses),
         "floor": dist(floor_s),
         "published": dist([published[u] for u in ids]),
@@ -927,6 +936,8 @@ def report_latency(r: dict[str, Any], t: Table, notes: list[str], says: list[str
     lat = r.get("latency")
     if lat:
         f = lat["floor"]
+        idle = lat.get("idle_workers", 0)
+        one = f"1 worker (+{idle} idle)" if idle else "1 worker"
         for key, label, budget in (
             ("pub_ack_seen", "PUBLISH → ACK seen by the Master", "≤ 1.5×"),
             ("ack_seen", "change() → ACK seen by the Master", ""),
@@ -935,10 +946,10 @@ def report_latency(r: dict[str, Any], t: Table, notes: list[str], says: list[str
         ):
             d = lat[key]
             for q in ("p50", "p99"):
-                t.add(f"1 worker, {label}, {q}", ms(d[q]), ms(f[q]), x(ratio(d[q], f[q])), budget)
+                t.add(f"{one}, {label}, {q}", ms(d[q]), ms(f[q]), x(ratio(d[q], f[q])), budget)
         rec = lat["recorded"]
         t.add(
-            "1 worker, tracker latency_ms p50 / p99",
+            f"{one}, tracker latency_ms p50 / p99",
             f"{rec['p50']:.0f} / {rec['p99']:.0f} ms",
             "",
             "",
@@ -946,7 +957,16 @@ def report_latency(r: dict[str, Any], t: Table, notes: list[str], says: list[str
         )
         notes.append(
             f"latency: {lat['n']} interleaved round trips each, after {lat['warmup']} unmeasured; "
-            f"outcomes {lat['statuses']}; `Updates.change` alone (HGETALL + versioned write, "
+            f"outcomes {lat['statuses']}; {idle} more workers registered, idle"
+            + (
+                " (the floor shares the event loop with the Master, which names every "
+                "worker's stream in each read it issues: compare absolute times with a run "
+                "without them)"
+                if idle
+                else ""
+            )
+            + "; "
+            f"`Updates.change` alone (HGETALL + versioned write, "
             f"pending record, PUBLISH) p50 {ms(lat['published']['p50'])}, p99 "
             f"{ms(lat['published']['p99'])}; the floor's clock starts at its HSET+PUBLISH "
             "pipeline."
@@ -1171,7 +1191,9 @@ async def run_all(
         if "latency" in args.only:
             print(f"1/4 latency: {args.latency_n} round trips each (+{args.warmup} warm-up) …")
             with anyio.fail_after(600):
-                results["latency"] = await bench_latency(url, args.latency_n, args.warmup, workdir)
+                results["latency"] = await bench_latency(
+                    url, args.latency_n, args.warmup, workdir, args.idle_workers
+                )
             flush.flushall()
         if "throughput" in args.only:
             print(f"2/4 throughput: {args.updates} updates across {args.workers} workers …")
@@ -1203,6 +1225,12 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--latency-n", type=int, default=500, help="round trips measured (each side)")
     ap.add_argument("--warmup", type=int, default=50, help="round trips not measured")
+    ap.add_argument(
+        "--idle-workers",
+        type=int,
+        default=0,
+        help="more workers registered (alive, idle) in the latency run, as in a fleet",
+    )
     ap.add_argument("--workers", type=int, default=100, help="workers in the throughput run")
     ap.add_argument("--accounts-per-worker", type=int, default=1)
     ap.add_argument("--updates", type=int, default=2000, help="updates in the throughput run")

@@ -97,7 +97,7 @@ class StreamReader:
         block_ms: int = 1000,
         count: int = 100,
         discover: Discover | None = None,
-        refresh_s: float = 0.5,
+        refresh_s: float = 0.25,
     ) -> None:
         self.redis = redis
         self.settings = settings
@@ -247,22 +247,27 @@ class StreamReader:
             self.episode.ok()
 
     async def _claim_idle(self, handler: ReceivedHandler) -> None:
+        """Claim what dead consumers left idle, every stream's first page in one round
+        trip (the check runs inside the read loop: it must not stall it)."""
         min_idle = int(self.settings.claim_idle_s * 1000)
-        for stream in list(self._grouped):
-            cursor = "0-0"
-            while True:
-                reply = await call(
-                    self.redis.xautoclaim(
+        cursors = dict.fromkeys(self._grouped, "0-0")
+        while cursors:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream, cursor in cursors.items():
+                    pipe.xautoclaim(
                         stream, self.group, self.consumer, min_idle, cursor, count=self.count
                     )
-                )
+                replies = await call(pipe.execute())
+            following: dict[str, str] = {}
+            for stream, reply in zip(list(cursors), replies, strict=True):
                 cursor, claimed = _s(reply[0]), reply[1]
                 entries = [(stream, e[0], e[1]) for e in claimed if e and e[1] is not None]
                 if entries:
                     log.info("stream %s: claimed %d idle entries", stream, len(entries))
                     await self._process(entries, handler)
-                if cursor == "0-0":
-                    break
+                if cursor != "0-0":
+                    following[stream] = cursor
+            cursors = following
 
     async def _process(self, entries: list[Entry], handler: ReceivedHandler) -> None:
         if not entries:

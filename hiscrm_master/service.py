@@ -90,7 +90,10 @@ class Master:
             ids = await self.assigner.registry.ids()
             return {self.keys.worker_stream(w, kind): w for w in ids}
 
-        return StreamReader(self.redis, self.settings, None, group, self.id, discover=discover)
+        # a short block: a newly registered worker's streams join the read soon
+        return StreamReader(
+            self.redis, self.settings, None, group, self.id, discover=discover, block_ms=500
+        )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         log.info("master %s starting", self.id)

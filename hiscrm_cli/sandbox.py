@@ -13,6 +13,7 @@ from hiscrm_sandbox.site import MAX_BURST
 from hiscrm_sandbox.site import serve as make_server
 
 from .common import EXIT_FAILED, EXIT_USAGE, console, fail
+from .terminal import safe
 
 app = typer.Typer(help="The offline sandbox platform site.", no_args_is_help=True)
 Url = Annotated[
@@ -70,6 +71,16 @@ def scan(
     """Scan the newest pending QR code, as the phone app would."""
     doc = _post(url, "/api/scan", {"user_id": user_id, "nickname": nickname, "confirm": confirm})
     console.print(f"scanned login {doc['token']}: {doc['status']}")
+
+
+@app.command()
+def expire(
+    user_id: Annotated[str, typer.Option(help="Whose browser sessions end.")],
+    url: Url = DEFAULT_URL,
+) -> None:
+    """End a user's browser sessions, as the platform does when a login expires."""
+    doc = _post(url, "/api/sessions/expire", {"user_id": user_id})
+    console.print(f"{doc['expired']} session(s) of {safe(user_id)} expired")
 
 
 Count = Annotated[

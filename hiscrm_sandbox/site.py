@@ -168,6 +168,12 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(404, {"error": "no login is waiting for a scan"})
             else:
                 self._json(200, {"token": login.token, "status": login.status})
+        elif path == "/api/sessions/expire":
+            user_id = str(body.get("user_id") or "").strip()
+            if not user_id:
+                self._json(400, {"error": "user_id is required"})
+                return
+            self._json(200, {"expired": state.expire_sessions(user_id)})
         elif path in ("/api/comments", "/api/dms"):
             user_id = str(body.get("user_id") or "").strip()
             text = str(body.get("text") or "")

@@ -92,6 +92,15 @@ class SiteState:
                 self.sessions[login.session_id] = user_id
             return login
 
+    def expire_sessions(self, user_id: str) -> int:
+        """End every browser session of the user (as a platform does when a login
+        expires); returns how many there were."""
+        with self.lock:
+            gone = [sid for sid, uid in self.sessions.items() if uid == user_id]
+            for sid in gone:
+                del self.sessions[sid]
+            return len(gone)
+
     def user_of(self, session_id: str | None) -> dict[str, Any] | None:
         with self.lock:
             uid = self.sessions.get(session_id or "")

@@ -12,7 +12,7 @@ from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.workers import TaskReport
 
 from .platforms import Platform
-from .task import ItemSink, MonitorTask, StateListener
+from .task import ExpiryListener, ItemSink, MonitorTask, StateListener
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,12 @@ class TaskRunner:
         platforms: dict[str, Platform],
         on_state: StateListener,
         on_items: ItemSink | None = None,
+        on_expired: ExpiryListener | None = None,
     ) -> None:
         self.platforms = platforms
         self.on_state = on_state
         self.on_items = on_items
+        self.on_expired = on_expired
         self._tasks: dict[str, _Running] = {}
         self._tg: TaskGroup | None = None
 
@@ -73,7 +75,7 @@ class TaskRunner:
         if self._tg is None:
             raise RuntimeError("TaskRunner is not running")
         platform = self.platforms[config.platform]
-        task = MonitorTask(config, platform, self.on_state, self.on_items)
+        task = MonitorTask(config, platform, self.on_state, self.on_items, self.on_expired)
         scope = anyio.CancelScope()
         self._tasks[config.id] = _Running(task, scope)
         self._tg.start_soon(self._run_task, task, scope, name=f"monitor:{config.id}")

@@ -34,6 +34,7 @@ from hiscrm_bus.messages import (
     CrawlBatch,
     DeadLetterReport,
     DecodeError,
+    LoginExpired,
     LoginRequest,
     Message,
     utcnow,
@@ -107,7 +108,9 @@ class Worker:
         )
         self.pool = BrowserPool(chromium, settings.data_dir, self._on_recover, vault)
         self.platforms = build_platforms(settings.platforms, self.pool, settings.sandbox_url)
-        self.runner = TaskRunner(self.platforms, self._on_task_state, self._on_items)
+        self.runner = TaskRunner(
+            self.platforms, self._on_task_state, self._on_items, self._on_expired
+        )
         self.logins = LoginRunner(self)
         self.subscription = ControlSubscription(
             settings, self.id, self.handle, self.reconcile, _OutboxDeadLetters(self)
@@ -424,6 +427,12 @@ class Worker:
         task = self.runner.get(account_id)
         if task is not None:
             self._on_task_state(task, what)
+
+    def _on_expired(self, task: MonitorTask, reason: str) -> None:
+        expired = LoginExpired(
+            sender=self.id, account_id=task.account_id, worker_id=self.id, reason=clip(reason)
+        )
+        self.send("events", expired)
 
     def _on_items(self, task: MonitorTask, items: list[CrawledItem]) -> None:
         for start in range(0, len(items), INGEST_BATCH):

@@ -12,11 +12,12 @@ from hiscrm_bus.accounts import MISSING_USER_ID, AccountConfig
 from hiscrm_bus.messages import TaskState, utcnow
 from hiscrm_bus.workers import TaskReport
 
-from .platforms import CrawledItem, Platform, PlatformError
+from .platforms import CrawledItem, Platform, PlatformError, SessionExpired
 
 log = logging.getLogger(__name__)
 StateListener = Callable[["MonitorTask"], None]
 ItemSink = Callable[["MonitorTask", list[CrawledItem]], None]
+ExpiryListener = Callable[["MonitorTask", str], None]
 
 
 class MonitorTask:
@@ -37,11 +38,15 @@ class MonitorTask:
         platform: Platform,
         on_state: StateListener,
         on_items: ItemSink | None = None,
+        on_expired: ExpiryListener | None = None,
     ) -> None:
         self.config = config
         self.platform = platform
         self.on_state = on_state
         self.on_items = on_items
+        self.on_expired = on_expired
+        # the version whose session the platform refused: no retries until it changes
+        self._expired_version: int | None = None
         self.state: TaskState = "starting"
         self.error: str | None = None
         self.crawls = 0
@@ -99,7 +104,11 @@ class MonitorTask:
                     self._set_state("disabled")
                     await changed.wait()
                     continue
-                if not config.platform_user_id:
+                if (
+                    not config.platform_user_id
+                    or config.login_status == "expired"
+                    or config.config_version == self._expired_version
+                ):
                     self._set_state("waiting_login", MISSING_USER_ID)
                     await changed.wait()
                     last_crawl = None  # logged in now: crawl at once
@@ -129,6 +138,14 @@ class MonitorTask:
                 got = await self.platform.fetch_dms(config)
                 items += got.items
                 left += got.left
+        except SessionExpired as exc:
+            # a dead session is not retried: the Master records the expiry as an update
+            # and the task waits for a login, like one that never had one
+            self._expired_version = config.config_version
+            log.warning("account %s: %s", config.id, exc)
+            if self.on_expired is not None:
+                self.on_expired(self, str(exc))
+            return
         except PlatformError as exc:
             self._set_state("error", str(exc))
             return
@@ -152,3 +169,4 @@ class MonitorTask:
         if items and self.on_items is not None:
             self.on_items(self, items)
         self._set_state("running")
+        await self.platform.after_crawl(config)

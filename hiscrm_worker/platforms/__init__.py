@@ -14,6 +14,7 @@ from .base import (
     LoginResult,
     Platform,
     PlatformError,
+    SessionExpired,
 )
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "LoginResult",
     "Platform",
     "PlatformError",
+    "SessionExpired",
     "build_platforms",
     "registry",
 ]

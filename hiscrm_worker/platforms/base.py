@@ -17,11 +17,17 @@ __all__ = [
     "LoginResult",
     "Platform",
     "PlatformError",
+    "SessionExpired",
 ]
 
 
 class PlatformError(Exception):
     """The platform could not do what was asked; the task reports it and goes on."""
+
+
+class SessionExpired(PlatformError):
+    """The platform no longer accepts the account's session (sent to the login page, or
+    an API's not-logged-in answer): it needs a new login, not another try."""
 
 
 class LoginFailedError(PlatformError):
@@ -74,6 +80,10 @@ class Platform(Protocol):
 
     async def fetch_dms(self, account: AccountConfig) -> Fetched:
         """Direct messages new since the last fetch, at most ``max_items_per_crawl``."""
+        ...
+
+    async def after_crawl(self, account: AccountConfig) -> None:
+        """A crawl went well: keep what it changed of the session (its cookies)."""
         ...
 
     async def release(self, account_id: str) -> None:

@@ -18,7 +18,14 @@ from hiscrm_bus.messages import CrawledItem
 
 from ..browser import BrowserPool
 from . import douyin_api as api
-from .base import Fetched, LoginFailedError, LoginReporter, LoginResult, PlatformError
+from .base import (
+    Fetched,
+    LoginFailedError,
+    LoginReporter,
+    LoginResult,
+    PlatformError,
+    SessionExpired,
+)
 
 _LOGGED_IN = f"() => localStorage.getItem('{api.LOGIN_STORAGE_KEY}') === '1'"
 _FETCH_JSON = "async (p) => (await fetch(p, {credentials: 'include'})).json()"
@@ -79,7 +86,7 @@ class DouyinPlatform:
                 await page.goto(url, timeout=30_000)
             response = await info.value
             if response.status in (401, 403):
-                raise PlatformError(f"douyin session of {account.id} expired: log in again")
+                raise SessionExpired(f"douyin session of {account.id} expired: log in again")
             doc = await response.json()
         except PlaywrightError as exc:
             raise PlatformError(f"douyin: {exc.message.splitlines()[0]}") from exc
@@ -101,6 +108,9 @@ class DouyinPlatform:
             account, api.CREATOR_MESSAGES_URL, api.MESSAGE_LIST_PATH, api.parse_message_list
         )
         return Fetched(tuple(items))
+
+    async def after_crawl(self, account: AccountConfig) -> None:
+        await self.pool.checkpoint(account.id)
 
     async def release(self, account_id: str) -> None:
         await self.pool.release(account_id)

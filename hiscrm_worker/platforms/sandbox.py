@@ -22,7 +22,14 @@ from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.messages import CrawledItem
 
 from ..browser import BrowserPool
-from .base import Fetched, LoginFailedError, LoginReporter, LoginResult, PlatformError
+from .base import (
+    Fetched,
+    LoginFailedError,
+    LoginReporter,
+    LoginResult,
+    PlatformError,
+    SessionExpired,
+)
 from .paging import ListPage, Tracker
 
 log = logging.getLogger(__name__)
@@ -157,7 +164,7 @@ class SandboxPlatform:
                     await self._goto(page, f"/{kind}?cursor={quote(cursor)}")
             response = await info.value
             if response.status == 401:
-                raise PlatformError(
+                raise SessionExpired(
                     f"sandbox session of {account.id} is not logged in: "
                     f"run `hiscrm login {account.id}`"
                 )
@@ -177,6 +184,9 @@ class SandboxPlatform:
 
     async def fetch_dms(self, account: AccountConfig) -> Fetched:
         return await self._fetch(account, "dms")
+
+    async def after_crawl(self, account: AccountConfig) -> None:
+        await self.pool.checkpoint(account.id)
 
     async def release(self, account_id: str) -> None:
         self._lists.forget(account_id)

@@ -44,5 +44,8 @@ class SyntheticPlatform:
     async def fetch_dms(self, account: AccountConfig) -> Fetched:
         return Fetched()
 
+    async def after_crawl(self, account: AccountConfig) -> None:
+        return None  # no session to keep
+
     async def release(self, account_id: str) -> None:
         self._counters.pop(account_id, None)

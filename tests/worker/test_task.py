@@ -9,7 +9,7 @@ import pytest
 
 from hiscrm_bus.accounts import MISSING_USER_ID, AccountConfig
 from hiscrm_bus.messages import utcnow
-from hiscrm_worker.platforms import CrawledItem, PlatformError
+from hiscrm_worker.platforms import CrawledItem, PlatformError, SessionExpired
 from hiscrm_worker.platforms.base import Fetched
 from hiscrm_worker.runner import TaskRunner
 from hiscrm_worker.task import MonitorTask
@@ -28,11 +28,15 @@ class RecordingPlatform:
         self.released_event = anyio.Event()
         self.left: list[int] = []  # what each crawl of comments says it left
         self.dms_left = 0
+        self.expire = False
+        self.checkpoints = 0
 
     async def fetch_comments(self, account: AccountConfig) -> Fetched:
         self.crawls.append(account)
         self.crawled.set()
         self.crawled = anyio.Event()
+        if self.expire:
+            raise SessionExpired("sandbox session of acc-1 is not logged in")
         if self.fail_with:
             raise PlatformError(self.fail_with)
         n = len(self.crawls)
@@ -44,6 +48,9 @@ class RecordingPlatform:
 
     async def login(self, account: AccountConfig, reporter: object) -> object:
         raise PlatformError("no login here")
+
+    async def after_crawl(self, account: AccountConfig) -> None:
+        self.checkpoints += 1
 
     async def release(self, account_id: str) -> None:
         self.released.append(account_id)
@@ -66,11 +73,23 @@ class States:
                 await self.changed.wait()
 
 
+class Expiries(list[str]):
+    def __call__(self, task: MonitorTask, reason: str) -> None:
+        self.append(reason)
+
+
 @pytest.fixture
-async def runner() -> AsyncIterator[tuple[TaskRunner, RecordingPlatform, States]]:
+def expiries() -> Expiries:
+    return Expiries()
+
+
+@pytest.fixture
+async def runner(
+    expiries: Expiries,
+) -> AsyncIterator[tuple[TaskRunner, RecordingPlatform, States]]:
     platform = RecordingPlatform()
     states = States()
-    runner = TaskRunner({"sandbox": platform}, states)
+    runner = TaskRunner({"sandbox": platform}, states, on_expired=expiries)
     async with anyio.create_task_group() as tg:
         await tg.start(runner.run)
         yield runner, platform, states
@@ -165,3 +184,38 @@ async def test_the_report_says_how_many_items_the_last_crawl_left(runner) -> Non
     platform.fail_with = "page did not load"
     await states.wait_for(task, "error")
     assert task.report().items_left == 3  # a failed crawl does not pretend to catch up
+
+
+async def test_a_good_crawl_keeps_the_session_a_failed_one_does_not(runner) -> None:
+    r, platform, states = runner
+    platform.fail_with = "page did not load"
+    task = r.apply(config(platform_user_id="u", monitor_interval_s=0.05))
+    await states.wait_for(task, "error")
+    assert platform.checkpoints == 0
+    platform.fail_with = None
+    await states.wait_for(task, "running")
+    with anyio.fail_after(5):
+        while platform.checkpoints == 0:
+            await platform.crawled.wait()
+    assert platform.checkpoints >= 1
+
+
+async def test_an_expired_session_is_reported_once_and_not_retried(
+    runner, expiries: Expiries
+) -> None:
+    r, platform, states = runner
+    platform.expire = True
+    task = r.apply(config(platform_user_id="u", monitor_interval_s=0.01))
+    await states.wait_for(task, "waiting_login")
+    assert task.error == MISSING_USER_ID
+    assert expiries == ["sandbox session of acc-1 is not logged in"]
+    tried = len(platform.crawls)
+    # the Master's update arrives: still waiting, still no crawl
+    r.apply(config(platform_user_id="u", login_status="expired", config_version=2))
+    await anyio.wait_all_tasks_blocked()
+    assert task.state == "waiting_login" and len(platform.crawls) == tried == 1
+    # a new login: crawling again
+    platform.expire = False
+    r.apply(config(platform_user_id="u", login_status="logged_in", config_version=3))
+    await states.wait_for(task, "running")
+    assert len(platform.crawls) > tried and expiries == [expiries[0]]

@@ -34,6 +34,7 @@ import typer
 
 from hiscrm_bus.settings import BusSettings, masked_url
 from hiscrm_worker.settings import private_dir
+from hiscrm_worker.vault import write_key_file
 
 from .common import EXIT_FAILED, EXIT_OK, console, fail, run
 from .terminal import safe
@@ -134,12 +135,12 @@ class LocalStack:
             HISCRM_HEARTBEAT_INTERVAL_S=os.environ.get("HISCRM_HEARTBEAT_INTERVAL_S", "1"),
         )
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], **extra: str) -> None:
         private_dir(self.logs)
         with (self.logs / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
                 args,
-                env=self.env(),
+                env={**self.env(), **extra},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -149,6 +150,13 @@ class LocalStack:
         (self.data_dir / "pids.json").write_text(
             json.dumps({n: p.pid for n, p in self.procs.items()})
         )
+
+    def session_key(self) -> Path:
+        """The workers' session key, made on the first run and kept after it."""
+        path = self.data_dir / "session.key"
+        if not path.exists():
+            write_key_file(path)
+        return path
 
     def _hiscrm(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "hiscrm_cli", "--log-level", self.log_level, *args]
@@ -177,7 +185,12 @@ class LocalStack:
         with console.status("starting the sandbox site, the Master and a worker…"):
             self._spawn("sandbox", self._hiscrm("sandbox", "serve", "--port", str(self.site_port)))
             self._spawn("master", self._hiscrm("master", "--id", "master-1"))
-            self._spawn("worker", self._hiscrm("worker", "--id", "w1"))
+            # the worker alone holds the key its sessions are sealed with in Redis
+            self._spawn(
+                "worker",
+                self._hiscrm("worker", "--id", "w1"),
+                HISCRM_SESSION_KEY_FILE=str(self.session_key()),
+            )
             self._wait_ready("worker", self._worker_ready)
         console.print(f"sandbox site   {safe(self.site_url)}")
         console.print(f"master, worker w1 (logs in {safe(shown_path(self.logs))})")

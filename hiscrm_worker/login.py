@@ -1,33 +1,35 @@
 """QR logins on the worker: open the platform's login page, report the QR code and the
 progress to the Master, and end in a login success or a login-failed event, never a
 hung session. Only the platform user id and public profile leave the worker; the
-browser session is saved to its data directory."""
+browser session is kept by the browser pool (sealed in Redis when the worker has a
+session key)."""
 
 from __future__ import annotations
 
 import base64
 import logging
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping
+from typing import Literal
 
 import anyio
 from pydantic import ValidationError
 
+from hiscrm_bus.accounts import AccountStore
 from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig
 from hiscrm_bus.limits import clip
 from hiscrm_bus.messages import LoginFailed, LoginProgress, LoginQrCode, LoginRequest, LoginSuccess
 
-from .platforms import LoginFailedError, PlatformError
-
-if TYPE_CHECKING:
-    from .service import Worker
+from .outbox import Outbox
+from .platforms import LoginFailedError, Platform, PlatformError
 
 log = logging.getLogger(__name__)
 FailReason = Literal["expired", "timeout", "error", "busy", "unsupported"]
 
 
 class _Reporter:
-    def __init__(self, worker: Worker, request: LoginRequest) -> None:
-        self.worker = worker
+    def __init__(self, runner: LoginRunner, request: LoginRequest) -> None:
+        self.outbox = runner.outbox
+        self.worker_id = runner.worker_id
         self.request = request
 
     async def qr(self, png: bytes, refresh: int) -> None:
@@ -37,13 +39,13 @@ class _Reporter:
             self.request.account_id,
             "shown" if refresh == 0 else f"refreshed ({refresh})",
         )
-        self.worker.send(
+        self.outbox.send(
             "events",
             LoginQrCode(
-                sender=self.worker.id,
+                sender=self.worker_id,
                 session_id=self.request.session_id,
                 account_id=self.request.account_id,
-                worker_id=self.worker.id,
+                worker_id=self.worker_id,
                 png_b64=base64.b64encode(png).decode(),
                 refresh=refresh,
             ),
@@ -51,21 +53,33 @@ class _Reporter:
 
     async def progress(self, status: Literal["page_opened", "scanned"]) -> None:
         log.info("login %s for %s: %s", self.request.session_id, self.request.account_id, status)
-        self.worker.send(
+        self.outbox.send(
             "events",
             LoginProgress(
-                sender=self.worker.id,
+                sender=self.worker_id,
                 session_id=self.request.session_id,
                 account_id=self.request.account_id,
-                worker_id=self.worker.id,
+                worker_id=self.worker_id,
                 status=status,
             ),
         )
 
 
 class LoginRunner:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    """Runs QR logins for the worker's accounts, one per account at a time, and reports
+    each step through the outbox."""
+
+    def __init__(
+        self,
+        store: AccountStore,
+        platforms: Mapping[str, Platform],
+        worker_id: str,
+        outbox: Outbox,
+    ) -> None:
+        self.store = store
+        self.platforms = platforms
+        self.worker_id = worker_id
+        self.outbox = outbox
         self.active: dict[str, str] = {}  # account id → session id of its running login
 
     async def run(self, request: LoginRequest) -> None:
@@ -85,15 +99,15 @@ class LoginRunner:
             del self.active[account_id]
 
     async def _run(self, request: LoginRequest) -> None:
-        worker = self.worker
+        me = self.worker_id
         try:
-            account = await worker.store.get(request.account_id)
+            account = await self.store.get(request.account_id)
         except (AccountNotFound, InvalidAccountConfig) as exc:
             self._failed(request, "error", str(exc))
             return
-        platform = worker.platforms.get(account.platform)
-        if account.worker_id != worker.id or platform is None:
-            self._failed(request, "error", f"account {account.id} is not run by worker {worker.id}")
+        platform = self.platforms.get(account.platform)
+        if account.worker_id != me or platform is None:
+            self._failed(request, "error", f"account {account.id} is not run by worker {me}")
             return
         log.info(
             "login %s for %s: opening the %s login page",
@@ -103,7 +117,7 @@ class LoginRunner:
         )
         try:
             with anyio.fail_after(request.timeout_s):
-                result = await platform.login(account, _Reporter(worker, request))
+                result = await platform.login(account, _Reporter(self, request))
         except TimeoutError:
             self._failed(request, "timeout", f"no login within {request.timeout_s:g}s")
             return
@@ -125,9 +139,9 @@ class LoginRunner:
         )
         try:
             success = LoginSuccess(
-                sender=worker.id,
+                sender=me,
                 account_id=account.id,
-                worker_id=worker.id,
+                worker_id=me,
                 platform_user_id=result.platform_user_id,
                 user_info=result.user_info,
                 session_id=request.session_id,
@@ -135,19 +149,19 @@ class LoginRunner:
         except ValidationError as exc:
             self._failed(request, "error", f"the platform's profile is not usable: {exc}")
             return
-        worker.send("events", success)
+        self.outbox.send("events", success)
 
     def _failed(self, request: LoginRequest, reason: FailReason, error: str) -> None:
         log.warning(
             "login %s for %s failed (%s): %s", request.session_id, request.account_id, reason, error
         )
-        self.worker.send(
+        self.outbox.send(
             "events",
             LoginFailed(
-                sender=self.worker.id,
+                sender=self.worker_id,
                 session_id=request.session_id,
                 account_id=request.account_id,
-                worker_id=self.worker.id,
+                worker_id=self.worker_id,
                 reason=reason,
                 error=clip(error),
             ),

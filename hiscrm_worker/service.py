@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import uuid
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,14 +26,12 @@ from hiscrm_bus import __version__
 from hiscrm_bus.accounts import AccountStore, from_hash
 from hiscrm_bus.control import ControlSubscription
 from hiscrm_bus.errors import InvalidAccountConfig, WorkerIdInUse
-from hiscrm_bus.keys import STREAM_KINDS, StreamKind
+from hiscrm_bus.keys import StreamKind
 from hiscrm_bus.limits import clip
 from hiscrm_bus.messages import (
     AccountConfigUpdate,
     AccountConfigUpdateAck,
     CrawlBatch,
-    DeadLetterReport,
-    DecodeError,
     LoginExpired,
     LoginRequest,
     Message,
@@ -41,11 +39,12 @@ from hiscrm_bus.messages import (
 )
 from hiscrm_bus.messages import TaskStatus as TaskStatusEvent
 from hiscrm_bus.resilience import Episode, every
-from hiscrm_bus.streams import append, append_many, append_many_to
+from hiscrm_bus.streams import append, append_many
 from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
 
 from .browser import BrowserPool, check_chromium
 from .login import LoginRunner
+from .outbox import DeadLettersToMaster, Outbox
 from .platforms import BROWSER_PLATFORMS, CrawledItem, build_platforms
 from .runner import TaskRunner
 from .settings import WorkerSettings
@@ -68,28 +67,6 @@ class Applied:
     mine: bool = True
 
 
-class _OutboxDeadLetters:
-    """Dead letters of the control channel, sent to the Master as events: a worker
-    cannot write the shared dead-letter stream (so it cannot wipe it either)."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-
-    async def write(self, source: str, error: DecodeError) -> None:
-        log.warning(
-            "worker %s: dead-lettered a message from %s: %s", self.worker.id, source, error.reason
-        )
-        report = DeadLetterReport(
-            sender=self.worker.id,
-            worker_id=self.worker.id,
-            source=clip(source, 500),
-            reason=clip(error.reason),
-            raw=error.raw[:4096].decode("utf-8", "replace"),
-            raw_len=len(error.raw),
-        )
-        self.worker.send("events", report)
-
-
 class Worker:
     def __init__(self, settings: WorkerSettings, redis: Redis) -> None:
         self.settings = settings
@@ -98,6 +75,8 @@ class Worker:
         self.keys = settings.keys
         self.store = AccountStore(redis, self.keys)
         self.registry = WorkerRegistry(redis, self.keys)
+        # what we send the Master: in order, task states coalesced, never dropped
+        self.outbox = Outbox(redis, settings, self.id)
         chromium = settings.chromium
         if BROWSER_PLATFORMS & set(settings.platforms):
             chromium = check_chromium(chromium)
@@ -111,9 +90,9 @@ class Worker:
         self.runner = TaskRunner(
             self.platforms, self._on_task_state, self._on_items, self._on_expired
         )
-        self.logins = LoginRunner(self)
+        self.logins = LoginRunner(self.store, self.platforms, self.id, self.outbox)
         self.subscription = ControlSubscription(
-            settings, self.id, self.handle, self.reconcile, _OutboxDeadLetters(self)
+            settings, self.id, self.handle, self.reconcile, DeadLettersToMaster(self.outbox)
         )
         # the version in force per account (also for accounts stopped here), and the
         # newest version we rejected, so reconcile does not reject it again and again
@@ -123,17 +102,11 @@ class Worker:
         self._locks: defaultdict[str, anyio.Lock] = defaultdict(
             lambda: anyio.Lock(fast_acquire=True)
         )
-        # what the sender task writes: messages in order (logins, crawl batches, recovery
-        # reports), and each account's latest task state, coalesced (only the newest
-        # state matters, so 10,000 tasks starting at once cost one event each at most)
-        self._outbox: deque[tuple[StreamKind, Message]] = deque()
-        self._states: dict[str, TaskStatusEvent] = {}
-        self._outbox_ready = anyio.Event()
         self.started_at = utcnow()
         self.instance = uuid.uuid4().hex
         self.reconciles = 0
         self.tg: TaskGroup | None = None
-        self.streams = {k: self.keys.worker_stream(self.id, k) for k in STREAM_KINDS}
+        self.streams = self.outbox.streams
         # the assignment set as the last reconcile read it; and whether an account of
         # it was not readable (NOPERM) then
         self._assigned: set[str] = set()
@@ -150,7 +123,7 @@ class Worker:
             tg.start_soon(
                 self._loop, "heartbeat", self.settings.heartbeat_interval_s, self.heartbeat
             )
-            tg.start_soon(self._event_sender, name="events")
+            tg.start_soon(self.outbox.run, name="outbox")
             await tg.start(self.subscription.run)  # first reconcile happens in here
             tg.start_soon(
                 self._loop, "reconcile", self.settings.reconcile_interval_s, self.reconcile
@@ -402,10 +375,8 @@ class Worker:
     # outgoing events and crawl batches
 
     def send(self, kind: StreamKind, message: Message) -> None:
-        """Queue a message for one of our streams without waiting. Nothing is dropped:
-        what cannot be written waits for Redis to come back."""
-        self._outbox.append((kind, message))
-        self._outbox_ready.set()
+        """Queue a message for one of our streams without waiting (see Outbox)."""
+        self.outbox.send(kind, message)
 
     def _on_task_state(self, task: MonitorTask, detail: str | None = None) -> None:
         event = TaskStatusEvent(
@@ -420,8 +391,7 @@ class Worker:
         if detail:
             self.send("events", event)
         else:
-            self._states[task.account_id] = event
-            self._outbox_ready.set()
+            self.outbox.state(event)
 
     def _on_recover(self, account_id: str, what: str) -> None:
         task = self.runner.get(account_id)
@@ -443,28 +413,6 @@ class Worker:
                 items=tuple(items[start : start + INGEST_BATCH]),
             )
             self.send("ingest", batch)
-
-    async def _event_sender(self, batch: int = 500) -> None:
-        """Write the outbox in pipelined batches; on any failure keep it and retry."""
-        episode = Episode(log, f"worker {self.id}: sending", self.settings)
-        while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready = anyio.Event()
-            while self._outbox or self._states:
-                states, self._states = self._states, {}
-                taken = [self._outbox.popleft() for _ in range(min(batch, len(self._outbox)))]
-                sends: list[tuple[str, Message]] = [
-                    (self.streams["events"], e) for e in states.values()
-                ]
-                sends += [(self.streams[kind], m) for kind, m in taken]
-                try:
-                    await append_many_to(self.redis, sends, self.settings.stream_maxlen)
-                except Exception as exc:
-                    self._outbox.extendleft(reversed(taken))
-                    self._states = {**states, **self._states}
-                    await anyio.sleep(max(episode.failed(exc), self.settings.backoff_min_s))
-                else:
-                    episode.ok()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -7,9 +7,10 @@ reader never sees fields without the version that announces them.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
 
@@ -218,6 +219,124 @@ def check_changes(current: Mapping[str, Any], changes: Mapping[str, Any]) -> Acc
     return validate({**current, **changes})
 
 
+# -- accounts in bulk: the rows of an import file, checked before anything is written --
+
+# the short names an import file may use for two fields (those of ``hiscrm account add``)
+ALIASES: Mapping[str, str] = {"worker": "worker_id", "interval": "monitor_interval_s"}
+# what an export writes, in this order: the configuration, including what a login set
+# (login_status, platform_user_id, user_info), so that a file moves accounts between
+# Redis instances; not config_version, updated_at, config_stale (the store's own status)
+EXPORTED: tuple[str, ...] = ("id", *(f for f in AccountConfig.model_fields if f in SETTABLE))
+# may carry credentials (a proxy URL's user:password): exported only when asked for
+SECRET_FIELDS: frozenset[str] = frozenset({"proxy"})
+
+
+def exported_fields(*, with_secrets: bool) -> tuple[str, ...]:
+    """The columns of an export, in order."""
+    return tuple(f for f in EXPORTED if with_secrets or f not in SECRET_FIELDS)
+
+
+def export_row(config: AccountConfig, *, with_secrets: bool) -> dict[str, Any]:
+    """One account as an export row: field name to value (JSON-able)."""
+    values = config.model_dump()
+    return {f: values[f] for f in exported_fields(with_secrets=with_secrets)}
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRow:
+    """One account as an import file gives it. ``line``: where the row starts;
+    ``values``: by column or key; ``text``: the values are text (CSV cells), decoded
+    like ``field=value`` on the command line, rather than typed JSON values."""
+
+    line: int
+    values: Mapping[str, Any]
+    text: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RowProblem:
+    """Why the row on ``line`` cannot be imported."""
+
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+@dataclass(slots=True)
+class ImportPlan:
+    """What an import would do, checked against the stored accounts: written only when
+    ``problems`` is empty."""
+
+    create: list[AccountConfig] = field(default_factory=list)
+    # account id -> (its decoded hash, the fields the file changes)
+    change: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
+    unchanged: list[str] = field(default_factory=list)
+    problems: list[RowProblem] = field(default_factory=list)
+
+
+def check_columns(names: Iterable[str]) -> None:
+    """The columns of an import file (or the keys of one JSON line): InvalidAccountConfig
+    for an unknown or unsettable one, one field named twice (``worker`` is
+    ``worker_id``), or no ``id``."""
+    names = list(names)
+    unknown = sorted({n for n in names if n not in FIELDS and n not in ALIASES})
+    if unknown:
+        known = ", ".join(["id", *sorted(SETTABLE), *ALIASES])
+        raise InvalidAccountConfig(f"unknown field {', '.join(unknown)} (known: {known})")
+    managed = sorted({n for n in names if n in FIELDS and n not in SETTABLE and n != "id"})
+    if managed:
+        raise InvalidAccountConfig(f"field {', '.join(managed)} is the store's, not importable")
+    seen: dict[str, str] = {}
+    for name in names:
+        canonical = ALIASES.get(name, name)
+        if canonical in seen:
+            twice = name if seen[canonical] == name else f"{seen[canonical]} and {name}"
+            raise InvalidAccountConfig(f"{twice} given twice")
+        seen[canonical] = name
+    if "id" not in seen:
+        raise InvalidAccountConfig("no id")
+
+
+def row_fields(row: ImportRow) -> tuple[str, dict[str, Any]]:
+    """The account id a row names and the fields it sets, decoded; InvalidAccountConfig
+    for a bad column or id (values are validated against the stored account later)."""
+    check_columns(row.values)
+    fields: dict[str, Any] = {}
+    for key, value in row.values.items():
+        name = ALIASES.get(key, key)
+        fields[name] = decode_value(name, value) if row.text and isinstance(value, str) else value
+    account_id = fields.pop("id")
+    if not isinstance(account_id, str) or not re.fullmatch(ID_PATTERN, account_id):
+        shown = clip(repr(account_id), 60)
+        raise InvalidAccountConfig(
+            f"id={shown}: not an account id (1 to 128 letters, digits, _ . @ -)"
+        )
+    return account_id, fields
+
+
+def _differs(name: str, new: AccountConfig, stored: Mapping[str, str]) -> bool:
+    """Would writing ``name`` of ``new`` change the stored hash?"""
+    value = getattr(new, name)
+    if name in _JSON_FIELDS and name in stored:
+        # by value: the same object written with its keys in another order is no change
+        return bool(decode_value(name, stored[name]) != value)
+    return encode_value(value) != stored.get(name)
+
+
+def plan_row(
+    account_id: str, fields: Mapping[str, Any], stored: Mapping[Any, Any]
+) -> AccountConfig | dict[str, Any]:
+    """A new account's config (``stored`` empty), or the fields that change an existing
+    one (empty: nothing changes). Raises InvalidAccountConfig. Writes nothing."""
+    if not stored:
+        return check_changes({"id": account_id}, fields)
+    strings = {_text(k): _text(v) for k, v in stored.items()}
+    new = check_changes(decode_hash(stored), fields)
+    return {f: v for f, v in fields.items() if _differs(f, new, strings)}
+
+
 @dataclass(frozen=True, slots=True)
 class AccountUpdate:
     """What one versioned write did."""
@@ -308,6 +427,97 @@ class AccountStore:
         if not created:
             raise AccountExists(f"account {config.id} exists already")
         return config
+
+    async def create_many(
+        self, configs: Sequence[AccountConfig]
+    ) -> list[AccountConfig | AccountExists]:
+        """:meth:`create` of many accounts in one pipeline, each atomic on its own; an id
+        that exists already is that account's AccountExists, and is not written."""
+        now = utcnow()
+        made = [c.model_copy(update={"config_version": 1, "updated_at": now}) for c in configs]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for config in made:
+                owner = (
+                    self.keys.worker_accounts(config.worker_id)
+                    if config.worker_id
+                    else self.keys.unassigned
+                )
+                keys = [self.keys.account(config.id), self.keys.accounts, owner]
+                flat = [item for pair in to_hash(config).items() for item in pair]
+                await self._create(keys=keys, args=flat, client=pipe)
+            replies = await call(pipe.execute()) if made else []
+        return [
+            config if created else AccountExists(f"account {config.id} exists already")
+            for config, created in zip(made, replies, strict=True)
+        ]
+
+    async def plan_import(self, rows: Sequence[ImportRow], batch: int = 500) -> ImportPlan:
+        """Check every row of an import file against the stored accounts (read in
+        pipelined batches): a new account, changed fields, no change, or a problem with
+        the row's line (a bad field or value, an id given twice). Writes nothing."""
+        plan = ImportPlan()
+        parsed: list[tuple[int, str, dict[str, Any]]] = []
+        first_line: dict[str, int] = {}
+        for row in rows:
+            try:
+                account_id, fields = row_fields(row)
+            except InvalidAccountConfig as exc:
+                plan.problems.append(RowProblem(row.line, str(exc)))
+                continue
+            if account_id in first_line:
+                where = f"line {first_line[account_id]}"
+                plan.problems.append(RowProblem(row.line, f"{account_id}: given on {where} too"))
+                continue
+            first_line[account_id] = row.line
+            parsed.append((row.line, account_id, fields))
+        ids = [account_id for _line, account_id, _fields in parsed]
+        stored: list[dict[bytes, bytes] | Exception] = []
+        for start in range(0, len(ids), batch):
+            stored += await self.get_each(ids[start : start + batch])
+        for (line, account_id, fields), raw in zip(parsed, stored, strict=True):
+            if isinstance(raw, Exception):
+                reason = f"{account_id}: the stored account cannot be read ({raw})"
+                plan.problems.append(RowProblem(line, reason))
+                continue
+            try:
+                planned = plan_row(account_id, fields, raw)
+            except InvalidAccountConfig as exc:
+                plan.problems.append(RowProblem(line, f"{account_id}: {exc}"))
+                continue
+            if isinstance(planned, AccountConfig):
+                plan.create.append(planned)
+            elif planned:
+                plan.change[account_id] = (decode_hash(raw), planned)
+            else:
+                plan.unchanged.append(account_id)
+        return plan
+
+    async def configs(
+        self, *, platform: str | None = None, worker: str | None = None, batch: int = 500
+    ) -> tuple[list[AccountConfig], dict[str, str]]:
+        """Every account (of ``platform``, of ``worker``) in id order, read in pipelined
+        batches; and, apart, why each one that does not validate or cannot be read is
+        left out."""
+        ids = await (self.ids_of_worker(worker) if worker else self.ids())
+        found: list[AccountConfig] = []
+        unusable: dict[str, str] = {}
+        for start in range(0, len(ids), batch):
+            chunk = ids[start : start + batch]
+            for account_id, raw in zip(chunk, await self.get_each(chunk), strict=True):
+                if isinstance(raw, Exception):
+                    unusable[account_id] = f"cannot be read ({raw})"
+                    continue
+                if not raw:
+                    continue  # removed meanwhile
+                if platform is not None and decode_hash(raw).get("platform") != platform:
+                    continue
+                try:
+                    config = from_hash(raw)
+                except InvalidAccountConfig as exc:
+                    unusable[account_id] = f"its stored config is invalid: {exc}"
+                    continue
+                found.append(config)
+        return found, unusable
 
     async def get(self, account_id: str) -> AccountConfig:
         raw = await call(self.redis.hgetall(self.keys.account(account_id)))

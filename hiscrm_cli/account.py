@@ -1,4 +1,5 @@
-"""``hiscrm account …``: add, list, show, remove, set (one or fleet-wide), login-success."""
+"""``hiscrm account …``: add, list, show, remove, set (one or fleet-wide), login-success,
+import and export (accounts in bulk)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.table import Table
 from hiscrm_bus import limits
 from hiscrm_bus.accounts import (
     PLATFORMS,
+    AccountConfig,
     AccountStore,
     AccountUpdate,
     check_changes,
@@ -32,6 +34,7 @@ from hiscrm_bus.workers import WorkerRegistry
 from hiscrm_master.login import on_login_success
 from hiscrm_master.updates import Updates
 
+from . import bulk
 from .common import (
     CLI_SENDER,
     EXIT_FAILED,
@@ -40,6 +43,7 @@ from .common import (
     RedisUrl,
     command_settings,
     console,
+    err_console,
     fail,
     redis_client,
     run,
@@ -386,3 +390,112 @@ def login_success(
             return EXIT_OK if found.status == "applied" else EXIT_FAILED
 
     raise typer.Exit(run(main))
+
+
+Format = Annotated[
+    str | None,
+    typer.Option(
+        "--format", help="csv or jsonl (default: by the file's extension, else csv).", metavar="F"
+    ),
+]
+
+
+@app.command("import")
+def import_(
+    file: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE", help="CSV with a header, or JSON lines; - reads standard input."
+        ),
+    ],
+    fmt: Format = None,
+    wait: Wait = False,
+    timeout: Timeout = 30.0,
+    redis_url: RedisUrl = None,
+) -> None:
+    """Add and update many accounts from a file (columns: id, platform, worker, name,
+    interval, any settable field). Every row is checked first: one bad row and nothing
+    is written."""
+    settings = command_settings(redis_url)
+    try:
+        text = bulk.read_source(file)
+        rows, problems = bulk.parse(text, bulk.format_of(file, fmt, text))
+    except ValueError as exc:
+        fail(str(exc))
+
+    async def main() -> int:
+        async with redis_client(settings) as redis:
+            updates = Updates(redis, settings, SENDER)
+            plan = await updates.store.plan_import(rows)
+            bad = sorted([*problems, *plan.problems], key=lambda p: p.line)
+            if bad:
+                for problem in bad:
+                    err_console.print(safe(problem), highlight=False)
+                fail(f"nothing imported: {len(bad)} bad row(s)")
+            after = await updates.tracker.last_outcome_id()
+            started = time.monotonic()
+            done = await updates.import_accounts(plan)
+            for error in done.raced:
+                console.print(f"[red]not written (changed meanwhile):[/red] {safe(error)}")
+            console.print(
+                f"added {len(done.added)}, updated {len(done.updated)}, unchanged {done.unchanged}"
+            )
+            code = EXIT_FAILED if done.raced else EXIT_OK
+            if not wait:
+                return code
+            tracked = {m.update_id: m for m in done.sent}
+            outcomes = await updates.tracker.wait_outcomes(list(tracked), after, timeout)
+            elapsed = time.monotonic() - started
+            waited = _report(tracked, outcomes, done.owners(), elapsed, single=False)
+            return waited if waited != EXIT_OK else code
+
+    raise typer.Exit(run(main))
+
+
+@app.command()
+def export(
+    file: Annotated[
+        str | None, typer.Argument(metavar="[FILE]", help="Default: standard output.")
+    ] = None,
+    fmt: Format = None,
+    platform: Annotated[
+        str | None, typer.Option(help=f"Only the accounts of a platform ({PLATFORM_NAMES}).")
+    ] = None,
+    worker: Annotated[str | None, typer.Option(help="Only the accounts of a worker.")] = None,
+    with_secrets: Annotated[
+        bool, typer.Option("--with-secrets", help="Include proxy, which may hold credentials.")
+    ] = False,
+    redis_url: RedisUrl = None,
+) -> None:
+    """Write every account (or those of --platform, --worker) as a file that import
+    takes back."""
+    settings = command_settings(redis_url)
+    if platform is not None and platform not in PLATFORMS:
+        fail(f"--platform {unknown_platform(platform)}")
+    try:
+        out_format = bulk.format_of(file, fmt)
+    except ValueError as exc:
+        fail(str(exc))
+
+    async def main() -> tuple[list[AccountConfig], dict[str, str]]:
+        async with redis_client(settings) as redis:
+            store = AccountStore(redis, settings.keys)
+            return await store.configs(platform=platform, worker=worker)
+
+    configs, unusable = run(main)
+    for account_id, reason in unusable.items():
+        err_console.print(f"[red]not exported:[/red] {safe(account_id)}: {safe(reason)}")
+    try:
+        bulk.export(configs, out_format, file, with_secrets=with_secrets)
+    except OSError as exc:
+        fail(f"cannot write {file}: {exc.strerror or exc}")
+    if file not in (None, "-"):
+        err_console.print(f"{len(configs)} account(s) exported to {safe(file)}", highlight=False)
+    if not with_secrets:
+        having = sum(1 for c in configs if c.proxy)
+        err_console.print(
+            f"note: proxy left out (it may hold credentials; {having} account(s) have one); "
+            "--with-secrets exports it",
+            highlight=False,
+        )
+    raise typer.Exit(EXIT_FAILED if unusable else EXIT_OK)

@@ -10,10 +10,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from hiscrm_bus.accounts import AccountStore, AccountUpdate
+from hiscrm_bus.accounts import AccountConfig, AccountStore, AccountUpdate, ImportPlan, to_hash
 from hiscrm_bus.acl import Grants
 from hiscrm_bus.connection import call
-from hiscrm_bus.errors import AccountNotFound
+from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig
 from hiscrm_bus.messages import AccountConfigUpdate, UpdateReason, encode, new_id
 from hiscrm_bus.pending import PendingTracker
 from hiscrm_bus.settings import BusSettings
@@ -32,6 +32,31 @@ class Removal:
     worker_id: str | None  # the owner it had (told to stop the task)
     cancelled: int  # pending updates closed as failed
     data_kept: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """What writing an import plan did."""
+
+    added: list[AccountConfig]
+    updated: list[AccountUpdate]
+    unchanged: int
+    # rows not written: an id created (AccountExists) or removed (AccountNotFound) by
+    # someone else between the check and the write
+    raced: list[Exception]
+    # the updates sent to owning workers, tracked until their outcome
+    sent: list[AccountConfigUpdate]
+
+    def owners(self) -> dict[str, str | None]:
+        """Each written account's worker."""
+        owners = {c.id: c.worker_id for c in self.added}
+        return owners | {u.account_id: u.worker_id for u in self.updated}
+
+
+def created(config: AccountConfig) -> AccountUpdate:
+    """A new account as a write its owner is told about: every field, no previous owner."""
+    fields = tuple(sorted(to_hash(config)))
+    return AccountUpdate(config.id, config.config_version, fields, config.worker_id, None)
 
 
 class Updates:
@@ -92,6 +117,41 @@ class Updates:
             ok = [r for r in written if isinstance(r, AccountUpdate)]
             sent += await self.notify(ok, reason)
         return results, sent
+
+    async def import_accounts(self, plan: ImportPlan) -> Imported:
+        """Write an import plan that :meth:`AccountStore.plan_import` found without a
+        problem: create the new accounts and tell their owners (as ``account add``
+        does), then change the others' changed fields by the versioned update (as
+        ``account set`` does); pipelined in batches of ``BATCH``. An id created or
+        removed by someone else since the check is reported in ``raced``, not written."""
+        if plan.problems:
+            raise InvalidAccountConfig(f"{len(plan.problems)} bad row(s): nothing written")
+        added: list[AccountConfig] = []
+        raced: list[Exception] = []
+        sent: list[AccountConfigUpdate | None] = []
+        for start in range(0, len(plan.create), BATCH):
+            made = await self.store.create_many(plan.create[start : start + BATCH])
+            new = [c for c in made if isinstance(c, AccountConfig)]
+            raced += [c for c in made if isinstance(c, Exception)]
+            added += new
+            sent += await self.notify([created(c) for c in new], "assignment")
+        results, messages = await self.change_many(plan.change, "admin_update")
+        raced += [r for r in results if isinstance(r, Exception)]
+        done = Imported(
+            added=added,
+            updated=[r for r in results if isinstance(r, AccountUpdate)],
+            unchanged=len(plan.unchanged),
+            raced=raced,
+            sent=[m for m in [*sent, *messages] if m is not None],
+        )
+        log.info(
+            "import: %d account(s) added, %d updated, %d unchanged, %d raced",
+            len(done.added),
+            len(done.updated),
+            done.unchanged,
+            len(done.raced),
+        )
+        return done
 
     async def notify(
         self, results: Sequence[AccountUpdate], reason: UpdateReason

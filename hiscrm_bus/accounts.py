@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 from redis.asyncio import Redis
 
-from .connection import CONNECTION_ERRORS, call, is_transient
+from .connection import CONNECTION_ERRORS, call, is_transient, text
 from .errors import (
     AccountExists,
     AccountNotFound,
@@ -101,6 +101,11 @@ _JSON_FIELDS = frozenset({"user_info"})
 _NULLABLE = frozenset(name for name, f in AccountConfig.model_fields.items() if f.default is None)
 
 
+def needs_a_login(config: AccountConfig) -> bool:
+    """The account cannot crawl until someone logs it in (again)."""
+    return config.login_status == "expired" or not config.platform_user_id
+
+
 def encode_value(value: Any) -> str | None:
     """One field as stored in the hash; ``None`` means the field is absent."""
     if value is None:
@@ -158,16 +163,12 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
 def decode_hash(mapping: Mapping[Any, Any]) -> dict[str, Any]:
     """A hash read with HGETALL as field values, not yet validated."""
     out: dict[str, Any] = {}
     for k, v in mapping.items():
-        name = _text(k)
-        out[name] = decode_value(name, _text(v))
+        name = text(k)
+        out[name] = decode_value(name, text(v))
     return out
 
 
@@ -332,7 +333,7 @@ def plan_row(
     one (empty: nothing changes). Raises InvalidAccountConfig. Writes nothing."""
     if not stored:
         return check_changes({"id": account_id}, fields)
-    strings = {_text(k): _text(v) for k, v in stored.items()}
+    strings = {text(k): text(v) for k, v in stored.items()}
     new = check_changes(decode_hash(stored), fields)
     return {f: v for f, v in fields.items() if _differs(f, new, strings)}
 
@@ -563,20 +564,20 @@ class AccountStore:
                 pipe.hget(self.keys.account(account_id), "login_status")
             replies = await call(pipe.execute(raise_on_error=False))
         return Counter(
-            _text(r) if isinstance(r, bytes | str) else "not_logged_in"
+            text(r) if isinstance(r, bytes | str) else "not_logged_in"
             for r in replies
             if not isinstance(r, Exception)
         )
 
     async def ids(self) -> list[str]:
-        return sorted(_text(m) for m in await call(self.redis.smembers(self.keys.accounts)))
+        return sorted(text(m) for m in await call(self.redis.smembers(self.keys.accounts)))
 
     async def unassigned_ids(self) -> list[str]:
-        return sorted(_text(m) for m in await call(self.redis.smembers(self.keys.unassigned)))
+        return sorted(text(m) for m in await call(self.redis.smembers(self.keys.unassigned)))
 
     async def ids_of_worker(self, worker_id: str) -> list[str]:
         members = await call(self.redis.smembers(self.keys.worker_accounts(worker_id)))
-        return sorted(_text(m) for m in members)
+        return sorted(text(m) for m in members)
 
     async def update(
         self,
@@ -661,7 +662,7 @@ class AccountStore:
         if reply == -1:
             raise AccountNotFound(f"no account {account_id!r}")
         version, worker = reply
-        return int(version), (_text(worker) or None)
+        return int(version), (text(worker) or None)
 
     async def set_stale(self, account_id: str, stale: bool) -> None:
         """Mark (or clear) ``config_stale`` without a version bump; no-op if the account is gone."""

@@ -28,7 +28,7 @@ import anyio
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from .connection import call
+from .connection import call, text
 from .keys import Keys, escape_glob
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class Grants:
             except rexc.ResponseError as exc:  # a Redis without ACLs
                 log.debug("ACL USERS failed: %s", exc)
                 names = []
-            self._users = {n.decode() if isinstance(n, bytes) else n for n in names}
+            self._users = {text(n) for n in names}
             self._users_at = now
         return self._users
 
@@ -198,7 +198,7 @@ class Grants:
             owned: list[Any] = await call(pipe.execute())
         async with self.redis.pipeline(transaction=False) as pipe:
             for worker_id, members in zip(targets, owned, strict=True):
-                accounts = [m.decode() if isinstance(m, bytes) else m for m in members]
+                accounts = [text(m) for m in members]
                 rules = worker_key_rules(self.keys, worker_id, accounts)
                 pipe.execute_command("ACL", "SETUSER", worker_user(worker_id), *rules)
             await call(pipe.execute())
@@ -232,7 +232,7 @@ async def add_worker(redis: Redis, keys: Keys, worker_id: str, password: str) ->
     owns what the assignments say it owns now. True if Redis saved it to its ACL file
     (False: Redis has none, and the user lasts until Redis restarts)."""
     accounts = await call(redis.smembers(keys.worker_accounts(worker_id)))
-    owned = [a.decode() if isinstance(a, bytes) else a for a in accounts]
+    owned = [text(a) for a in accounts]
     rules = ["reset", "on", password_hash(password), *worker_rules(keys, worker_id, owned)]
     await call(redis.execute_command("ACL", "SETUSER", worker_user(worker_id), *rules))  # type: ignore[no-untyped-call]
     return await save(redis)
@@ -262,8 +262,7 @@ async def rules_of(redis: Redis, names: Iterable[str] | None = None) -> dict[str
     wanted = set(names) if names is not None else None
     out: dict[str, str] = {}
     for line in lines:
-        text = line.decode() if isinstance(line, bytes) else str(line)
-        parts = text.split(" ")
+        parts = text(line).split(" ")
         if len(parts) < 2 or parts[0] != "user":
             continue
         name = parts[1]

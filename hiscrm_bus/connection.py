@@ -61,6 +61,11 @@ def is_transient(exc: BaseException) -> bool:
     return text.split(" ", 1)[0] in TRANSIENT_REPLIES
 
 
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (what does not decode as UTF-8 is replaced, never raised)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 async def call(value: Awaitable[T]) -> T:
     """Await a redis-py call, translating connection failures and transient error
     replies (OOM, BUSY, READONLY, …) to BusUnavailable."""

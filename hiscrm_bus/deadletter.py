@@ -7,7 +7,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
-from .connection import call
+from .connection import call, text
 from .keys import Keys
 from .messages import DecodeError, utcnow
 from .settings import BusSettings
@@ -53,8 +53,4 @@ class DeadLetters:
 
     async def counts(self) -> dict[str, int]:
         raw = await call(self.redis.hgetall(self.keys.deadletter_counts))
-        return {_s(k): int(v) for k, v in raw.items()}
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        return {text(k): int(v) for k, v in raw.items()}

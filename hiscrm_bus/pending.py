@@ -22,7 +22,7 @@ import anyio
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from .connection import call
+from .connection import call, text
 from .messages import AccountConfigUpdate, AccountConfigUpdateAck, dumps
 from .settings import BusSettings
 from .streams import last_entry_id
@@ -178,7 +178,7 @@ class PendingUpdate:
 
     @classmethod
     def from_hash(cls, raw: dict[Any, Any]) -> PendingUpdate:
-        d = {_s(k): _s(v) for k, v in raw.items()}
+        d = {text(k): text(v) for k, v in raw.items()}
         return cls(
             update_id=d["update_id"],
             account_id=d["account_id"],
@@ -213,7 +213,7 @@ class Outcome:
     def from_fields(cls, raw: dict[Any, Any]) -> Outcome | None:
         """The outcome an entry records, or None for an entry hiscrm did not write."""
         try:
-            d = {_s(k): _s(v) for k, v in raw.items()}
+            d = {text(k): text(v) for k, v in raw.items()}
             status = d["status"]
             if status not in ("applied", "rejected", "failed"):
                 return None
@@ -332,7 +332,7 @@ class PendingTracker:
         return [
             None
             if isinstance(reply, bytes | str)
-            else [(_s(r[0]), _s(r[1]), float(_s(r[2]))) for r in reply]  # type: ignore[misc]
+            else [(text(r[0]), text(r[1]), float(text(r[2]))) for r in reply]  # type: ignore[misc]
             for reply in replies
         ]
 
@@ -357,14 +357,14 @@ class PendingTracker:
         reply = await call(self._sweep(keys=keys, args=args))
         if not reply:
             return Sweep([], [])
-        ids = [_s(r[0]) for r in reply]
+        ids = [text(r[0]) for r in reply]
         loaded = await self.get_many(ids)
         retry: list[PendingUpdate] = []
         failed: list[PendingUpdate] = []
         for r, update in zip(reply, loaded, strict=True):
             if update is None:
                 continue
-            (retry if _s(r[1]) == "retry" else failed).append(update)
+            (retry if text(r[1]) == "retry" else failed).append(update)
         return Sweep(retry, failed)
 
     async def publish_policy(self) -> None:
@@ -402,7 +402,7 @@ class PendingTracker:
 
     async def of_account(self, account_id: str) -> list[PendingUpdate]:
         ids: list[Any] = await call(self.redis.zrange(self.keys.account_pending(account_id), 0, -1))
-        return [u for u in await self.get_many([_s(i) for i in ids]) if u is not None]
+        return [u for u in await self.get_many([text(i) for i in ids]) if u is not None]
 
     async def retarget(self, update_id: str, worker_id: str) -> None:
         """The account moved: its ACK will now come from ``worker_id``."""
@@ -413,7 +413,7 @@ class PendingTracker:
 
     async def stats(self) -> dict[str, int]:
         raw = await call(self.redis.hgetall(self.keys.stats))
-        return {_s(k): int(v) for k, v in raw.items()}
+        return {text(k): int(v) for k, v in raw.items()}
 
     async def last_outcome_id(self) -> str:
         """The newest outcome entry's id: wait for outcomes after it."""
@@ -428,7 +428,7 @@ class PendingTracker:
             )
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
-                    cursor = _s(entry_id)
+                    cursor = text(entry_id)
                     outcome = Outcome.from_fields(fields)
                     if outcome is not None:
                         yield outcome
@@ -479,7 +479,3 @@ def _pending_or_none(raw: dict[Any, Any]) -> PendingUpdate | None:
     except (KeyError, ValueError, TypeError, RecursionError):
         log.warning("an update record does not decode; ignored")
         return None
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

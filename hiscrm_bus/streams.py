@@ -19,7 +19,7 @@ from anyio.abc import TaskStatus
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from .connection import RECOVERABLE, call, is_transient
+from .connection import RECOVERABLE, call, is_transient, text
 from .deadletter import DeadLetters
 from .errors import BusUnavailable
 from .messages import DecodeError, Message, decode, encode
@@ -51,7 +51,7 @@ async def append(redis: Redis, stream: str, message: Message, maxlen: int) -> st
     entry_id = await call(
         redis.xadd(stream, {FIELD: encode(message)}, maxlen=maxlen, approximate=True)
     )
-    return _s(entry_id)
+    return text(entry_id)
 
 
 async def append_many(redis: Redis, stream: str, messages: Sequence[Message], maxlen: int) -> None:
@@ -74,7 +74,7 @@ async def append_many_to(
 async def last_entry_id(redis: Redis, stream: str) -> str:
     """The newest entry's id ("0-0" for an empty stream): read what comes after it."""
     last: Any = await call(redis.xrevrange(stream, count=1))
-    return _s(last[0][0]) if last else "0-0"
+    return text(last[0][0]) if last else "0-0"
 
 
 class StreamReader:
@@ -260,7 +260,7 @@ class StreamReader:
                 replies = await call(pipe.execute())
             following: dict[str, str] = {}
             for stream, reply in zip(list(cursors), replies, strict=True):
-                cursor, claimed = _s(reply[0]), reply[1]
+                cursor, claimed = text(reply[0]), reply[1]
                 entries = [(stream, e[0], e[1]) for e in claimed if e and e[1] is not None]
                 if entries:
                     log.info("stream %s: claimed %d idle entries", stream, len(entries))
@@ -310,10 +310,6 @@ def _entries(reply: Any) -> list[Entry]:
         out: list[Entry] = []
         for stream, value in reply.items():
             for batch in value:
-                out.extend((_s(stream), e[0], e[1]) for e in batch)
+                out.extend((text(stream), e[0], e[1]) for e in batch)
         return out
-    return [(_s(stream), e[0], e[1]) for stream, batch in reply for e in batch]
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return [(text(stream), e[0], e[1]) for stream, batch in reply for e in batch]

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
 
-from .connection import call
+from .connection import call, text
 from .keys import Keys
 from .messages import TaskState, dumps, utcnow
 
@@ -57,10 +57,6 @@ class WorkerInfo(BaseModel):
         return platform in self.platforms
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
 _JSON_FIELDS = ("platforms", "tasks")
 
 
@@ -68,7 +64,7 @@ def _from_hash(worker_id: str, raw: Mapping[Any, Any]) -> WorkerInfo:
     """The worker as its registry hash describes it. Never raises: the id comes from the
     key, and a field (or one task) that does not decode or validate is left out, so a
     damaged entry still reports a live worker with what could be read."""
-    d: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+    d: dict[str, Any] = {text(k): text(v) for k, v in raw.items()}
     d = {k: v for k, v in d.items() if k in WorkerInfo.model_fields}
     d["id"] = worker_id
     for name in _JSON_FIELDS:
@@ -136,14 +132,14 @@ class WorkerRegistry:
         index: Any = await call(self.redis.zrange(self.keys.workers, 0, -1, withscores=True))
         async with self.redis.pipeline(transaction=False) as pipe:
             for member, _score in index:
-                pipe.hgetall(self.keys.worker(_text(member)))
+                pipe.hgetall(self.keys.worker(text(member)))
             raws = await call(pipe.execute())
         alive, dead = [], []
         for (member, score), raw in zip(index, raws, strict=True):
             if raw:
-                alive.append(_from_hash(_text(member), raw))
+                alive.append(_from_hash(text(member), raw))
             else:
-                dead.append((_text(member), float(score)))
+                dead.append((text(member), float(score)))
         return alive, dead
 
     async def claim(self, info: WorkerInfo, ttl_s: float) -> WorkerInfo | None:
@@ -173,7 +169,7 @@ class WorkerRegistry:
     async def ids(self) -> list[str]:
         """Every worker id in the index, alive or not."""
         members: Any = await call(self.redis.zrange(self.keys.workers, 0, -1))
-        return [_text(m) for m in members]
+        return [text(m) for m in members]
 
     async def get(self, worker_id: str) -> WorkerInfo | None:
         raw = await call(self.redis.hgetall(self.keys.worker(worker_id)))

@@ -15,6 +15,7 @@ import anyio
 
 from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.connection import call
+from hiscrm_bus.connection import text as reply_text
 from hiscrm_bus.messages import LoginFailed, LoginQrCode, LoginSuccess, TaskStatus, decode
 from hiscrm_bus.streams import last_entry_id
 from hiscrm_bus.workers import WorkerRegistry
@@ -80,7 +81,7 @@ async def play(redis_url: str, site_url: str) -> int:
                 reply: Any = await call(redis.xread(dict(cursors), block=500))
                 for stream, entries in reply or []:
                     for entry_id, fields in entries:
-                        cursors[stream.decode() if isinstance(stream, bytes) else stream] = entry_id
+                        cursors[reply_text(stream)] = entry_id
                         message = decode(fields.get(b"msg", b""))
                         if match(message):
                             return message

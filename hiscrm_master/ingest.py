@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from hiscrm_bus.connection import CONNECTION_ERRORS, call, is_transient
+from hiscrm_bus.connection import CONNECTION_ERRORS, call, is_transient, text
 from hiscrm_bus.errors import BusUnavailable
 from hiscrm_bus.keys import Keys
 from hiscrm_bus.messages import CrawlBatch, CrawledItem, utcnow
@@ -169,7 +169,7 @@ class IngestStore:
             pipe.exists(self.keys.account(account_id))
             pipe.hget(self.keys.account(account_id), "worker_id")
             exists, owner = await call(pipe.execute())
-        worker_id = _s(owner) if owner else None
+        worker_id = text(owner) if owner else None
         worker = await WorkerRegistry(self.redis, self.keys).get(worker_id) if worker_id else None
         return AccountData(
             account_id=account_id,
@@ -206,16 +206,12 @@ class IngestStore:
     async def stats(self, account_id: str) -> CrawlStats:
         """Counts and the last crawl time; a value that does not parse counts as absent."""
         raw: dict[Any, Any] = await call(self.redis.hgetall(self.keys.crawl_stats(account_id)))
-        d = {_s(k): _s(v) for k, v in raw.items()}
+        d = {text(k): text(v) for k, v in raw.items()}
         return CrawlStats(
             comments=_count(d.get("comments")),
             dms=_count(d.get("dms")),
             last_crawl_at=_time(d.get("last_crawl_at")),
         )
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _reply_count(reply: Any) -> int:

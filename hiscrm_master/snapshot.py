@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from hiscrm_bus.accounts import AccountConfig, AccountStore, decode_hash, validate
-from hiscrm_bus.connection import call
+from hiscrm_bus.connection import call, text
 from hiscrm_bus.errors import InvalidAccountConfig
 from hiscrm_bus.messages import CrawledItem
 from hiscrm_bus.pending import Outcome, PendingTracker, PendingUpdate
@@ -148,11 +148,7 @@ async def _dead_letters(redis: Redis, key: str) -> dict[str, int]:
     counts = {}
     for k, v in raw.items():
         try:
-            counts[_text(k)] = int(v)
+            counts[text(k)] = int(v)
         except ValueError:
             continue
     return counts
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

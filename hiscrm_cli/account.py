@@ -3,6 +3,7 @@ import and export (accounts in bulk)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter, defaultdict
@@ -22,6 +23,7 @@ from hiscrm_bus.accounts import (
     decode_hash,
     describe,
     from_hash,
+    needs_a_login,
     parse_assignments,
     to_hash,
     unknown_platform,
@@ -102,7 +104,16 @@ def add(
 
 
 @app.command("list")
-def list_(redis_url: RedisUrl = None) -> None:
+def list_(
+    needs_login: Annotated[
+        bool,
+        typer.Option(
+            "--needs-login",
+            help="Only accounts that need a (new) login, with the command for each.",
+        ),
+    ] = False,
+    redis_url: RedisUrl = None,
+) -> None:
     """List every account."""
     settings = command_settings(redis_url)
 
@@ -118,6 +129,8 @@ def list_(redis_url: RedisUrl = None) -> None:
             except InvalidAccountConfig:
                 table.add_row(safe(account_id), "[red]invalid hash[/red]", "", "", "", "", "")
                 continue
+            if needs_login and not needs_a_login(c):
+                continue
             version = f"{c.config_version}" + (" [red](stale)[/red]" if c.config_stale else "")
             table.add_row(
                 safe(c.id),
@@ -129,6 +142,11 @@ def list_(redis_url: RedisUrl = None) -> None:
                 version,
             )
         console.print(table)
+        if needs_login:
+            for account_id, raw in zip(ids, raws, strict=True):
+                with contextlib.suppress(InvalidAccountConfig):
+                    if needs_a_login(from_hash(raw)):
+                        console.print(f"hiscrm login {safe(account_id)}", highlight=False)
 
     run(main)
 

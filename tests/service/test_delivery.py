@@ -1,0 +1,157 @@
+"""The delivery contract driven in-process (issue 11's service tier): a Worker and a
+Master on the shared bus fixture (fakeredis and a real redis-server), the synthetic
+platform, no processes, no polling of another process's Redis writes. Each test calls
+the services' own steps (reconcile, apply, on_acks, sweep, placement) and waits on
+their results."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from hiscrm_bus.accounts import AccountConfig
+from hiscrm_bus.messages import DecodeError, decode
+from hiscrm_bus.settings import BusSettings
+from hiscrm_bus.streams import FIELD, Received
+from hiscrm_master.service import Master
+from hiscrm_master.settings import MasterSettings
+from hiscrm_worker.service import Worker
+from hiscrm_worker.settings import WorkerSettings
+
+Bus = tuple[Redis, BusSettings]
+
+
+def worker_settings(settings: BusSettings, worker_id: str, tmp_path: Path) -> WorkerSettings:
+    return WorkerSettings.model_validate(
+        {
+            **settings.model_dump(),
+            "worker_id": worker_id,
+            "platforms": ("synthetic",),
+            "data_dir": tmp_path / worker_id,
+        }
+    )
+
+
+@pytest.fixture
+async def fleet(bus: Bus, tmp_path: Path) -> AsyncIterator[tuple[Master, Worker, Worker]]:
+    """A Master and workers w1 and w2 whose task runners run (nothing else of theirs)."""
+    redis, settings = bus
+    master = Master(
+        MasterSettings.model_validate({**settings.model_dump(), "master_id": "m1"}), redis
+    )
+    w1 = Worker(worker_settings(settings, "w1", tmp_path), redis)
+    w2 = Worker(worker_settings(settings, "w2", tmp_path), redis)
+    async with anyio.create_task_group() as tg:
+        for w in (w1, w2):
+            await tg.start(w.runner.run)
+            w.tg = tg
+            await w.heartbeat()
+        yield master, w1, w2
+        tg.cancel_scope.cancel()
+
+
+async def acks_of(redis: Redis, worker: Worker) -> list[Received]:
+    """What the worker wrote to its ACK stream, as the Master receives it."""
+    entries: Any = await redis.xrange(worker.streams["acks"])
+    out = []
+    for _id, fields in entries:
+        message = decode(fields[FIELD.encode()])
+        assert not isinstance(message, DecodeError)
+        out.append(Received(worker.id, worker.streams["acks"], message))
+    return out
+
+
+async def add(master: Master, account_id: str, worker_id: str | None) -> None:
+    config = AccountConfig(
+        id=account_id, platform="synthetic", worker_id=worker_id, monitor_interval_s=60
+    )
+    await master.store.create(config)
+
+
+async def test_reconcile_starts_every_owned_account_and_acks_it(fleet, bus: Bus) -> None:
+    master, w1, _w2 = fleet
+    redis, _settings = bus
+    for n in range(3):
+        await add(master, f"acc-{n}", "w1")
+    await add(master, "other", "w2")
+    await w1.reconcile()
+    assert sorted(w1.runner.ids()) == ["acc-0", "acc-1", "acc-2"]
+    acks = await acks_of(redis, w1)
+    assert sorted(r.message.account_id for r in acks) == ["acc-0", "acc-1", "acc-2"]  # type: ignore[union-attr]
+    # a second pass finds nothing behind and says nothing
+    await w1.reconcile()
+    assert len(await acks_of(redis, w1)) == 3
+
+
+async def test_an_update_is_applied_acked_and_resolved(fleet, bus: Bus) -> None:
+    master, w1, _w2 = fleet
+    redis, _settings = bus
+    await add(master, "acc-1", "w1")
+    await w1.reconcile()
+    _result, sent = await master.updates.change("acc-1", {"name": "shop"}, "admin_update")
+    assert sent is not None
+    await w1.on_config_update(sent)
+    assert w1.runner.get("acc-1").config.name == "shop"  # type: ignore[union-attr]
+    await master.on_acks(await acks_of(redis, w1))
+    (outcome,) = [
+        o for o in await master.tracker.recent_outcomes() if o.update_id == sent.update_id
+    ]
+    assert (outcome.status, outcome.worker_id) == ("applied", "w1")
+    assert await master.tracker.count() == 0
+
+
+async def test_an_invalid_stored_value_is_rejected_and_the_old_config_kept(fleet, bus: Bus) -> None:
+    master, w1, _w2 = fleet
+    redis, settings = bus
+    await add(master, "acc-1", "w1")
+    await w1.reconcile()
+    _result, sent = await master.updates.change("acc-1", {"name": "ok"}, "admin_update")
+    assert sent is not None
+    # poisoned behind the store's back before the worker reads it
+    await redis.hset(settings.keys.account("acc-1"), "monitor_interval_s", "soon")
+    await w1.on_config_update(sent)
+    assert w1.runner.get("acc-1").config.monitor_interval_s == 60  # type: ignore[union-attr]
+    await master.on_acks(await acks_of(redis, w1))
+    (outcome,) = [
+        o for o in await master.tracker.recent_outcomes() if o.update_id == sent.update_id
+    ]
+    assert outcome.status == "rejected" and "monitor_interval_s" in outcome.error
+
+
+async def test_an_unacked_update_is_retried_then_failed(fleet, bus: Bus) -> None:
+    master, _w1, _w2 = fleet
+    await add(master, "acc-1", "w1")
+    _result, sent = await master.updates.change("acc-1", {"name": "x"}, "admin_update")
+    assert sent is not None
+    with anyio.fail_after(20):
+        # each pass acts on deadlines kept on Redis' own clock
+        while not (await master.store.get("acc-1")).config_stale:
+            await master.sweep()
+            await anyio.sleep(0.05)
+    stats = await master.tracker.stats()
+    assert (stats["retried"], stats["failed"]) == (master.settings.max_attempts - 1, 1)
+    (outcome,) = await master.tracker.recent_outcomes()
+    assert (outcome.update_id, outcome.status) == (sent.update_id, "failed")
+
+
+async def test_a_dead_workers_accounts_move_to_a_live_one(fleet, bus: Bus) -> None:
+    master, w1, w2 = fleet
+    redis, settings = bus
+    for n in range(2):
+        await add(master, f"acc-{n}", "w1")
+    await redis.delete(settings.keys.worker("w1"))  # its heartbeat expired
+    placed = await master.assigner.run_once()
+    assert placed == 2
+    for n in range(2):
+        assert (await master.store.get(f"acc-{n}")).worker_id == "w2"
+    pending = await master.tracker.of_account("acc-0")
+    assert [p.worker_id for p in pending] == ["w2"]
+    await w2.reconcile()
+    await master.on_acks(await acks_of(redis, w2))
+    assert await master.tracker.count() == 0
+    assert w1.runner.ids() == []

@@ -46,6 +46,8 @@ WORKER_COMMANDS: tuple[str, ...] = (
     "exec",
     "discard",
     "hset",
+    "hsetnx",
+    "hdel",
     "pexpire",
     "zadd",
     "hgetall",

@@ -1,4 +1,7 @@
-"""``hiscrm master`` and ``hiscrm worker``: the long-running services."""
+"""``hiscrm master`` and ``hiscrm worker``: the long-running services.
+
+The services (and Playwright, Prometheus) are imported when a service starts, so every
+other command starts without them."""
 
 from __future__ import annotations
 
@@ -6,10 +9,7 @@ from typing import Annotated
 
 import typer
 
-from hiscrm_master.service import Master
 from hiscrm_master.settings import MasterSettings
-from hiscrm_worker.platforms import PlatformError
-from hiscrm_worker.service import Worker
 from hiscrm_worker.settings import WorkerSettings
 
 from .common import RedisUrl, build, fail, redis_client, run, serve_until_signalled
@@ -31,6 +31,8 @@ def master(
     )
 
     async def main() -> None:
+        from hiscrm_master.service import Master
+
         async with redis_client(settings) as redis:
             await serve_until_signalled(Master(settings, redis).run)
 
@@ -69,6 +71,9 @@ def worker(
     )
 
     async def main() -> None:
+        from hiscrm_worker.platforms import PlatformError
+        from hiscrm_worker.service import Worker
+
         async with redis_client(settings) as redis:
             try:
                 service = Worker(settings, redis)

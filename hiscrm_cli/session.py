@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from hiscrm_worker.vault import write_key_file
-
 from .common import console, fail
 from .terminal import safe
 
@@ -21,6 +19,8 @@ def keygen(
 ) -> None:
     """Make a session key. Give the same file to every worker (HISCRM_SESSION_KEY_FILE);
     the Master and the CLI never need it. An existing file is never overwritten."""
+    from hiscrm_worker.vault import write_key_file  # cryptography: only when used
+
     try:
         write_key_file(out)
     except FileExistsError:

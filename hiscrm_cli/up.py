@@ -34,7 +34,6 @@ import typer
 
 from hiscrm_bus.settings import BusSettings, masked_url
 from hiscrm_worker.settings import private_dir
-from hiscrm_worker.vault import write_key_file
 
 from .common import EXIT_FAILED, EXIT_OK, console, fail, run
 from .terminal import safe
@@ -153,6 +152,8 @@ class LocalStack:
 
     def session_key(self) -> Path:
         """The workers' session key, made on the first run and kept after it."""
+        from hiscrm_worker.vault import write_key_file
+
         path = self.data_dir / "session.key"
         if not path.exists():
             write_key_file(path)

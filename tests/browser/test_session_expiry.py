@@ -6,49 +6,16 @@ name the remedy, and `hiscrm login` brings the account back to running."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
 
 from hiscrm_bus.accounts import MISSING_USER_ID
 from tests.browser.conftest import Site
+from tests.browser.flows import USER, log_in, sandbox
 from tests.e2e.stack import Stack, wait_for
 
 pytestmark = [pytest.mark.e2e]
-USER = "1864722759"
-
-
-def _sandbox(site: Site, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "hiscrm_cli", "sandbox", *args, "--url", site.url],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def _log_in(stack: Stack, site: Site) -> None:
-    login = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "hiscrm_cli", "login", "acc-1", "--timeout", "60"),
-            *("--qr-dir", str(stack.workdir / "qr")),
-        ],
-        env=stack.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert login.stdout is not None
-    for line in login.stdout:
-        if "QR code" in line:
-            break
-    _sandbox(site, "scan", "--user-id", USER)
-    out, _ = login.communicate(timeout=60)
-    assert login.returncode == 0, out
 
 
 def test_an_expired_session_waits_for_a_login_and_a_login_brings_it_back(
@@ -61,10 +28,10 @@ def test_an_expired_session_waits_for_a_login_and_a_login_brings_it_back(
     stack.worker("w1")
     stack.add("acc-1", worker="w1", platform="sandbox", interval="0.3")
     stack.wait_task("w1", "acc-1", "waiting_login")
-    _log_in(stack, site)
+    log_in(stack, site)
     stack.wait_task("w1", "acc-1", "running")
 
-    assert "1 session(s)" in _sandbox(site, "expire", "--user-id", USER)
+    assert "1 session(s)" in sandbox(site, "expire", "--user-id", USER)
     wait_for(lambda: stack.account("acc-1").get("login_status") == "expired", what="expired")
     expiry = wait_for(
         lambda: [o for o in stack.outcomes() if o["reason"] == "login_expired"],
@@ -81,7 +48,7 @@ def test_an_expired_session_waits_for_a_login_and_a_login_brings_it_back(
     listed = stack.cli("account", "list", "--needs-login")
     assert listed.returncode == 0 and "hiscrm login acc-1" in listed.stdout
 
-    _log_in(stack, site)
+    log_in(stack, site)
     assert stack.account("acc-1")["login_status"] == "logged_in"
     # while it waited it never tried the dead session again: one refusal, one report
     assert stack.log("w1").count("sandbox session of acc-1 is not logged in") == 1

@@ -5,28 +5,16 @@ dir, with no new QR scan; no session byte reaches a log, the bus or diagnose."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.browser.conftest import Site
+from tests.browser.flows import USER, log_in, sandbox
 from tests.e2e.stack import Stack, wait_for
 
 pytestmark = [pytest.mark.e2e]
-USER = "1864722759"
-
-
-def _sandbox(site: Site, *args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "hiscrm_cli", "sandbox", *args, "--url", site.url],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def _texts(stack: Stack) -> set[str]:
@@ -58,23 +46,7 @@ def test_a_login_survives_failover_and_an_empty_data_dir(
     stack.add("acc-1", worker="w1", platform="sandbox", interval="0.5")
     stack.wait_task("w1", "acc-1", "waiting_login")
 
-    login = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "hiscrm_cli", "login", "acc-1", "--timeout", "60"),
-            *("--qr-dir", str(stack.workdir / "qr")),
-        ],
-        env=stack.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert login.stdout is not None
-    for line in login.stdout:
-        if "QR code" in line:
-            break
-    _sandbox(site, "scan", "--user-id", USER, "--nickname", "fan")
-    out, _ = login.communicate(timeout=60)
-    assert login.returncode == 0, out
+    log_in(stack, site)
     stack.wait_task("w1", "acc-1", "running")
     session = stack.r.hgetall(stack.keys.session("acc-1"))
     assert int(session["version"]) >= 1 and session["by"] == "w1"
@@ -84,14 +56,14 @@ def test_a_login_survives_failover_and_an_empty_data_dir(
     stack.kill("w1")
     wait_for(lambda: stack.account("acc-1").get("worker_id") == "w2", timeout=30)
     stack.wait_task("w2", "acc-1", "running")
-    _sandbox(site, "post-comment", "after failover", "--user-id", USER, "--author", "fan2")
+    sandbox(site, "post-comment", "after failover", "--user-id", USER, "--author", "fan2")
     wait_for(lambda: "after failover" in _texts(stack), what="a comment crawled on w2")
 
     # w2 restarted on a fresh data dir: still logged in, from the vault alone
     stack.kill("w2", 15)
     stack.worker("w2", HISCRM_DATA_DIR=data["w3"])
     stack.wait_task("w2", "acc-1", "running")
-    _sandbox(site, "post-comment", "after restart", "--user-id", USER, "--author", "fan3")
+    sandbox(site, "post-comment", "after restart", "--user-id", USER, "--author", "fan3")
     wait_for(lambda: "after restart" in _texts(stack), what="a comment crawled after restart")
 
     # no session byte in logs, streams or diagnose

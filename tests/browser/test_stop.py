@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
 
 from tests.browser.conftest import Site
+from tests.browser.flows import start_login
 from tests.e2e.stack import Stack, wait_for
 
 pytestmark = [pytest.mark.e2e]
@@ -45,21 +44,8 @@ def test_a_terminal_stop_ends_the_worker_and_its_browser_cleanly(
     worker = stack.worker("w1", session=True)
     stack.add("acc-1", platform="sandbox")
     stack.wait_task("w1", "acc-1", "waiting_login")
-    login = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "hiscrm_cli", "login", "acc-1", "--timeout", "60"),
-            *("--qr-dir", str(stack.workdir / "qr")),
-        ],
-        env=stack.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    login = start_login(stack)  # the login page is open: Chromium runs
     try:
-        assert login.stdout is not None
-        for line in login.stdout:  # the login page is open: Chromium runs
-            if "QR code" in line:
-                break
         data_dir = stack.extra_env["HISCRM_DATA_DIR"]
         home = next(p for p in (f"{data_dir}/chromium-home", data_dir) if os.path.isdir(p))
         wait_for(lambda: _chromium_of(home) or _chromium_of(data_dir), what="chromium up")

@@ -339,6 +339,25 @@ def plan_row(
 
 
 @dataclass(frozen=True, slots=True)
+class WriteCall:
+    """One versioned write, validated and ready to run as :data:`WRITE_ACCOUNT_LUA`."""
+
+    new: AccountConfig
+    fields: tuple[str, ...]
+    keys: list[str]
+    args: list[Any]
+
+
+def write_failure(code: int, account_id: str, expect_owner: str | None) -> Exception:
+    """The error a negative reply of :data:`WRITE_ACCOUNT_LUA` stands for."""
+    if code == -1:
+        return AccountNotFound(f"no account {account_id!r}")
+    if code == -2:
+        return VersionConflict(f"account {account_id} changed meanwhile")
+    return NotOwner(f"account {account_id} is not owned by {expect_owner}")
+
+
+@dataclass(frozen=True, slots=True)
 class AccountUpdate:
     """What one versioned write did."""
 
@@ -349,30 +368,44 @@ class AccountUpdate:
     previous_worker_id: str | None
 
 
+# The versioned write as a Lua function, so a caller can compose it with other steps in
+# one atomic call (see hiscrm_master.updates). Returns the new version, or -1 (no such
+# account), -2 (its version is not ``expected``), -3 (not owned by ``expect_owner``).
+WRITE_ACCOUNT_LUA = """
+local function write_account(acct, unassigned, expected, updated_at, sets, dels, head, tail,
+                             id, expect_owner)
+  if redis.call('EXISTS', acct) == 0 then return -1 end
+  local cur = tonumber(redis.call('HGET', acct, 'config_version') or '0')
+  if expected ~= '' and tonumber(expected) ~= cur then return -2 end
+  local old = redis.call('HGET', acct, 'worker_id')
+  if expect_owner ~= '' and old ~= expect_owner then return -3 end
+  for k, v in pairs(cjson.decode(sets)) do redis.call('HSET', acct, k, v) end
+  for _, k in ipairs(cjson.decode(dels)) do redis.call('HDEL', acct, k) end
+  local new = redis.call('HGET', acct, 'worker_id')
+  if old ~= new then
+    if old then redis.call('SREM', head .. old .. tail, id) end
+    if new then
+      redis.call('SADD', head .. new .. tail, id)
+      redis.call('SREM', unassigned, id)
+    else
+      redis.call('SADD', unassigned, id)
+    end
+  end
+  redis.call('HSET', acct, 'updated_at', updated_at)
+  return redis.call('HINCRBY', acct, 'config_version', 1)
+end
+"""
+
 # KEYS: account hash, unassigned set. ARGV: expected version ('' = any), updated_at,
 # JSON {field: value}, JSON [field to delete], worker set head, worker set tail, account id,
 # expected owner ('' = any).
-_UPDATE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local cur = tonumber(redis.call('HGET', KEYS[1], 'config_version') or '0')
-if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= cur then return -2 end
-local old = redis.call('HGET', KEYS[1], 'worker_id')
-if ARGV[8] ~= '' and old ~= ARGV[8] then return -3 end
-for k, v in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[1], k, v) end
-for _, k in ipairs(cjson.decode(ARGV[4])) do redis.call('HDEL', KEYS[1], k) end
-local new = redis.call('HGET', KEYS[1], 'worker_id')
-if old ~= new then
-  if old then redis.call('SREM', ARGV[5] .. old .. ARGV[6], ARGV[7]) end
-  if new then
-    redis.call('SADD', ARGV[5] .. new .. ARGV[6], ARGV[7])
-    redis.call('SREM', KEYS[2], ARGV[7])
-  else
-    redis.call('SADD', KEYS[2], ARGV[7])
-  end
-end
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
-return redis.call('HINCRBY', KEYS[1], 'config_version', 1)
+_UPDATE = (
+    WRITE_ACCOUNT_LUA
+    + """
+return write_account(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
+                     ARGV[7], ARGV[8])
 """
+)
 
 # KEYS: account hash, accounts set, owner's account set or the unassigned set
 _CREATE = """
@@ -599,6 +632,31 @@ class AccountStore:
             raise result
         return result
 
+    def write_call(
+        self,
+        account_id: str,
+        current: Mapping[str, Any],
+        changes: Mapping[str, Any],
+        expect_version: int | None = None,
+        expect_owner: str | None = None,
+    ) -> WriteCall:
+        """The validated config and the keys and arguments of :data:`WRITE_ACCOUNT_LUA`
+        for one versioned write (InvalidAccountConfig when it does not validate)."""
+        new = check_changes(current, changes)
+        head, tail = self.keys.split(self.keys.worker_accounts)
+        fields = tuple(sorted(changes))
+        encoded = {f: encode_value(getattr(new, f)) for f in fields}
+        sets = {f: v for f, v in encoded.items() if v is not None}
+        dels = [f for f, v in encoded.items() if v is None]
+        expected = "" if expect_version is None else str(expect_version)
+        now = utcnow().isoformat()
+        args: list[Any] = [
+            *(expected, now, dumps(sets), dumps(dels), head, tail, account_id),
+            expect_owner or "",
+        ]
+        keys = [self.keys.account(account_id), self.keys.unassigned]
+        return WriteCall(new, fields, keys, args)
+
     async def update_many(
         self,
         batch: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]],
@@ -610,39 +668,25 @@ class AccountStore:
         Every change is validated before anything is sent; an invalid one yields its
         InvalidAccountConfig in the result list and is not written.
         """
-        head, tail = self.keys.split(self.keys.worker_accounts)
-        now = utcnow().isoformat()
         results: list[AccountUpdate | Exception | None] = []
         sent: list[tuple[int, Mapping[str, Any], AccountConfig, tuple[str, ...]]] = []
         async with self.redis.pipeline(transaction=False) as pipe:
             for account_id, (current, changes) in batch.items():
                 try:
-                    new = check_changes(current, changes)
+                    write = self.write_call(
+                        account_id, current, changes, expect_version, expect_owner
+                    )
                 except InvalidAccountConfig as exc:
                     results.append(exc)
                     continue
-                fields = tuple(sorted(changes))
-                encoded = {f: encode_value(getattr(new, f)) for f in fields}
-                sets = {f: v for f, v in encoded.items() if v is not None}
-                dels = [f for f, v in encoded.items() if v is None]
-                expected = "" if expect_version is None else str(expect_version)
-                args = [
-                    *(expected, now, dumps(sets), dumps(dels), head, tail, account_id),
-                    expect_owner or "",
-                ]
-                keys = [self.keys.account(account_id), self.keys.unassigned]
-                await self._update(keys=keys, args=args, client=pipe)
-                sent.append((len(results), current, new, fields))
+                await self._update(keys=write.keys, args=write.args, client=pipe)
+                sent.append((len(results), current, write.new, write.fields))
                 results.append(None)  # filled from the pipeline's reply below
             replies = await call(pipe.execute()) if sent else []
         for (index, current, new, fields), reply in zip(sent, replies, strict=True):
             version = int(reply)
-            if version == -1:
-                results[index] = AccountNotFound(f"no account {new.id!r}")
-            elif version == -2:
-                results[index] = VersionConflict(f"account {new.id} changed meanwhile")
-            elif version == -3:
-                results[index] = NotOwner(f"account {new.id} is not owned by {expect_owner}")
+            if version < 0:
+                results[index] = write_failure(version, new.id, expect_owner)
             else:
                 results[index] = AccountUpdate(
                     new.id, version, fields, new.worker_id, current.get("worker_id")

@@ -31,29 +31,41 @@ log = logging.getLogger(__name__)
 Status = Literal["pending", "applied", "rejected", "failed"]
 OUTCOME_TTL_S = 7 * 24 * 3600
 
-_NOW = """
+NOW_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 """
 
+# Recording a pending update as a Lua function (it needs ``now``/``now_us`` of NOW_LUA),
+# so a caller can compose it with the versioned write in one atomic call. The first
+# deadline follows the Masters' policy when one is published (the Master tracks the
+# update, whoever wrote it), else the writer's own setting.
+RECORD_LUA = """
+local function record(pending, acct_pending, update_key, stats, policy, id, account, worker,
+                      version, reason, fields, timeout_ms, sender)
+  local timeout = tonumber(redis.call('HGET', policy, 'ack_timeout_ms') or timeout_ms)
+    or timeout_ms
+  local deadline = now + tonumber(timeout)
+  redis.call('HSET', update_key, 'update_id', id, 'account_id', account, 'worker_id', worker,
+    'version', version, 'reason', reason, 'fields', fields, 'attempts', 1,
+    'created_at_ms', now, 'created_at_us', now_us, 'deadline_ms', deadline,
+    'status', 'pending', 'sender', sender)
+  redis.call('ZADD', pending, deadline, id)
+  redis.call('ZADD', acct_pending, tonumber(version), id)
+  redis.call('HINCRBY', stats, 'sent', 1)
+  return now
+end
+"""
+
 # KEYS: pending, account pending index, update hash, stats, policy
 # ARGV: update_id, account_id, worker_id, version, reason, fields, ack_timeout_ms, sender
-# The first deadline follows the Masters' policy when one is published (the Master
-# tracks the update, whoever wrote it), else the writer's own setting.
 _RECORD = (
-    _NOW
+    NOW_LUA
+    + RECORD_LUA
     + """
-local timeout = tonumber(redis.call('HGET', KEYS[5], 'ack_timeout_ms') or ARGV[7]) or ARGV[7]
-local deadline = now + tonumber(timeout)
-redis.call('HSET', KEYS[3], 'update_id', ARGV[1], 'account_id', ARGV[2], 'worker_id', ARGV[3],
-  'version', ARGV[4], 'reason', ARGV[5], 'fields', ARGV[6], 'attempts', 1,
-  'created_at_ms', now, 'created_at_us', now_us, 'deadline_ms', deadline, 'status', 'pending',
-  'sender', ARGV[8])
-redis.call('ZADD', KEYS[1], deadline, ARGV[1])
-redis.call('ZADD', KEYS[2], tonumber(ARGV[4]), ARGV[1])
-redis.call('HINCRBY', KEYS[4], 'sent', 1)
-return now
+return record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+              ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 """
 )
 
@@ -81,7 +93,7 @@ end
 # Only the account's owner may resolve its updates ('not_owner' otherwise); the worker
 # id is the ACK stream's writer, never what the ACK claims.
 _RESOLVE = (
-    _NOW
+    NOW_LUA
     + _CLOSE
     + """
 local current = redis.call('HGET', KEYS[5], 'worker_id')
@@ -114,7 +126,7 @@ return out
 # ARGV: limit, max_attempts, ack_timeout_ms, backoff, update head, update tail,
 #       account-pending head, account-pending tail, maxlen, ttl
 _SWEEP = (
-    _NOW
+    NOW_LUA
     + _CLOSE
     + """
 local out = {}
@@ -148,7 +160,7 @@ return out
 # KEYS: pending, account pending index, update hash, outcomes, stats
 # ARGV: update_id, error, maxlen, ttl
 _CANCEL = (
-    _NOW
+    NOW_LUA
     + _CLOSE
     + """
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -248,9 +260,10 @@ class PendingTracker:
         self._sweep = redis.register_script(_SWEEP)
         self._cancel = redis.register_script(_CANCEL)
 
-    def _record_args(
+    def record_call(
         self, update: AccountConfigUpdate, worker_id: str
     ) -> tuple[list[str], list[Any]]:
+        """Keys and arguments of :data:`RECORD_LUA` for tracking ``update``."""
         keys = [
             self.keys.pending,
             self.keys.account_pending(update.account_id),
@@ -272,7 +285,7 @@ class PendingTracker:
 
     async def record(self, update: AccountConfigUpdate, worker_id: str) -> None:
         """Track ``update`` (sent to ``worker_id``) until its outcome. Call before publishing."""
-        keys, args = self._record_args(update, worker_id)
+        keys, args = self.record_call(update, worker_id)
         await call(self._record(keys=keys, args=args))
 
     async def record_many(
@@ -282,7 +295,7 @@ class PendingTracker:
         on it (the caller executes it, e.g. with the publishes right behind them)."""
         if pipe is not None:
             for update, worker_id in updates:
-                keys, args = self._record_args(update, worker_id)
+                keys, args = self.record_call(update, worker_id)
                 await self._record(keys=keys, args=args, client=pipe)
             return
         async with self.redis.pipeline(transaction=False) as own:

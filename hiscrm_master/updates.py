@@ -10,18 +10,47 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from hiscrm_bus.accounts import AccountConfig, AccountStore, AccountUpdate, ImportPlan, to_hash
+from hiscrm_bus.accounts import (
+    WRITE_ACCOUNT_LUA,
+    AccountConfig,
+    AccountStore,
+    AccountUpdate,
+    ImportPlan,
+    decode_hash,
+    to_hash,
+    write_failure,
+)
 from hiscrm_bus.acl import Grants
 from hiscrm_bus.connection import call
-from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig
+from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig, VersionConflict
 from hiscrm_bus.messages import AccountConfigUpdate, UpdateReason, encode, new_id
-from hiscrm_bus.pending import PendingTracker
+from hiscrm_bus.pending import NOW_LUA, RECORD_LUA, PendingTracker
 from hiscrm_bus.settings import BusSettings
 
 from .ingest import IngestStore
 
 log = logging.getLogger(__name__)
 BATCH = 500
+RACE_RETRIES = 5  # reads a change may take when others keep writing the same account
+
+# KEYS: account hash, unassigned set, then the pending record's (pending, account pending
+# index, update hash, stats, policy). ARGV: the versioned write's eight, the record's
+# eight, the owner's control channel, the update as published. Returns {version or
+# write_failure code, subscribers that got it}. One atomic call: the update is written,
+# tracked and published together, or not at all.
+_CHANGE = (
+    NOW_LUA
+    + WRITE_ACCOUNT_LUA
+    + RECORD_LUA
+    + """
+local v = write_account(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
+                        ARGV[7], ARGV[8])
+if v < 0 then return {v, 0} end
+record(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[9], ARGV[10], ARGV[11], ARGV[12],
+       ARGV[13], ARGV[14], ARGV[15], ARGV[16])
+return {v, redis.call('PUBLISH', ARGV[17], ARGV[18])}
+"""
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +97,7 @@ class Updates:
         self.store = AccountStore(redis, self.keys)
         self.tracker = PendingTracker(redis, settings)
         self.grants = Grants(redis, self.keys)
+        self._change = redis.register_script(_CHANGE)
         self.items = IngestStore(redis, self.keys)
 
     def message(
@@ -93,7 +123,40 @@ class Updates:
         expect_owner: str | None = None,
     ) -> tuple[AccountUpdate, AccountConfigUpdate | None]:
         """Write ``changes`` (validated, versioned, atomic) and notify the owner.
-        Returns the write and the update sent (None when no worker owns the account)."""
+        Returns the write and the update sent (None when no worker owns the account).
+
+        The common case — the owner stays — costs one read and one atomic call that
+        checks the version is unchanged, writes, bumps it, records the pending update
+        and publishes it; a lost race reads again. A change of owner first moves the
+        workers' read access, so it takes the longer path of separate steps."""
+        for _attempt in range(RACE_RETRIES):
+            raw = await call(self.redis.hgetall(self.keys.account(account_id)))
+            if not raw:
+                raise AccountNotFound(f"no account {account_id!r}")
+            current = decode_hash(raw)
+            version = _version(current)
+            if expect_version is not None and expect_version != version:
+                raise VersionConflict(f"account {account_id} changed meanwhile")
+            write = self.store.write_call(account_id, current, changes, version, expect_owner)
+            owner = write.new.worker_id
+            if owner is None or owner != current.get("worker_id"):
+                break  # unowned (nobody to tell), or a move (read access goes first)
+            result = AccountUpdate(account_id, version + 1, write.fields, owner, owner)
+            message = self.message(result, reason)
+            record_keys, record_args = self.tracker.record_call(message, owner)
+            reply = await call(
+                self._change(
+                    keys=[*write.keys, *record_keys],
+                    args=[*write.args, *record_args, self.keys.control(owner), encode(message)],
+                )
+            )
+            code, receivers = int(reply[0]), int(reply[1])
+            if code == -2 and expect_version is None:
+                continue  # someone wrote in between: read again
+            if code < 0:
+                raise write_failure(code, account_id, expect_owner)
+            self._log_sent([(message, owner)], [receivers])
+            return result, message
         result = await self.store.update(
             account_id, changes, expect_version=expect_version, expect_owner=expect_owner
         )
@@ -251,3 +314,10 @@ class Updates:
                 message.update_id,
                 "" if count else " [no subscriber: it will reconcile or be retried]",
             )
+
+
+def _version(current: Mapping[str, Any]) -> int:
+    try:
+        return int(current.get("config_version") or 0)
+    except (TypeError, ValueError):
+        return 0

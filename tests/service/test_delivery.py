@@ -155,3 +155,26 @@ async def test_a_dead_workers_accounts_move_to_a_live_one(fleet, bus: Bus) -> No
     await master.on_acks(await acks_of(redis, w2))
     assert await master.tracker.count() == 0
     assert w1.runner.ids() == []
+
+
+async def test_racing_changes_each_land_once_tracked_and_published(fleet, bus: Bus) -> None:
+    """The one-call write path: twenty writers at once on one account each win once
+    (a lost race reads again), and each write is recorded and published with it."""
+    master, _w1, _w2 = fleet
+    redis, settings = bus
+    await add(master, "acc-1", "w1")
+    results: list[int] = []
+
+    async def write(n: int) -> None:
+        result, sent = await master.updates.change("acc-1", {"name": f"n{n}"}, "admin_update")
+        assert sent is not None and sent.config_version == result.version
+        results.append(result.version)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(write, n)
+    assert sorted(results) == list(range(2, 22))
+    assert (await master.store.get("acc-1")).config_version == 21
+    pending = await master.tracker.of_account("acc-1")
+    assert sorted(p.version for p in pending) == list(range(2, 22))
+    assert int((await redis.hgetall(settings.keys.stats))[b"sent"]) == 20

@@ -328,6 +328,15 @@ async def bench_latency(  # noqa: PLR0915 - one measurement, read top to bottom
         return sent
 
     updates.notify = timed_notify  # type: ignore[method-assign]
+    # the one-call path (the owner stays) records and PUBLISHes inside its Lua call:
+    # the round trip starts when that call is sent (its ninth argument is the update id)
+    change_call = updates._change
+
+    async def timed_change(*, keys: list[Any], args: list[Any]) -> Any:
+        publishing.setdefault(str(args[8]), now())
+        return await change_call(keys=keys, args=args)
+
+    updates._change = timed_change  # type: ignore[assignment]
 
     account = "lat-1"
     sent_at: dict[str, float] = {}

@@ -11,6 +11,8 @@ from hiscrm_bus.messages import CrawledItem
 from .snapshot import AccountView, Snapshot, WorkerView
 
 Severity = Literal["problem", "info"]
+# how a task error caused by the site's shape or a refusal of it begins
+DRIFT_PREFIXES = ("platform_changed:", "platform_error:")
 
 
 @dataclass(frozen=True)
@@ -297,6 +299,17 @@ def account_findings(snap: Snapshot, view: AccountView, worker: WorkerView | Non
                 "not_logged_in",
                 f"{aid} has no platform_user_id: its crawler waits for a login",
                 f"log it in: `hiscrm login {aid}`",
+            )
+        )
+    elif (
+        task is not None and task.state == "error" and (task.error or "").startswith(DRIFT_PREFIXES)
+    ):
+        found.append(
+            Finding(
+                "platform_changed",
+                f"the crawler of {aid} does not understand what the site sent: {task.error}",
+                "the site changed: update hiscrm_worker/platforms/douyin_api.py "
+                "(its addresses, envelopes and parsers)",
             )
         )
     elif task is not None and task.state == "error":

@@ -169,3 +169,10 @@ def test_an_expired_login_names_its_remedy() -> None:
     d = diagnose(snap(account(login_status="expired"), worker("waiting_login")))
     (finding,) = d.accounts[0].problems
     assert finding.code == "login_expired" and "hiscrm login acc-1" in finding.remedy
+
+
+def test_a_site_that_changed_is_its_own_finding() -> None:
+    error = "platform_changed: /aweme/v1/creator/comment/list/ lacks comment_info_list"
+    d = diagnose(snap(account(), worker("error", error=error)))
+    (finding,) = d.accounts[0].problems
+    assert finding.code == "platform_changed" and "douyin_api.py" in finding.remedy

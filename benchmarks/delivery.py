@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from hiscrm_bus.accounts import AccountConfig, AccountUpdate, decode_hash, to_hash  # noqa: E402
+from hiscrm_bus.accounts import AccountConfig, decode_hash  # noqa: E402
 from hiscrm_bus.connection import connect  # noqa: E402
 from hiscrm_bus.messages import AccountConfigUpdateAck  # noqa: E402
 from hiscrm_bus.streams import Received, append_many  # noqa: E402
@@ -350,13 +350,9 @@ async def bench_latency(  # noqa: PLR0915 - one measurement, read top to bottom
             await tg.start(floor.serve)
             await tg.start(master.run)
             await tg.start(worker.run)
-            created = await updates.store.create(
+            await updates.create(  # as `hiscrm account add` does
                 AccountConfig(id=account, platform="synthetic", worker_id=worker.id)
             )
-            result = AccountUpdate(
-                created.id, created.config_version, tuple(sorted(to_hash(created))), worker.id, None
-            )
-            await updates.notify([result], "assignment")  # as `hiscrm account add` does
             await wait_until(lambda: worker.runner.get(account) is not None, 10, "the task")
             for i in range(warmup + n):
                 measured = i >= warmup

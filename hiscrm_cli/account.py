@@ -25,7 +25,6 @@ from hiscrm_bus.accounts import (
     from_hash,
     needs_a_login,
     parse_assignments,
-    to_hash,
     unknown_platform,
     validate,
 )
@@ -86,14 +85,9 @@ def add(
         async with redis_client(settings) as redis:
             updates = Updates(redis, settings, SENDER)
             try:
-                created = await updates.store.create(config)
+                created, _sent = await updates.create(config)
             except AccountExists as exc:
                 fail(str(exc))
-            fields = tuple(sorted(to_hash(created)))
-            result = AccountUpdate(
-                created.id, created.config_version, fields, created.worker_id, None
-            )
-            await updates.notify([result], "assignment")
             owner = created.worker_id or "the Master will assign a worker"
             console.print(
                 f"added account {safe(created.id)} ({safe(created.platform)}); "

@@ -89,7 +89,7 @@ async def play(redis_url: str, site_url: str) -> int:
         config = AccountConfig(
             id=ACCOUNT, platform="sandbox", name="demo shop", monitor_interval_s=2.0
         )
-        await updates.store.create(config)
+        await updates.create(config)
         say(f"account {ACCOUNT} added (platform sandbox, no worker yet: the Master assigns one)")
         status: TaskStatus = await _step(
             "waiting for the worker to start the task…",

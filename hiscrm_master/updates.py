@@ -181,6 +181,15 @@ class Updates:
             sent += await self.notify(ok, reason)
         return results, sent
 
+    async def create(
+        self, config: AccountConfig
+    ) -> tuple[AccountConfig, AccountConfigUpdate | None]:
+        """Add an account (AccountExists if the id is taken) and tell its worker, if it
+        has one, as any update: tracked until the worker applies it."""
+        stored = await self.store.create(config)
+        (sent,) = await self.notify([created(stored)], "assignment")
+        return stored, sent
+
     async def import_accounts(self, plan: ImportPlan) -> Imported:
         """Write an import plan that :meth:`AccountStore.plan_import` found without a
         problem: create the new accounts and tell their owners (as ``account add``

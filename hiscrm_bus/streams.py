@@ -77,6 +77,41 @@ async def last_entry_id(redis: Redis, stream: str) -> str:
     return text(last[0][0]) if last else "0-0"
 
 
+class StreamFollower:
+    """Follows streams from a point on without a consumer group (XREAD), as an operator
+    command watches a worker's events: every entry after the cursor, in order."""
+
+    def __init__(self, redis: Redis, *, block_ms: int = 1000, count: int = 100) -> None:
+        self.redis = redis
+        self.block_ms = block_ms
+        self.count = count
+        self.cursors: dict[str, str] = {}
+
+    def follow(self, stream: str, after: str = "$") -> None:
+        """Read ``stream`` from after entry ``after`` on (kept if already followed)."""
+        self.cursors.setdefault(stream, after)
+
+    async def start_at_end(self, stream: str) -> None:
+        """Follow ``stream`` from what is appended after now."""
+        self.follow(stream, await last_entry_id(self.redis, stream))
+
+    async def read(self) -> list[tuple[str, Message | DecodeError]]:
+        """What came since the last read, waiting up to ``block_ms`` for something
+        ([] when nothing came). Entries that do not decode come as DecodeError."""
+        if not self.cursors:
+            await anyio.sleep(self.block_ms / 1000)
+            return []
+        reply: Any = await call(
+            self.redis.xread(dict(self.cursors), count=self.count, block=self.block_ms)  # type: ignore[arg-type]
+        )
+        out: list[tuple[str, Message | DecodeError]] = []
+        for stream, entry_id, fields in _entries(reply):  # XREAD's reply has XREADGROUP's shape
+            self.cursors[stream] = text(entry_id)
+            raw = fields.get(FIELD.encode(), b"") if fields else b""
+            out.append((stream, decode(raw) if raw else DecodeError("no message", b"")))
+        return out
+
+
 class StreamReader:
     """One consumer of a consumer group over a set of streams.
 
@@ -302,7 +337,7 @@ class StreamReader:
 
 
 def _entries(reply: Any) -> list[Entry]:
-    """(stream, entry id, fields) of an XREADGROUP reply."""
+    """(stream, entry id, fields) of an XREAD or XREADGROUP reply."""
     if not reply:
         return []
     # RESP2: [[stream, [(id, fields), ...]]]; RESP3: {stream: [[(id, fields), ...]]}

@@ -14,10 +14,8 @@ from typing import Any, TypeVar
 import anyio
 
 from hiscrm_bus.accounts import AccountConfig
-from hiscrm_bus.connection import call
-from hiscrm_bus.connection import text as reply_text
-from hiscrm_bus.messages import LoginFailed, LoginQrCode, LoginSuccess, TaskStatus, decode
-from hiscrm_bus.streams import last_entry_id
+from hiscrm_bus.messages import LoginFailed, LoginQrCode, LoginSuccess, TaskStatus
+from hiscrm_bus.streams import StreamFollower
 from hiscrm_bus.workers import WorkerRegistry
 from hiscrm_master.diagnosis import diagnose
 from hiscrm_master.ingest import IngestStore
@@ -68,23 +66,16 @@ async def play(redis_url: str, site_url: str) -> int:
         updates = Updates(redis, settings, SENDER)
         registry = WorkerRegistry(redis, keys)
         # every worker's own event stream, each read from where we were in it
-        cursors: dict[Any, Any] = {}
+        events = StreamFollower(redis, block_ms=500)
         started_at = f"{int(time.time() * 1000)}-0"
 
         async def next_event(match: Callable[[Any], bool]) -> Any:
             while True:
                 for worker_id in await registry.ids():
-                    cursors.setdefault(keys.worker_stream(worker_id, "events"), started_at)
-                if not cursors:
-                    await anyio.sleep(0.2)  # no worker registered yet: nothing to block on
-                    continue
-                reply: Any = await call(redis.xread(dict(cursors), block=500))
-                for stream, entries in reply or []:
-                    for entry_id, fields in entries:
-                        cursors[reply_text(stream)] = entry_id
-                        message = decode(fields.get(b"msg", b""))
-                        if match(message):
-                            return message
+                    events.follow(keys.worker_stream(worker_id, "events"), started_at)
+                for _stream, message in await events.read():
+                    if match(message):
+                        return message
 
         config = AccountConfig(
             id=ACCOUNT, platform="sandbox", name="demo shop", monitor_interval_s=2.0
@@ -180,12 +171,10 @@ async def play(redis_url: str, site_url: str) -> int:
         ingest = keys.worker_stream(owner, "ingest")
 
         async def crawled() -> Any:
-            cursor = await last_entry_id(redis, ingest)
+            batches = StreamFollower(redis)
+            await batches.start_at_end(ingest)
             while (stats := await store.stats(ACCOUNT)).comments < 3 or stats.dms < 1:
-                # each crawl batch the worker sends is a moment to look again
-                reply: Any = await call(redis.xread({ingest: cursor}, block=1000))
-                for _stream, entries in reply or []:
-                    cursor = entries[-1][0]
+                await batches.read()  # each crawl batch the worker sends: look again
             return stats
 
         stats = await _step("waiting for the crawler…", 30, crawled)

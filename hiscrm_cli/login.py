@@ -10,16 +10,14 @@ from typing import Annotated, Any
 import anyio
 import typer
 
-from hiscrm_bus.connection import call
 from hiscrm_bus.messages import (
     LoginFailed,
     LoginProgress,
     LoginQrCode,
     LoginSuccess,
     Message,
-    decode,
 )
-from hiscrm_bus.streams import last_entry_id
+from hiscrm_bus.streams import StreamFollower, last_entry_id
 from hiscrm_master.login import LoginStarted, LoginUnavailable, resend_login, start_login
 from hiscrm_master.settings import MasterSettings
 from hiscrm_master.updates import Updates
@@ -115,28 +113,24 @@ async def _follow(
     """Print the session's events until it ends. Until the worker is heard from, the
     request is re-sent now and then: pub/sub may have lost it."""
     session_id, account_id = login.request.session_id, login.request.account_id
-    stream = settings.keys.worker_stream(login.worker_id, "events")
-    cursor = after
+    events = StreamFollower(redis)
+    events.follow(settings.keys.worker_stream(login.worker_id, "events"), after)
     heard = False
     resend_at = anyio.current_time() + RESEND_S
     while True:
         if not heard and anyio.current_time() >= resend_at:
             await resend_login(redis, settings, login)
             resend_at = anyio.current_time() + RESEND_S
-        reply: Any = await call(redis.xread({stream: cursor}, count=100, block=1000))
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                cursor = entry_id
-                message = decode(fields.get(b"msg", b""))
-                if getattr(message, "session_id", None) != session_id:
-                    continue
-                heard = True
-                if isinstance(message, LoginQrCode):
-                    _show_qr(message, account_id, qr_dir)
-                elif isinstance(message, LoginProgress):
-                    console.print(f"login: {safe(message.status.replace('_', ' '))}")
-                elif isinstance(message, LoginSuccess | LoginFailed):
-                    return message
+        for _stream, message in await events.read():
+            if getattr(message, "session_id", None) != session_id:
+                continue
+            heard = True
+            if isinstance(message, LoginQrCode):
+                _show_qr(message, account_id, qr_dir)
+            elif isinstance(message, LoginProgress):
+                console.print(f"login: {safe(message.status.replace('_', ' '))}")
+            elif isinstance(message, LoginSuccess | LoginFailed):
+                return message
 
 
 def _show_qr(message: LoginQrCode, account_id: str, qr_dir: Path) -> None:

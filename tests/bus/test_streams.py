@@ -16,9 +16,9 @@ from redis.asyncio import Redis
 from hiscrm_bus.connection import make_client
 from hiscrm_bus.deadletter import DeadLetters
 from hiscrm_bus.errors import BusUnavailable
-from hiscrm_bus.messages import TaskStatus, decode
+from hiscrm_bus.messages import DecodeError, TaskStatus, decode
 from hiscrm_bus.settings import BusSettings
-from hiscrm_bus.streams import FIELD, Received, StreamReader, append
+from hiscrm_bus.streams import FIELD, Received, StreamFollower, StreamReader, append
 from tests.conftest import fast_settings
 from tests.redis_server import RedisServer
 
@@ -454,3 +454,21 @@ async def test_reader_survives_a_redis_crash(own_redis_server: RedisServer) -> N
             tg.cancel_scope.cancel()
     finally:
         await consumer_client.aclose()
+
+
+async def test_a_follower_reads_what_comes_after_its_cursor_on_every_stream(bus: Bus) -> None:
+    redis, settings = bus
+    a, b = (settings.keys.worker_stream(w, "events") for w in ("w1", "w2"))
+    await append(redis, a, status(1), settings.stream_maxlen)  # before: not seen
+    follower = StreamFollower(redis, block_ms=100)
+    await follower.start_at_end(a)
+    follower.follow(b, "0")
+    assert await follower.read() == []
+    await append(redis, a, status(2), settings.stream_maxlen)
+    await append(redis, b, status(3), settings.stream_maxlen)
+    await redis.xadd(b, {"junk": "x"})
+    got = await follower.read()
+    versions = [(s, getattr(m, "config_version", None)) for s, m in got]
+    assert versions[:2] == [(a, 2), (b, 3)] or versions[:2] == [(b, 3), (a, 2)]
+    assert isinstance(got[2][1], DecodeError)
+    assert await follower.read() == []  # each entry once

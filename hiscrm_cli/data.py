@@ -38,10 +38,14 @@ def data(
     if as_json:
         print(json_text(_doc(view, kind)))
         return
-    table = Table("id", "created", "author", "text", title=f"{safe(account_id)}: {kind}")
+    # where an item belongs: its work and parent comment, its conversation
+    where = ("work_id", "parent_id") if kind == "comments" else ("conversation_id",)
+    heads = [k.removesuffix("_id") for k in where]
+    table = Table("id", "created", "author", "text", *heads, title=f"{safe(account_id)}: {kind}")
     for item in view.items:
         created = item.created_at.strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(safe(item.item_id), created, safe(item.author), safe(item.text))
+        ids = [safe(str(item.extra.get(k) or "")) for k in where]
+        table.add_row(safe(item.item_id), created, safe(item.author), safe(item.text), *ids)
     console.print(table)
     if not view.exists:
         console.print(f"no account {safe(account_id)!r}: this is the crawled data kept on removal")

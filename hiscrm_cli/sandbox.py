@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hiscrm_sandbox.creator import DRIFTABLE
 from hiscrm_sandbox.site import MAX_BURST
 from hiscrm_sandbox.site import serve as make_server
 
@@ -89,17 +90,17 @@ Count = Annotated[
 ]
 
 
-def _post_item(kind: str, text: str, user_id: str, author: str, url: str, count: int) -> str:
+def _post_item(
+    kind: str, text: str, user_id: str, author: str, url: str, count: int, **where: str | None
+) -> str:
     doc: dict[str, Any] = {"user_id": user_id, "text": text, "author": author}
+    doc |= {k: v for k, v in where.items() if v}
+    noun = "reply" if where.get("reply_to") else "comment" if kind == "comments" else "message"
     if count == 1:
-        return f"{_noun(kind, 1)} {_post(url, f'/api/{kind}', doc)['id']}"
+        return f"{noun} {_post(url, f'/api/{kind}', doc)['id']}"
     got = _post(url, f"/api/{kind}", {**doc, "count": count})
-    return f"{got['count']} {_noun(kind, got['count'])} ({got['first']} … {got['last']})"
-
-
-def _noun(kind: str, n: int) -> str:
-    one = "comment" if kind == "comments" else "message"
-    return one if n == 1 else f"{one}s"
+    nouns = "replies" if noun == "reply" else f"{noun}s"
+    return f"{got['count']} {nouns} ({got['first']} … {got['last']})"
 
 
 @app.command("post-comment")
@@ -108,10 +109,62 @@ def post_comment(
     user_id: Annotated[str, typer.Option(help="Whose content gets the comment.")],
     author: Annotated[str, typer.Option(help="Who writes it.")] = "fan",
     count: Count = 1,
+    work: Annotated[
+        str | None, typer.Option(help="The work it is on (default: the user's first).")
+    ] = None,
     url: Url = DEFAULT_URL,
 ) -> None:
     """Post a comment on a user's content."""
-    console.print(f"{_post_item('comments', text, user_id, author, url, count)} posted")
+    posted = _post_item("comments", text, user_id, author, url, count, work_id=work)
+    console.print(f"{posted} posted")
+
+
+@app.command("post-reply")
+def post_reply(
+    text: Annotated[str, typer.Argument()],
+    to: Annotated[str, typer.Option(help="The comment it replies to (its id).")],
+    user_id: Annotated[str, typer.Option(help="Whose content has the comment.")],
+    author: Annotated[str, typer.Option(help="Who writes it.")] = "fan",
+    count: Count = 1,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Reply to a comment on a user's content."""
+    posted = _post_item("comments", text, user_id, author, url, count, reply_to=to)
+    console.print(f"{posted} to {safe(to)} posted")
+
+
+@app.command("post-work")
+def post_work(
+    title: Annotated[str, typer.Argument()],
+    user_id: Annotated[str, typer.Option(help="Whose work it is.")],
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Publish a work (a video) for a user: the newest in the creator centre's picker."""
+    work = _post(url, "/api/works", {"user_id": user_id, "title": title})
+    console.print(f"work {safe(work['item_id'])} posted")
+
+
+Drift = Annotated[
+    str,
+    typer.Argument(help="What answers: works, comments, replies or contacts."),
+]
+Mode = Annotated[
+    str,
+    typer.Option(
+        help="shape: the list renamed; error: a status_code other than 0; off: as before."
+    ),
+]
+
+
+@app.command()
+def drift(what: Drift, mode: Mode = "shape", url: Url = DEFAULT_URL) -> None:
+    """Make the site's creator API answer as if the site changed (to see the crawler
+    report it), or stop (--mode off)."""
+    if what not in DRIFTABLE or mode not in ("shape", "error", "off"):
+        fail(f"drift {', '.join(DRIFTABLE)} with --mode shape, error or off")
+    _post(url, "/api/drift", {"what": what, "mode": mode})
+    state = "as before" if mode == "off" else f"drifted ({mode})"
+    console.print(f"the sandbox's {what} answer {state}")
 
 
 @app.command("send-dm")

@@ -1,5 +1,7 @@
-"""The sandbox site's pages. Element ids here are what the worker's sandbox platform
-reads; keep them in step with ``hiscrm_worker/platforms/sandbox.py``."""
+"""The sandbox site's own pages. The login page's element ids are what the worker's
+sandbox platform reads (keep them in step with ``hiscrm_worker/platforms/sandbox.py``);
+the plain ``/comments`` and ``/dms`` lists are for people, the crawler walks the
+creator-centre pages of :mod:`.creator_pages`."""
 
 from __future__ import annotations
 

@@ -14,13 +14,17 @@ from urllib.parse import parse_qs, urlsplit
 import qrcode
 from qrcode.image.pure import PyPNGImage
 
-from . import pages
+from . import creator, creator_pages, pages
 from .state import PAGE_SIZE, SiteState
 
 log = logging.getLogger(__name__)
 COOKIE = "sandbox_session"
 MAX_LIMIT = 1000  # items per list response
 MAX_BURST = 100_000  # items per bulk post
+COMMENT_PAGE = "/creator-micro/interactive/comment"
+CHAT_PAGE = "/creator-micro/data/following/chat"
+_COMMENT_PATHS = {g: p["comments"] for g, p in creator.PATHS.items()}
+_REPLY_PATHS = {g: p["replies"] for g, p in creator.PATHS.items()}
 
 
 def _int_arg(query: dict[str, list[str]], name: str, default: int, lo: int, hi: int) -> int | None:
@@ -122,6 +126,19 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(401, {"status_code": 8, "status_msg": "not logged in"})
             else:
                 self._json(200, {"status_code": 0, "user": user})
+        elif path == COMMENT_PAGE:
+            self._html(creator_pages.comment_page(state.generation))
+        elif path == CHAT_PAGE:
+            self._html(creator_pages.chat_page())
+        elif path in (
+            creator.WORKS_PATH,
+            creator.CONTACTS_PATH,
+            *_COMMENT_PATHS.values(),
+            *_REPLY_PATHS.values(),
+        ):
+            self._creator_api(path, query)
+        elif path == creator.HISTORY_PATH:
+            self._history(query)
         elif path in pages.PAGES:
             # like a single-page app: the page loads for anyone, its API calls decide
             self._html(pages.PAGES[path])
@@ -139,6 +156,51 @@ class Handler(BaseHTTPRequestHandler):
             self._json(200, list_response(state, kind, user["uid"], cursor, limit))
         else:
             self._json(404, {"error": "not found"})
+
+    def _creator_api(self, path: str, query: dict[str, list[str]]) -> None:
+        """The creator centre's JSON API: a session that is not logged in gets
+        douyin's answer, status_code 8 in an HTTP 200."""
+        state = self.server.state
+        user = self._user()
+        if user is None:
+            self._json(200, creator.NOT_LOGGED_IN)
+            return
+        uid = user["uid"]
+        cursor = _int_arg(query, "cursor", 0, 0, 10**9)
+        count = _int_arg(query, "count", 10, 1, MAX_LIMIT)
+        if cursor is None or count is None:
+            self._json(200, {"status_code": 2, "status_msg": "bad cursor or count"})
+            return
+        if path == creator.WORKS_PATH:
+            self._json(200, creator.work_list(state, uid, cursor, count))
+        elif path == creator.CONTACTS_PATH:
+            self._json(200, creator.contacts(state, uid))
+        elif path not in (_COMMENT_PATHS[state.generation], _REPLY_PATHS[state.generation]):
+            self._json(404, {"status_code": 404, "status_msg": "not served by this generation"})
+        elif path in _COMMENT_PATHS.values():
+            work = (query.get(creator.PATHS[state.generation]["work_param"]) or [""])[0]
+            self._json(200, creator.comment_list(state, uid, work, cursor, count))
+        else:
+            parent = (query.get("comment_id") or [""])[0]
+            body = creator.reply_list(state, uid, parent, cursor, count)
+            if body is None:
+                self._json(200, {"status_code": 5, "status_msg": "评论不存在"})
+            else:
+                self._json(200, body)
+
+    def _history(self, query: dict[str, list[str]]) -> None:
+        user = self._user()
+        if user is None:
+            self._json(401, creator.NOT_LOGGED_IN)
+            return
+        fan = (query.get("to_user_id") or [""])[0]
+        cursor = _int_arg(query, "cursor", 0, 0, 10**9)
+        count = _int_arg(query, "count", 20, 1, MAX_LIMIT)
+        if not fan or cursor is None or count is None:
+            self._json(400, {"status_code": 2, "status_msg": "bad to_user_id, cursor or count"})
+            return
+        body = creator.history(self.server.state, user["uid"], fan, cursor, count)
+        self._send(200, body, "application/octet-stream")
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
@@ -175,26 +237,76 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self._json(200, {"expired": state.expire_sessions(user_id)})
         elif path in ("/api/comments", "/api/dms"):
+            self._post_items(path.rsplit("/", 1)[1], body)
+        elif path == "/api/works":
             user_id = str(body.get("user_id") or "").strip()
-            text = str(body.get("text") or "")
-            if not user_id or not text:
-                self._json(400, {"error": "user_id and text are required"})
+            title = str(body.get("title") or "").strip()
+            if not user_id or not title:
+                self._json(400, {"error": "user_id and title are required"})
                 return
-            kind = path.rsplit("/", 1)[1]
-            author = str(body.get("author") or "fan")
-            if "count" not in body:
-                self._json(201, state.add_item(kind, user_id, text, author))
-                return
-            count = body["count"]
-            if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_BURST:
-                self._json(400, {"error": f"count must be an integer from 1 to {MAX_BURST}"})
-                return
-            # a burst: "TEXT 1" … "TEXT n", posted at once
-            texts = [f"{text} {i}" for i in range(1, count + 1)]
-            items = state.add_items(kind, user_id, texts, author)
-            self._json(201, {"count": len(items), "first": items[0]["id"], "last": items[-1]["id"]})
+            self._json(201, state.add_work(user_id, title))
+        elif path == "/api/drift":
+            self._drift(body)
         else:
             self._json(404, {"error": "not found"})
+
+    def _post_items(self, kind: str, body: dict[str, Any]) -> None:
+        """``POST /api/comments`` / ``/api/dms``: one item, or a burst of ``count``
+        ("TEXT 1" … "TEXT n"); a comment on ``work_id`` (default: the user's first work)
+        or a reply to ``reply_to``."""
+        user_id = str(body.get("user_id") or "").strip()
+        text = str(body.get("text") or "")
+        if not user_id or not text:
+            self._json(400, {"error": "user_id and text are required"})
+            return
+        author = str(body.get("author") or "fan")
+        where = {
+            k: str(body[k]) for k in ("work_id", "reply_to") if body.get(k) and kind == "comments"
+        }
+        count = body.get("count", 1)
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_BURST:
+            self._json(400, {"error": f"count must be an integer from 1 to {MAX_BURST}"})
+            return
+        texts = [text] if "count" not in body else [f"{text} {i}" for i in range(1, count + 1)]
+        try:
+            items = self.server.state.add_items(kind, user_id, texts, author, **where)
+        except KeyError as exc:
+            self._json(404, {"error": f"no work or comment {exc.args[0]} of user {user_id}"})
+            return
+        if "count" not in body:
+            self._json(201, items[0])
+        else:
+            self._json(201, {"count": len(items), "first": items[0]["id"], "last": items[-1]["id"]})
+
+    def _drift(self, body: dict[str, Any]) -> None:
+        """``POST /api/drift``: ``{"what": works|comments|replies|contacts, "mode":
+        shape|error|off}`` changes what the creator API answers; ``{"generation":
+        creator|web}`` which comment API the pages use."""
+        state = self.server.state
+        generation = body.get("generation")
+        if generation is not None:
+            if generation not in creator.PATHS:
+                self._json(400, {"error": "generation must be creator or web"})
+                return
+            state.generation = generation
+            self._json(200, {"generation": generation})
+            return
+        what, mode = body.get("what"), body.get("mode")
+        if what not in creator.DRIFTABLE or mode not in ("shape", "error", "off"):
+            self._json(
+                400,
+                {
+                    "error": f"what must be one of {', '.join(creator.DRIFTABLE)}; "
+                    "mode shape, error or off"
+                },
+            )
+            return
+        with state.lock:
+            if mode == "off":
+                state.drift.pop(what, None)
+            else:
+                state.drift[what] = mode
+        self._json(200, {"what": what, "mode": mode})
 
 
 class SandboxServer(ThreadingHTTPServer):

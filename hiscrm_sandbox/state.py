@@ -1,9 +1,16 @@
-"""The sandbox site's state: users, QR logins, browser sessions, comments and DMs.
+"""The sandbox site's state: users, QR logins, browser sessions, works, comments with
+their replies, and DMs in conversations.
 
-Comment and DM lists are served like the creator centre's: newest first, one page per
-response, with ``cursor`` (the offset of the next page), ``has_more`` and
-``total_count``. An offset cursor shifts when items arrive between two pages, as the
-real site's does; the page after a shift repeats items, it never skips one.
+Lists are served like the creator centre's: newest first (a comment's replies oldest
+first), one page per response, with ``cursor`` (the offset of the next page),
+``has_more`` and a total. An offset cursor shifts when items arrive between two pages,
+as the real site's does; the page after a shift repeats items, it never skips one.
+
+Ids are a letter and a number that grows with posting order: ``c`` comments and
+replies and ``d`` DMs share one counter, ``w`` works count on their own. A comment
+posted without a work goes to the user's first work (made when needed); each author of
+comments and DMs is a fan with a uid of their own, and a user's DMs from one fan are
+one conversation.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from typing import Any, Literal
 
 QrStatus = Literal["pending", "scanned", "confirmed", "expired"]
 PAGE_SIZE = 50  # items per response unless the caller asks for another ``limit``
+DEFAULT_WORK_TITLE = "我的第一个作品"
+FAN_UIDS = 3045678901234000  # fans' uids count up from here
 
 
 @dataclass
@@ -38,8 +47,14 @@ class SiteState:
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     sessions: dict[str, str] = field(default_factory=dict)
     items: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    works: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    fans: dict[str, str] = field(default_factory=dict)  # author → uid
+    # what the creator-centre API serves: its generation, and any drift asked for
+    generation: Literal["creator", "web"] = "creator"
+    drift: dict[str, Literal["shape", "error"]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _work_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def new_qr(self, previous: str | None = None) -> QrLogin | None:
         """A fresh QR login; a refresh of ``previous`` counts against ``max_refresh``."""
@@ -106,15 +121,46 @@ class SiteState:
             uid = self.sessions.get(session_id or "")
             return self.users.get(uid) if uid else None
 
-    def add_item(self, kind: str, user_id: str, text: str, author: str) -> dict[str, Any]:
-        return self.add_items(kind, user_id, [text], author)[0]
+    def add_item(
+        self,
+        kind: str,
+        user_id: str,
+        text: str,
+        author: str,
+        *,
+        work_id: str | None = None,
+        reply_to: str | None = None,
+    ) -> dict[str, Any]:
+        return self.add_items(kind, user_id, [text], author, work_id=work_id, reply_to=reply_to)[0]
 
     def add_items(
-        self, kind: str, user_id: str, texts: list[str], author: str
+        self,
+        kind: str,
+        user_id: str,
+        texts: list[str],
+        author: str,
+        *,
+        work_id: str | None = None,
+        reply_to: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Post several items at once (a burst): one lock, so a reader sees all or none."""
+        """Post several items at once (a burst): one lock, so a reader sees all or none.
+        A comment goes to ``work_id`` (default: the user's first work) or, with
+        ``reply_to``, is a reply to that comment (on its work). Raises KeyError for an
+        unknown work or comment."""
         with self.lock:
-            now = int(time.time())
+            now = time.time()
+            extra: dict[str, Any] = {"author_id": self._fan(author)}
+            if kind == "comments":
+                parent = self._comment(user_id, reply_to) if reply_to else None
+                if parent is not None:
+                    work_id = parent["work_id"]
+                    extra["parent_id"] = parent["id"]
+                    extra["reply_to"] = parent["author"]
+                elif work_id is None:
+                    work_id = self._works(user_id)[0]["item_id"]
+                elif not any(w["item_id"] == work_id for w in self._works(user_id)):
+                    raise KeyError(work_id)
+                extra["work_id"] = work_id
             added = []
             for text in texts:
                 n = next(self._ids)
@@ -123,12 +169,95 @@ class SiteState:
                         "id": f"{kind[0]}{n}",
                         "text": text,
                         "author": author,
-                        "create_time": now,
+                        "create_time": int(now),
+                        "created_ms": int(now * 1000),
                         "seq": n,
+                        **extra,
                     }
                 )
             self.items.setdefault((kind, user_id), []).extend(added)
             return added
+
+    def add_work(self, user_id: str, title: str) -> dict[str, Any]:
+        with self.lock:
+            self._works(user_id)
+            return self._new_work(user_id, title)
+
+    def _new_work(self, user_id: str, title: str) -> dict[str, Any]:
+        n = next(self._work_ids)
+        work = {"item_id": f"w{n}", "title": title, "create_time": int(time.time()), "seq": n}
+        self.works.setdefault(user_id, []).append(work)
+        return work
+
+    def _works(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's works, oldest first (the first made when needed). Under the lock."""
+        if not self.works.get(user_id):
+            self._new_work(user_id, DEFAULT_WORK_TITLE)
+        return self.works[user_id]
+
+    def _comment(self, user_id: str, comment_id: str) -> dict[str, Any]:
+        for c in self.items.get(("comments", user_id), []):
+            if c["id"] == comment_id:
+                return c
+        raise KeyError(comment_id)
+
+    def _fan(self, author: str) -> str:
+        """The uid of a fan, by name (a new fan gets the next one). Under the lock."""
+        if author not in self.fans:
+            self.fans[author] = str(FAN_UIDS + len(self.fans) + 1)
+        return self.fans[author]
+
+    def fan_name(self, uid: str) -> str | None:
+        with self.lock:
+            return next((name for name, u in self.fans.items() if u == uid), None)
+
+    # the creator centre's lists: each a newest-first list paged at an offset
+
+    def work_list(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's works, newest first, each with its number of comments."""
+        with self.lock:
+            works = list(reversed(self._works(user_id)))
+            comments = self.items.get(("comments", user_id), [])
+            counts = {w["item_id"]: 0 for w in works}
+            for c in comments:
+                if "parent_id" not in c and c.get("work_id") in counts:
+                    counts[c["work_id"]] += 1
+            return [{**w, "comment_count": counts[w["item_id"]]} for w in works]
+
+    def comment_list(self, user_id: str, work_id: str) -> list[dict[str, Any]]:
+        """A work's comments, newest first, each with its number of replies."""
+        with self.lock:
+            kept = self.items.get(("comments", user_id), [])
+            replies: dict[str, int] = {}
+            for c in kept:
+                if "parent_id" in c:
+                    replies[c["parent_id"]] = replies.get(c["parent_id"], 0) + 1
+            return [
+                {**c, "reply_count": replies.get(c["id"], 0)}
+                for c in reversed(kept)
+                if c.get("work_id") == work_id and "parent_id" not in c
+            ]
+
+    def reply_list(self, user_id: str, comment_id: str) -> list[dict[str, Any]] | None:
+        """A comment's replies, oldest first (None: no such comment)."""
+        with self.lock:
+            kept = self.items.get(("comments", user_id), [])
+            if not any(c["id"] == comment_id for c in kept):
+                return None
+            return [c for c in kept if c.get("parent_id") == comment_id]
+
+    def contacts(self, user_id: str) -> list[str]:
+        """The fans the user has DMs from, the latest conversation first."""
+        with self.lock:
+            latest: dict[str, int] = {}
+            for m in self.items.get(("dms", user_id), []):
+                latest[m["author_id"]] = m["seq"]
+            return sorted(latest, key=lambda uid: -latest[uid])
+
+    def messages(self, user_id: str, fan_uid: str) -> list[dict[str, Any]]:
+        """The user's conversation with a fan, oldest first."""
+        with self.lock:
+            return [m for m in self.items.get(("dms", user_id), []) if m["author_id"] == fan_uid]
 
     def list_items(self, kind: str, user_id: str, limit: int = PAGE_SIZE) -> list[dict[str, Any]]:
         """The newest ``limit`` items, newest first."""

@@ -16,9 +16,13 @@ __all__ = [
     "LoginReporter",
     "LoginResult",
     "Platform",
+    "PlatformChanged",
     "PlatformError",
+    "PlatformRefused",
     "SessionExpired",
 ]
+
+_MAX_MESSAGE = 1500  # a task error travels in a bounded field (TaskStatus.error)
 
 
 class PlatformError(Exception):
@@ -28,6 +32,33 @@ class PlatformError(Exception):
 class SessionExpired(PlatformError):
     """The platform no longer accepts the account's session (sent to the login page, or
     an API's not-logged-in answer): it needs a new login, not another try."""
+
+
+def _bounded(prefix: str, address: str, detail: str) -> str:
+    text = f"{prefix}: {address}: {detail}"
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+
+
+class PlatformChanged(PlatformError):
+    """The site answered in a shape we do not know (a missing key, a list that is not
+    one, a page without the element we act on): its parser must follow the site, and
+    the crawl must not read that as "nothing new". The text starts with
+    ``platform_changed:`` and names the address and what is missing."""
+
+    def __init__(self, address: str, detail: str) -> None:
+        super().__init__(_bounded("platform_changed", address, detail))
+        self.address = address
+        self.detail = detail
+
+
+class PlatformRefused(PlatformError):
+    """The site answered with an error of its own (``status_code`` other than 0, an
+    HTTP error status): ``platform_error: <address>: status_code N (message)``."""
+
+    def __init__(self, address: str, detail: str) -> None:
+        super().__init__(_bounded("platform_error", address, detail))
+        self.address = address
+        self.detail = detail
 
 
 class LoginFailedError(PlatformError):

@@ -1,20 +1,24 @@
-"""The douyin platform: QR login on www.douyin.com and the creator centre's comment and
-message pages, read from the responses the logged-in pages receive (no signed calls).
+"""The douyin platform: QR login on www.douyin.com, then the creator centre's comment
+and chat pages walked as a person would (:mod:`.comments`, :mod:`.chat`), with every
+item read from what the logged-in pages receive (no signed calls).
 
-It cannot be reached from the development machines; its parsers are tested against
-payload fixtures of the real shape, and all its addresses and selectors live in
-``douyin_api`` so they are easy to update."""
+It cannot be reached from the development machines. The walkers run offline against
+the sandbox site, which serves the same pages and response shapes; the parsers are
+tested against payloads of the real shape; and every address, selector and parser
+lives in ``douyin_api``, so a site change is one file to update (the crawl reports it
+as ``platform_changed: …``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from hiscrm_bus.accounts import AccountConfig
-from hiscrm_bus.messages import CrawledItem
 
 from ..browser import BrowserPool
 from . import douyin_api as api
@@ -26,6 +30,9 @@ from .base import (
     PlatformError,
     SessionExpired,
 )
+from .chat import ChatWalker
+from .comments import DEFAULT_WORKS, CommentWalker
+from .creator import DOUYIN
 
 _LOGGED_IN = f"() => localStorage.getItem('{api.LOGIN_STORAGE_KEY}') === '1'"
 _FETCH_JSON = "async (p) => (await fetch(p, {credentials: 'include'})).json()"
@@ -34,8 +41,10 @@ _FETCH_JSON = "async (p) => (await fetch(p, {credentials: 'include'})).json()"
 class DouyinPlatform:
     name = "douyin"
 
-    def __init__(self, pool: BrowserPool) -> None:
+    def __init__(self, pool: BrowserPool, works: int = DEFAULT_WORKS) -> None:
         self.pool = pool
+        self._comments = CommentWalker(DOUYIN, works)
+        self._chat = ChatWalker(DOUYIN)
 
     async def _logged_in(self, page: Page) -> bool:
         cookies = await page.context.cookies()
@@ -64,53 +73,52 @@ class DouyinPlatform:
                     if await page.locator(api.QR_EXPIRED).count():
                         raise LoginFailedError("expired", "the douyin QR code expired")
                     await anyio.sleep(0.5)  # the page gives no event for a remote scan
-            uid, info = api.parse_profile(await page.evaluate(_FETCH_JSON, api.PROFILE_SELF_PATH))
+            uid, info = api.parse_profile(await self._profile(page))
             await self.pool.save_state(account.id)
             return LoginResult(uid, info)
+        except PlatformError as exc:
+            raise LoginFailedError("error", f"profile after login: {exc}") from exc
         except PlaywrightError as exc:
             raise LoginFailedError("error", f"browser: {exc.message.splitlines()[0]}") from exc
         finally:
             if not page.is_closed():
                 await page.close()
 
-    async def _from_page(
-        self,
-        account: AccountConfig,
-        url: str,
-        path: str,
-        parse: Callable[[object], list[CrawledItem]],
-    ) -> list[CrawledItem]:
+    async def _profile(self, page: Page) -> Any:
+        """The profile the home page itself asks for (with the parameters the web app
+        sends); our own call of the same address if the page does not ask in time."""
+        try:
+            async with page.expect_response(
+                lambda r: api.matches(r.url, (api.PROFILE_SELF_PATH,)), timeout=15_000
+            ) as info:
+                await page.goto(api.HOME_URL, timeout=30_000)
+            return await (await info.value).json()
+        except (PlaywrightTimeout, ValueError):
+            return await page.evaluate(_FETCH_JSON, api.PROFILE_SELF_PATH)
+
+    async def _walk(
+        self, account: AccountConfig, walk: Callable[[Page, AccountConfig], Awaitable[Fetched]]
+    ) -> Fetched:
         page = await self.pool.page(account.id, account.proxy)
         try:
-            async with page.expect_response(lambda r: path in r.url, timeout=30_000) as info:
-                await page.goto(url, timeout=30_000)
-            response = await info.value
-            if response.status in (401, 403):
-                raise SessionExpired(f"douyin session of {account.id} expired: log in again")
-            doc = await response.json()
+            return await walk(page, account)
+        except SessionExpired as exc:
+            raise SessionExpired(
+                f"douyin session of {account.id} expired ({exc}): log in again"
+            ) from exc
         except PlaywrightError as exc:
             raise PlatformError(f"douyin: {exc.message.splitlines()[0]}") from exc
-        except ValueError as exc:
-            raise PlatformError(f"douyin: response is not JSON ({exc})") from exc
-        return parse(doc)
 
-    # One response per crawl, as before: paging these lists back to the newest item
-    # already taken (their ``cursor`` / ``has_more``, with .paging as the sandbox does)
-    # is issue 12. Until then a crawl takes the first page and reports nothing left.
     async def fetch_comments(self, account: AccountConfig) -> Fetched:
-        items = await self._from_page(
-            account, api.CREATOR_COMMENTS_URL, api.COMMENT_LIST_PATH, api.parse_comment_list
-        )
-        return Fetched(tuple(items))
+        return await self._walk(account, self._comments.fetch)
 
     async def fetch_dms(self, account: AccountConfig) -> Fetched:
-        items = await self._from_page(
-            account, api.CREATOR_MESSAGES_URL, api.MESSAGE_LIST_PATH, api.parse_message_list
-        )
-        return Fetched(tuple(items))
+        return await self._walk(account, self._chat.fetch)
 
     async def after_crawl(self, account: AccountConfig) -> None:
         await self.pool.checkpoint(account.id)
 
     async def release(self, account_id: str) -> None:
+        self._comments.forget(account_id)
+        self._chat.forget(account_id)
         await self.pool.release(account_id)

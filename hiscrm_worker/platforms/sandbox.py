@@ -1,25 +1,24 @@
 """The sandbox platform: the shipped sandbox site (``hiscrm sandbox serve``) driven in
 a real headless Chromium, exactly as a real platform would be.
 
-Its comment and DM lists come a page at a time, newest first; a crawl opens the list,
-then clicks the page's "more" button for each older page, and takes the items from
-the responses the page receives, back to the newest item it already took and at most
-``max_items_per_crawl`` of them (:mod:`.paging` has the contract). A gap left at that
-bound is resumed later by opening the list at the gap's cursor (``/comments?cursor=N``).
+Its login is the sandbox's own QR page. Its comments and DMs are taken as douyin's
+are, by the same walkers (:mod:`.comments`, :mod:`.chat`) on the sandbox's creator
+centre, which serves douyin's pages, elements and response shapes offline: the works
+picker, each work's comments and their replies page by page, the chat page whose
+messages live in component props. Only the site differs: its address, and its ids
+(a letter and a number growing with posting order, ``c12``, where douyin's are
+64-bit numbers).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import quote
+from collections.abc import Awaitable, Callable
 
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page
 
 from hiscrm_bus.accounts import AccountConfig
-from hiscrm_bus.messages import CrawledItem
 
 from ..browser import BrowserPool
 from .base import (
@@ -30,7 +29,9 @@ from .base import (
     PlatformError,
     SessionExpired,
 )
-from .paging import ListPage, Tracker
+from .chat import ChatWalker
+from .comments import DEFAULT_WORKS, CommentWalker
+from .creator import CreatorSite
 
 log = logging.getLogger(__name__)
 
@@ -54,37 +55,14 @@ _FETCH_JSON = """async (path) => {
 }"""
 
 
-def list_page(kind: str, doc: Any) -> ListPage:
-    """One response of ``/api/comments`` or ``/api/dms``; ``seq`` orders the items."""
-    if not isinstance(doc, dict) or doc.get("status_code", 0) != 0:
-        raise PlatformError(f"sandbox {kind}: unexpected response")
-    raw = doc.get(kind) or []
-    if not isinstance(raw, list):
-        raise PlatformError(f"sandbox {kind}: {kind!r} is not a list")
-    entries = []
-    try:
-        for it in raw:
-            entries.append(
-                (
-                    int(it["seq"]),
-                    CrawledItem(
-                        kind="comment" if kind == "comments" else "dm",
-                        item_id=str(it["id"]),
-                        text=str(it.get("text", "")),
-                        author=str(it.get("author", "")),
-                        created_at=datetime.fromtimestamp(int(it["create_time"]), UTC),
-                    ),
-                )
-            )
-        total = doc.get("total_count")
-        return ListPage(
-            entries,
-            None if doc.get("cursor") is None else str(doc["cursor"]),
-            bool(doc.get("has_more")),
-            None if total is None else int(total),
-        )
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        raise PlatformError(f"sandbox {kind}: malformed item ({exc})") from exc
+def sandbox_order(item_id: str) -> int:
+    """The sandbox's ids (``c12``, ``d13``) order by their number."""
+    return int(item_id[1:])
+
+
+def sandbox_site(base_url: str) -> CreatorSite:
+    """The sandbox site's creator centre, as the walkers see it."""
+    return CreatorSite("sandbox", base_url.rstrip("/"), sandbox_order, timeout_s=15)
 
 
 def _navigating(exc: PlaywrightError) -> bool:
@@ -95,10 +73,12 @@ def _navigating(exc: PlaywrightError) -> bool:
 class SandboxPlatform:
     name = "sandbox"
 
-    def __init__(self, pool: BrowserPool, base_url: str) -> None:
+    def __init__(self, pool: BrowserPool, base_url: str, works: int = DEFAULT_WORKS) -> None:
         self.pool = pool
         self.base_url = base_url.rstrip("/")
-        self._lists = Tracker()
+        site = sandbox_site(self.base_url)
+        self._comments = CommentWalker(site, works)
+        self._chat = ChatWalker(site)
 
     async def login(self, account: AccountConfig, reporter: LoginReporter) -> LoginResult:
         ctx = await self.pool.context(account.id, account.proxy)
@@ -129,7 +109,7 @@ class SandboxPlatform:
             if result.get("status") != 200 or not user.get("uid"):
                 raise LoginFailedError("error", f"profile after login: HTTP {result.get('status')}")
             await self.pool.save_state(account.id)
-            info = {k: user[k] for k in ("sec_uid", "nickname", "unique_id") if k in user}
+            info = {k: user[k] for k in ("uid", "sec_uid", "unique_id", "nickname") if k in user}
             return LoginResult(str(user["uid"]), info)
         except PlaywrightError as exc:
             raise LoginFailedError("error", f"browser: {exc.message.splitlines()[0]}") from exc
@@ -145,49 +125,29 @@ class SandboxPlatform:
                 f"sandbox site unreachable at {self.base_url}: {exc.message.splitlines()[0]}"
             ) from exc
 
-    async def _fetch(self, account: AccountConfig, kind: str) -> Fetched:
-        """Page through the list as the page itself does, taking the items from the
-        responses it receives (paging contract: :mod:`.paging`)."""
+    async def _walk(
+        self, account: AccountConfig, walk: Callable[[Page, AccountConfig], Awaitable[Fetched]]
+    ) -> Fetched:
         page = await self.pool.page(account.id, account.proxy)
-        shown: str | None = None  # the cursor the page's "more" button asks for next
-
-        async def read(cursor: str | None) -> ListPage:
-            nonlocal shown
-            async with page.expect_response(
-                lambda r: r.url.split("?")[0].endswith(f"/api/{kind}"), timeout=15_000
-            ) as info:
-                if cursor is None:
-                    await self._goto(page, f"/{kind}")
-                elif cursor == shown:
-                    await page.locator(f'#more[data-cursor="{cursor}"]').click(timeout=15_000)
-                else:  # a gap's cursor from an earlier crawl: open the list there
-                    await self._goto(page, f"/{kind}?cursor={quote(cursor)}")
-            response = await info.value
-            if response.status == 401:
-                raise SessionExpired(
-                    f"sandbox session of {account.id} is not logged in: "
-                    f"run `hiscrm login {account.id}`"
-                )
-            if response.status != 200:
-                raise PlatformError(f"sandbox {kind}: HTTP {response.status} at {response.url}")
-            got = list_page(kind, await response.json())
-            shown = got.next_cursor if got.has_more else None
-            return got
-
         try:
-            return await self._lists.fetch(account, kind, read)
+            return await walk(page, account)
+        except SessionExpired as exc:
+            raise SessionExpired(
+                f"sandbox session of {account.id} is not logged in: run `hiscrm login {account.id}`"
+            ) from exc
         except PlaywrightError as exc:
-            raise PlatformError(f"sandbox {kind}: {exc.message.splitlines()[0]}") from exc
+            raise PlatformError(f"sandbox: {exc.message.splitlines()[0]}") from exc
 
     async def fetch_comments(self, account: AccountConfig) -> Fetched:
-        return await self._fetch(account, "comments")
+        return await self._walk(account, self._comments.fetch)
 
     async def fetch_dms(self, account: AccountConfig) -> Fetched:
-        return await self._fetch(account, "dms")
+        return await self._walk(account, self._chat.fetch)
 
     async def after_crawl(self, account: AccountConfig) -> None:
         await self.pool.checkpoint(account.id)
 
     async def release(self, account_id: str) -> None:
-        self._lists.forget(account_id)
+        self._comments.forget(account_id)
+        self._chat.forget(account_id)
         await self.pool.release(account_id)

@@ -87,7 +87,7 @@ async def test_the_platform_pages_a_burst_in_chromium(
     took = time.perf_counter() - started
     assert [i.item_id for i in got] == _ids(1010, 11)
     assert got.left == 10
-    print(f"\n1,010 comments: 1,000 taken from 21 pages in {took:.2f} s")
+    print(f"\n1,010 comments: 1,000 taken from 51 pages of the work's list in {took:.2f} s")
     # the next crawl opens the list at the cursor where the bound stopped
     got = await platform.fetch_comments(account)
     assert [i.item_id for i in got] == _ids(10, 1)

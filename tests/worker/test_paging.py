@@ -1,6 +1,7 @@
 """Crawls page back to what they already took (issue 15, finding 5), against the sandbox
-site's own lists in-process: the body its HTTP handler serves, read by the sandbox
-platform's parser, paged by the platform's tracker. No browser, no sockets."""
+site's own lists in-process: the body its creator centre serves for a work's comments
+(douyin's envelope), read by douyin's parser, keyed as the comment walker keys it and
+paged by the tracker. No browser, no sockets."""
 
 from __future__ import annotations
 
@@ -11,14 +12,29 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hiscrm_bus.accounts import AccountConfig
+from hiscrm_sandbox.creator import comment_list
 from hiscrm_sandbox.site import list_response
 from hiscrm_sandbox.state import SiteState
-from hiscrm_worker.platforms import PlatformError
-from hiscrm_worker.platforms.base import Fetched
+from hiscrm_worker.platforms.base import Fetched, PlatformChanged, PlatformError
+from hiscrm_worker.platforms.comments import list_page
+from hiscrm_worker.platforms.douyin_api import COMMENT_LIST_PATHS, parse_comment_page
 from hiscrm_worker.platforms.paging import ListPage, PageReader, Tracker
-from hiscrm_worker.platforms.sandbox import list_page
+from hiscrm_worker.platforms.sandbox import sandbox_site
 
 USER = "42"
+SITE = sandbox_site("http://127.0.0.1:8765")
+
+
+def work_page(
+    state: SiteState, user: str, cursor: int, count: int, totals: bool = True
+) -> ListPage:
+    """The first work's comment page at ``cursor``, as the comment walker reads it."""
+    work = state.work_list(user)[0]["item_id"]
+    doc = comment_list(state, user, work, cursor, count)
+    if not totals:
+        del doc["total_count"]
+    url = SITE.url(f"{COMMENT_LIST_PATHS[0]}?item_id={work}&cursor={cursor}&count={count}")
+    return list_page(parse_comment_page(doc, url), SITE, url)
 
 
 class Site:
@@ -40,10 +56,7 @@ class Site:
             if self.before_read is not None:
                 self.before_read(len(self.reads))
             self.reads.append(cursor)
-            doc = list_response(self.state, "comments", USER, int(cursor or 0), self.page_size)
-            if not self.totals:
-                del doc["total_count"]
-            return list_page("comments", doc)
+            return work_page(self.state, USER, int(cursor or 0), self.page_size, self.totals)
 
         return read
 
@@ -225,18 +238,24 @@ async def test_another_user_is_another_list() -> None:
     account = AccountConfig(id="acc-1", platform="sandbox", platform_user_id="7")
 
     async def read(cursor: str | None) -> ListPage:
-        return list_page("comments", list_response(site.state, "comments", "7", int(cursor or 0)))
+        return work_page(site.state, "7", int(cursor or 0), 50)
 
     assert len(await site.tracker.fetch(account, "comments", read)) == 3
 
 
-def test_a_malformed_response_is_a_platform_error() -> None:
-    with pytest.raises(PlatformError, match="malformed"):
-        list_page("comments", {"status_code": 0, "comments": [{"id": "c1"}]})
-    with pytest.raises(PlatformError, match="unexpected"):
-        list_page("comments", {"status_code": 8})
-    with pytest.raises(PlatformError, match="not a list"):
-        list_page("comments", {"status_code": 0, "comments": "x"})
+def test_a_drifted_or_malformed_page_is_a_platform_change() -> None:
+    state = SiteState()
+    state.add_items("comments", USER, ["x"], "fan")
+    state.drift["comments"] = "shape"
+    with pytest.raises(PlatformChanged, match=r"platform_changed: .* lacks 'comment_info_list'"):
+        work_page(state, USER, 0, 10)
+    del state.drift["comments"]
+    work = state.work_list(USER)[0]["item_id"]
+    doc = comment_list(state, USER, work, 0, 10)
+    doc["comment_info_list"][0]["comment_id"] = "7x"  # not an id the site orders by
+    url = SITE.url(f"{COMMENT_LIST_PATHS[0]}?item_id={work}&cursor=0")
+    with pytest.raises(PlatformChanged, match="the id '7x' does not order the list"):
+        list_page(parse_comment_page(doc, url), SITE, url)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

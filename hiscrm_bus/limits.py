@@ -36,6 +36,11 @@ def clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
 def depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
     """Nesting depth of a JSON-like value, counted without recursion; stops counting
     past ``limit`` (returns ``limit + 1``)."""
+    if not isinstance(value, dict | list | tuple):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    if not any(isinstance(c, dict | list | tuple) for c in children):
+        return 1  # the common case (a flat profile, {}): no walk
     deepest = 0
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:

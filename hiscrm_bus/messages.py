@@ -7,7 +7,7 @@ message or a :class:`DecodeError` that the caller dead-letters.
 from __future__ import annotations
 
 import json
-import uuid
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
@@ -47,7 +47,8 @@ TaskState = Literal["starting", "waiting_login", "running", "disabled", "error",
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A random 128-bit id in hex (as uuid4().hex, at a fraction of its cost)."""
+    return secrets.token_hex(16)
 
 
 def utcnow() -> datetime:

@@ -87,7 +87,10 @@ class MonitorTask:
             if state == "error":
                 log.error("account %s: %s", self.account_id, error)
             elif state == "waiting_login":
-                log.warning("account %s: %s", self.account_id, error)
+                # expected until someone logs in (and 10,000 at a worker's start): the
+                # Master logs the task's state; diagnose and `account list --needs-login`
+                # say what to do
+                log.info("account %s: %s", self.account_id, error)
             else:
                 log.info("account %s: task %s", self.account_id, state)
             self.on_state(self)

@@ -38,8 +38,8 @@ def depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
     past ``limit`` (returns ``limit + 1``)."""
     if not isinstance(value, dict | list | tuple):
         return 0
-    children = value.values() if isinstance(value, dict) else value
-    if not any(isinstance(c, dict | list | tuple) for c in children):
+    top = value.values() if isinstance(value, dict) else value
+    if not any(isinstance(c, dict | list | tuple) for c in top):
         return 1  # the common case (a flat profile, {}): no walk
     deepest = 0
     stack: list[tuple[Any, int]] = [(value, 1)]

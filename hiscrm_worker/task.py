@@ -129,9 +129,13 @@ class MonitorTask:
         finally:
             self.state = "stopped"
 
+    def _deliver(self, items: list[CrawledItem]) -> None:
+        if items and self.on_items is not None:
+            self.on_items(self, items)
+
     async def _crawl(self, config: AccountConfig) -> None:
+        items: list[CrawledItem] = []
         try:
-            items: list[CrawledItem] = []
             left = 0
             if config.crawl_comments:
                 got = await self.platform.fetch_comments(config)
@@ -142,6 +146,7 @@ class MonitorTask:
                 items += got.items
                 left += got.left
         except SessionExpired as exc:
+            self._deliver(items)  # a list fetched is the platform's: it counts it as taken
             # a dead session is not retried: the Master records the expiry as an update
             # and the task waits for a login, like one that never had one
             self._expired_version = config.config_version
@@ -150,9 +155,11 @@ class MonitorTask:
                 self.on_expired(self, str(exc))
             return
         except PlatformError as exc:
+            self._deliver(items)
             self._set_state("error", str(exc))
             return
         except Exception as exc:
+            self._deliver(items)
             log.exception("account %s: crawl failed", config.id)
             self._set_state("error", f"crawl failed: {type(exc).__name__}: {exc}")
             return
@@ -169,7 +176,6 @@ class MonitorTask:
         elif self.items_left and not left:
             log.info("account %s: caught up with the items left before", config.id)
         self.items_left = left
-        if items and self.on_items is not None:
-            self.on_items(self, items)
+        self._deliver(items)
         self._set_state("running")
         await self.platform.after_crawl(config)

@@ -30,6 +30,7 @@ class RecordingPlatform:
         self.dms_left = 0
         self.expire = False
         self.checkpoints = 0
+        self.dms_fail_with: str | None = None
 
     async def fetch_comments(self, account: AccountConfig) -> Fetched:
         self.crawls.append(account)
@@ -44,6 +45,8 @@ class RecordingPlatform:
         return Fetched((item,), self.left.pop(0) if self.left else 0)
 
     async def fetch_dms(self, account: AccountConfig) -> Fetched:
+        if self.dms_fail_with:
+            raise PlatformError(self.dms_fail_with)
         return Fetched((), self.dms_left)
 
     async def login(self, account: AccountConfig, reporter: object) -> object:
@@ -219,3 +222,24 @@ async def test_an_expired_session_is_reported_once_and_not_retried(
     r.apply(config(platform_user_id="u", login_status="logged_in", config_version=3))
     await states.wait_for(task, "running")
     assert len(platform.crawls) > tried and expiries == [expiries[0]]
+
+
+async def test_a_list_fetched_is_delivered_even_if_the_next_one_fails() -> None:
+    """Comments taken, then the DM fetch fails: the comments still reach the sink (the
+    platform counts them as taken, so dropping them would lose them for good)."""
+    platform = RecordingPlatform()
+    platform.dms_fail_with = "platform_changed: user_detail lacks user_list"
+    delivered: list[CrawledItem] = []
+    states = States()
+    task = MonitorTask(
+        config(platform_user_id="u", monitor_interval_s=60),
+        platform,
+        states,
+        lambda _task, items: delivered.extend(items),
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(task.run)
+        await states.wait_for(task, "error")
+        tg.cancel_scope.cancel()
+    assert [i.item_id for i in delivered] == ["c1"]
+    assert task.error == "platform_changed: user_detail lacks user_list"

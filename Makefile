@@ -44,7 +44,7 @@ typecheck: $(STAMP)
 
 # the short forms of the fault runs; `make soak` runs the long ones
 pytest: $(STAMP)
-	$(VENV)/bin/pytest -m "not soak" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not soak and not stack" $(PYTEST_ARGS)
 
 soak: bootstrap
 	$(VENV)/bin/pytest -m soak $(PYTEST_ARGS)
@@ -67,3 +67,40 @@ bench: bootstrap
 
 bench-smoke: bootstrap
 	$(PY) benchmarks/delivery.py --smoke
+
+# The compose stack (compose.yaml, Dockerfile, deploy/). stack-test builds the images
+# with podman from a Debian base made here (no container registry needed) and plays the
+# seed's scenario through podman-compose (tests/stack/test_compose.py); it installs
+# podman and its helpers with apt-get when they are missing. stack-secrets makes what
+# the stack mounts (deploy/secrets/, .env); stack-add-worker N=3 adds worker w3.
+.PHONY: stack-test stack-deps stack-secrets stack-add-worker
+STACK_STAMP := $(VENV)/.stack-stamp
+STACK_PACKAGES := podman runc netavark aardvark-dns slirp4netns uidmap fuse-overlayfs mmdebstrap iptables
+
+$(STACK_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,stack]'
+	@touch $@
+
+stack-deps: $(STACK_STAMP)
+	@missing=""; for pkg in $(STACK_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$pkg 2>/dev/null | grep -q 'install ok installed' \
+	    || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing$$missing with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing system packages:$$missing (Debian: sudo apt-get install$$missing)"; exit 1; \
+	  fi; \
+	fi
+
+stack-test: stack-deps
+	$(VENV)/bin/pytest -m stack tests/stack -s -p no:cacheprovider $(PYTEST_ARGS)
+
+stack-secrets: $(STAMP)
+	$(PY) deploy/stack.py init
+
+stack-add-worker: $(STAMP)
+	@test -n "$(N)" || { echo "usage: make stack-add-worker N=3 (adds worker w3)"; exit 2; }
+	$(PY) deploy/stack.py add-worker $(N)

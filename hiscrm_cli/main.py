@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import account, acl, data, diagnose, login, sandbox, services, session, up
+from . import account, acl, data, diagnose, health, login, sandbox, services, session, up
 from .common import setup_logging
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ app.command()(services.worker)
 app.command()(login.login)
 app.command()(data.data)
 app.command("diagnose")(diagnose.diagnose_command)
+app.command()(health.health)
 app.command()(up.up)
 app.add_typer(account.app, name="account")
 app.add_typer(acl.app, name="acl")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import urllib.error
 import urllib.request
-from typing import Annotated, Any
+from types import FrameType
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -37,12 +39,20 @@ def serve(
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     console.print(f"sandbox site on {server.base_url} (Ctrl-C stops it)", highlight=False)
+    # SIGTERM stops it like Ctrl-C: as a container's PID 1 a signal without a handler
+    # does nothing, and `docker stop` would wait out its grace period and SIGKILL it
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         server.server_close()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    raise KeyboardInterrupt
 
 
 def _post(url: str, path: str, doc: dict[str, Any]) -> dict[str, Any]:

@@ -166,6 +166,18 @@ def connect_error(settings: BusSettings, exc: BaseException) -> HiscrmError | No
                 "(set HISCRM_REDIS_CERT_FILE and HISCRM_REDIS_KEY_FILE)"
             )
         return ConfigurationError(f"TLS handshake with {url} failed: {reason}")
+    if settings.redis_url.startswith("rediss://") and _dropped_after_connect(exc):
+        # TLS 1.3: a server that wants a client certificate may just close the
+        # connection after the client's half of the handshake, with no alert we read
+        hint = (
+            " (does the server ask for a client certificate? set HISCRM_REDIS_CERT_FILE "
+            "and HISCRM_REDIS_KEY_FILE)"
+            if settings.redis_cert_file is None
+            else ""
+        )
+        return ConfigurationError(
+            f"TLS handshake with {url} failed: the server closed the connection{hint}"
+        )
     if isinstance(exc, (BusUnavailable, *CONNECTION_ERRORS)):
         return BusUnavailable(
             f"Cannot reach Redis at {url} "
@@ -174,6 +186,26 @@ def connect_error(settings: BusSettings, exc: BaseException) -> HiscrmError | No
     if isinstance(exc, rexc.RedisError):
         return BusUnavailable(f"Redis at {url} refused us: {scrub(str(exc), settings)}")
     return None
+
+
+def _dropped_after_connect(exc: BaseException) -> bool:
+    """The TCP connection was made and then closed by the server (not refused, not a
+    timeout: those mean Redis is not there)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionRefusedError | TimeoutError | rexc.TimeoutError):
+            return False
+        text_ = str(current).lower()
+        if "refused" in text_ or "connect call failed" in text_ or "timeout" in text_:
+            return False
+        if isinstance(current, ConnectionResetError | BrokenPipeError) or (
+            "closed by server" in text_ or "connection reset" in text_ or "eof" in text_
+        ):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:

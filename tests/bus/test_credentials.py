@@ -217,9 +217,10 @@ async def test_tls_without_a_client_certificate_says_so(
     tls_server: RedisServer, tls: TlsFiles
 ) -> None:
     settings = BusSettings(redis_url=tls_server.url, redis_password=SECRET, redis_ca_file=tls.ca)
-    message = await _refusal(settings)
-    assert message.startswith(f"TLS handshake with {tls_server.url} failed: ")
-    assert "HISCRM_REDIS_CERT_FILE" in message
+    for _ in range(5):  # the server may answer with an alert or just hang up: both said
+        message = await _refusal(settings)
+        assert message.startswith(f"TLS handshake with {tls_server.url} failed: ")
+        assert "HISCRM_REDIS_CERT_FILE" in message
 
 
 # directories with secrets in them

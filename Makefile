@@ -63,10 +63,10 @@ clean:
 .PHONY: bench bench-smoke
 BENCH_ARGS ?=
 bench: bootstrap
-	$(PY) benchmarks/delivery.py $(BENCH_ARGS)
+	$(PY) -m benchmarks.delivery $(BENCH_ARGS)
 
 bench-smoke: bootstrap
-	$(PY) benchmarks/delivery.py --smoke
+	$(PY) -m benchmarks.delivery --smoke
 
 # The compose stack (compose.yaml, Dockerfile, deploy/). stack-test builds the images
 # with podman from a Debian base made here (no container registry needed) and plays the

@@ -1,0 +1,219 @@
+"""The command line: ``python -m benchmarks.delivery``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import redis
+
+from . import __doc__ as DOC
+from .celery import bench_celery
+from .infra import (
+    RESULTS,
+    SECTION,
+    LogTally,
+    describe_machine,
+    hiredis_available,
+    redis_server,
+    reexec_with_hiredis,
+)
+from .latency import bench_latency
+from .reconcile import bench_reconcile
+from .report import build_report, write_results
+from .throughput import bench_master_drain, bench_throughput, floor_throughput
+
+# --smoke: every scenario, tiny; a flag given explicitly still wins
+SMOKE_SIZES: dict[str, Any] = {
+    "latency_n": 20,
+    "warmup": 5,
+    "idle_workers": 3,
+    "workers": 4,
+    "accounts_per_worker": 1,
+    "updates": 40,
+    "reconcile_accounts": 200,
+    "reconcile_reps": 1,
+    "celery_n": 5,
+    "no_celery_install": True,
+    "no_results": True,
+}
+
+
+async def run_all(
+    args: argparse.Namespace, url: str, workdir: Path, tally: LogTally
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    flush = redis.Redis.from_url(url)
+    try:
+        if "latency" in args.only:
+            print(f"1/4 latency: {args.latency_n} round trips each (+{args.warmup} warm-up) …")
+            with anyio.fail_after(600):
+                results["latency"] = await bench_latency(
+                    url, args.latency_n, args.warmup, workdir, args.idle_workers
+                )
+            flush.flushall()
+        if "throughput" in args.only:
+            print(f"2/4 throughput: {args.updates} updates across {args.workers} workers …")
+            with anyio.fail_after(900):
+                floor = await floor_throughput(url, args.workers, args.updates, args.workers)
+                flush.flushall()
+                tp = await bench_throughput(
+                    url, args.workers, args.accounts_per_worker, args.updates, workdir
+                )
+            tp["floor"] = floor
+            flush.flushall()
+            with anyio.fail_after(300):
+                tp["drain"] = await bench_master_drain(url, args.updates)
+            results["throughput"] = tp
+            flush.flushall()
+        if "reconcile" in args.only:
+            print(f"3/4 reconcile: {args.reconcile_accounts} accounts …")
+            with anyio.fail_after(900):
+                results["reconcile"] = await bench_reconcile(
+                    url, args.reconcile_accounts, args.reconcile_reps, workdir, tally
+                )
+            flush.flushall()
+    finally:
+        flush.close()
+    return results
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=DOC, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--latency-n", type=int, default=500, help="round trips measured (each side)")
+    ap.add_argument("--warmup", type=int, default=50, help="round trips not measured")
+    ap.add_argument(
+        "--idle-workers",
+        type=int,
+        default=0,
+        help="more workers registered (alive, idle) in the latency run, as in a fleet",
+    )
+    ap.add_argument("--workers", type=int, default=100, help="workers in the throughput run")
+    ap.add_argument("--accounts-per-worker", type=int, default=1)
+    ap.add_argument("--updates", type=int, default=2000, help="updates in the throughput run")
+    ap.add_argument("--reconcile-accounts", type=int, default=10_000)
+    ap.add_argument("--reconcile-reps", type=int, default=3)
+    ap.add_argument("--celery-n", type=int, default=200, help="Celery broadcasts measured")
+    ap.add_argument(
+        "--no-celery-install",
+        action="store_true",
+        help="skip Celery unless it is installed already (else var/bench/celery-venv is made)",
+    )
+    parts = ("latency", "throughput", "reconcile", "celery")
+    ap.add_argument("--only", nargs="+", choices=parts, default=list(parts))
+    ap.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
+    ap.add_argument("--no-results", action="store_true", help="print only")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every scenario at tiny sizes (a few seconds), checked for completion only;\n"
+        "never writes results, never installs Celery (make bench-smoke, part of make test)",
+    )
+    ap.add_argument(
+        "--hiredis",
+        action="store_true",
+        help="use redis-py's hiredis parser (installed into var/bench/hiredis, not the venv);\n"
+        'results go to their own section, "… §7), with hiredis"',
+    )
+    args = ap.parse_args()
+    if args.smoke:
+        ap.set_defaults(**SMOKE_SIZES)
+        args = ap.parse_args()
+        args.no_results = args.no_celery_install = True
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.hiredis and not hiredis_available():
+        reexec_with_hiredis()
+
+    tally = LogTally()
+    logging.basicConfig(level=logging.WARNING, handlers=[tally], force=True)
+    env = describe_machine()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hiscrm-bench-") as tmp:
+        workdir = Path(tmp)
+        with redis_server(workdir) as url:
+            print(f"redis-server at {url}; {env}")
+            results = anyio.run(run_all, args, url, workdir, tally, backend="asyncio")
+            results["env"] = env
+            if "celery" in args.only:
+                print(f"4/4 celery: {args.celery_n} broadcasts with reply …")
+                results["celery"] = bench_celery(
+                    url, args.celery_n, args.warmup, workdir, not args.no_celery_install
+                )
+    t, notes, says = build_report(results)
+    print()
+    print(t.text())
+    print()
+    for n in notes:
+        print(textwrap.fill(n, 100, initial_indent="- ", subsequent_indent="  "))
+    print()
+    print(textwrap.fill(" ".join(says), 100))
+    if tally.counts:
+        print("\nwarnings logged by hiscrm during the run:")
+        for (name, msg), count in tally.counts.most_common():
+            print(f"  {count:6d}  {name}: {msg}")
+    print(f"\n(total {time.monotonic() - started:.0f} s)")
+    if args.smoke:
+        problems = smoke_problems(results, args)
+        for problem in problems:
+            print(f"smoke: {problem}", file=sys.stderr)
+        if problems:
+            raise SystemExit(1)
+        print(
+            "smoke: every scenario ran to completion (sizes too small for the numbers to mean much)"
+        )
+    if not args.no_results:
+        command = " ".join([".venv/bin/python", "-m", "benchmarks.delivery", *sys.argv[1:]])
+        title = SECTION + (", with hiredis" if args.hiredis else "")
+        write_results(
+            args.results, title=title, command=command, env=env, t=t, notes=notes, says=says
+        )
+        print(f"results written to {args.results}")
+
+
+def smoke_problems(r: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """What a --smoke run shows broken: a scenario that did not run to completion, or
+    instrumentation that no longer sees what it wraps. Never a judgement on the numbers."""
+    out: list[str] = []
+    lat = r.get("latency")
+    if "latency" in args.only:
+        rounds = args.latency_n + args.warmup
+        if not lat or lat["statuses"] != {"applied": rounds}:
+            out.append(f"latency: outcomes {lat and lat['statuses']}, expected {rounds} applied")
+        elif lat["ack_seen"]["n"] != args.latency_n or lat["pub_ack_seen"]["n"] != args.latency_n:
+            out.append("latency: the wrapped Master.on_acks / Updates.notify saw no updates")
+    tp = r.get("throughput")
+    if "throughput" in args.only:
+        if not tp or tp["applied"] != tp["total"]:
+            out.append(f"throughput: outcomes {tp and tp['statuses']}, expected all applied")
+        elif tp["drain"]["applied"] != tp["drain"]["acks"]:
+            out.append(f"Master drain: {tp['drain']['applied']} of {tp['drain']['acks']} applied")
+    rc = r.get("reconcile")
+    if "reconcile" in args.only:
+        if not rc or rc["run_applied"] != rc["accounts"]:
+            out.append(
+                f"reconcile: {rc and rc['run_applied']} of {args.reconcile_accounts} applied"
+            )
+        elif not {"ids_of_worker", "get_each"} <= set(rc["phases"]):
+            out.append(f"reconcile: Worker.reconcile's reads not seen ({sorted(rc['phases'])})")
+    ce = r.get("celery")
+    if "celery" in args.only:
+        if ce and "skipped" in ce:
+            print(f"smoke: celery skipped ({ce['skipped']})")
+        elif not ce or ce["missing"] or ce["rt"]["n"] != args.celery_n:
+            out.append(f"celery: {ce and ce['missing']} broadcasts without a reply")
+    return out
+
+
+if __name__ == "__main__":
+    main()

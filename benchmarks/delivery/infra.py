@@ -1,0 +1,212 @@
+"""Shared pieces: a private redis-server, timing, statistics, setup helpers."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import anyio
+import redis
+
+from hiscrm_bus.accounts import AccountConfig
+from hiscrm_master.updates import Updates
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SECTION = "## Delivery (DESIGN.md §7)"
+CELERY_VENV = ROOT / "var" / "bench" / "celery-venv"
+CELERY = ("celery[redis]",)
+now = time.perf_counter
+_prefixes = itertools.count()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """A private, non-persistent redis-server on a free loopback port; yields its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
+    args += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
+    with (workdir / "redis.log").open("ab") as log:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        client = redis.Redis(port=port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"redis-server did not start on port {port}") from None
+                time.sleep(0.02)  # polling a process we just started
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def prefix(name: str) -> str:
+    return f"bench{next(_prefixes)}-{name}:"
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile (p99 of 500 samples is the 495th smallest)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def dist(values_s: Sequence[float]) -> dict[str, float]:
+    """p50 / p99 / mean / max in milliseconds, from seconds."""
+    ms = [v * 1000 for v in values_s]
+    return {
+        "n": len(ms),
+        "p50": quantile(ms, 0.50),
+        "p99": quantile(ms, 0.99),
+        "mean": sum(ms) / len(ms) if ms else math.nan,
+        "max": max(ms) if ms else math.nan,
+    }
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
+
+
+async def wait_until(probe: Callable[[], bool], within_s: float, what: str) -> None:
+    """Poll an in-process condition (a worker's task table, a counter) for a while."""
+    try:
+        with anyio.fail_after(within_s):
+            while not probe():  # noqa: ASYNC110 - the state polled has no event to wait on
+                await anyio.sleep(0.005)
+    except TimeoutError:
+        raise RuntimeError(f"timed out after {within_s} s waiting for {what}") from None
+
+
+async def aclose_all(*clients: Any) -> None:
+    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+        for client in clients:
+            with suppress(Exception):  # closing after a failure; nothing to add
+                await client.aclose()
+
+
+class LogTally(logging.Handler):
+    """Prints the first few WARNING+ records of each kind, counts all of them."""
+
+    def __init__(self, show: int = 3) -> None:
+        super().__init__(logging.WARNING)
+        self.show = show
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.setFormatter(logging.Formatter("  [log] %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        key = (record.name, str(record.msg))
+        self.counts[key] += 1
+        if self.counts[key] <= self.show:
+            sys.stderr.write(self.format(record) + "\n")
+
+    def since(self, before: Counter[tuple[str, str]]) -> Counter[tuple[str, str]]:
+        return self.counts - before
+
+
+def matching(counts: Counter[tuple[str, str]], needle: str) -> int:
+    return sum(n for (_name, msg), n in counts.items() if needle in msg)
+
+
+async def create_accounts(updates: Updates, ids: Sequence[str], worker_id: str) -> None:
+    """AccountStore.create for every id, sixteen at a time (setup, not measured)."""
+    todo = iter(ids)
+
+    async def lane() -> None:
+        for account_id in todo:
+            config = AccountConfig(id=account_id, platform="synthetic", worker_id=worker_id)
+            await updates.store.create(config)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(16):
+            tg.start_soon(lane)
+
+
+def time_calls(obj: Any, names: Sequence[str], spent: dict[str, float]) -> None:
+    """Instrumentation: wrap async methods of one instance to add up their wall time."""
+    for name in names:
+        method = getattr(obj, name)
+
+        async def timed(*a: Any, _m: Any = method, _n: str = name, **kw: Any) -> Any:
+            t = now()
+            try:
+                return await _m(*a, **kw)
+            finally:
+                spent[_n] = spent.get(_n, 0.0) + now() - t
+
+        setattr(obj, name, timed)
+
+
+def hiredis_available() -> bool:
+    try:
+        import hiredis  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def reexec_with_hiredis() -> None:
+    """Run this script again with hiredis importable, without touching the project venv."""
+    target = ROOT / "var" / "bench" / "hiredis"
+    if os.environ.get("HISCRM_BENCH_HIREDIS_PATH"):
+        raise SystemExit(f"hiredis is still not importable from {target}")
+    if not any(target.glob("hiredis*")):
+        print("installing hiredis into var/bench/hiredis …", flush=True)
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        subprocess.run([*pip, "--target", str(target), "hiredis"], check=True, timeout=300)
+    path = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, HISCRM_BENCH_HIREDIS_PATH=str(target))
+    os.chdir(ROOT)
+    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.delivery", *sys.argv[1:]], env)
+
+
+def describe_machine() -> str:
+    version = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    server = version[2].removeprefix("v=") if len(version) > 2 else "?"
+    if hiredis_available():
+        import hiredis
+
+        parser = f", hiredis {hiredis.__version__}"
+    else:
+        parser = " (no hiredis)"
+    return (
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, redis-server {server}, "
+        f"redis-py {redis.__version__}{parser}"
+    )

@@ -16,6 +16,7 @@ import redis
 
 from . import __doc__ as DOC
 from .celery import bench_celery
+from .figures import write_json
 from .infra import (
     RESULTS,
     SECTION,
@@ -178,7 +179,9 @@ def main() -> None:
         write_results(
             args.results, title=title, command=command, env=env, t=t, notes=notes, says=says
         )
-        print(f"results written to {args.results}")
+        results_json = args.results.parent / "results.json"
+        write_json(results_json, title=title, command=command, env=env, r=results)
+        print(f"results written to {args.results} and {results_json}")
 
 
 def smoke_problems(r: dict[str, Any], args: argparse.Namespace) -> list[str]:

@@ -4,11 +4,15 @@ import itertools
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from hiscrm_sandbox.site import SandboxServer
+from hiscrm_worker.browser import BrowserPool
+from hiscrm_worker.platforms.sandbox import SandboxPlatform
+from tests.browser.inprocess import running_site
 from tests.e2e.stack import Stack, running_stack, wait_for
 from tests.redis_server import RedisServer, free_port
 
@@ -75,3 +79,17 @@ def browser_stack(redis_server: RedisServer, tmp_path: Path) -> Iterator[Stack]:
     with running_stack(redis_server.url, f"b{next(_n)}:", tmp_path) as s:
         s.extra_env["HISCRM_DATA_DIR"] = str(tmp_path / "worker-data")
         yield s
+
+
+@pytest.fixture
+def site() -> Iterator[SandboxServer]:
+    """The sandbox site in-process (a thread), for tests that drive a platform directly."""
+    yield from running_site()
+
+
+@pytest.fixture
+async def platform(site: SandboxServer, tmp_path: Path) -> AsyncIterator[SandboxPlatform]:
+    """The sandbox platform in-process, on its own Chromium, against ``site``."""
+    pool = BrowserPool("/usr/bin/chromium", tmp_path, lambda account, what: None)
+    yield SandboxPlatform(pool, site.base_url)
+    await pool.close()

@@ -10,20 +10,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
-from typing import Any, Literal
-
-import anyio
-import pytest
+from collections.abc import Callable
+from typing import Any
 
 from hiscrm_bus.accounts import AccountConfig
-from hiscrm_sandbox.site import SandboxServer, serve
-from hiscrm_worker.browser import BrowserPool
+from hiscrm_sandbox.site import SandboxServer
 from hiscrm_worker.platforms.sandbox import SandboxPlatform
 from tests.browser.conftest import Site
+from tests.browser.inprocess import logged_in
 from tests.e2e.stack import Stack, wait_for
 
 USER = "1864722759"
@@ -32,43 +27,9 @@ USER = "1864722759"
 # in-process: the platform, Chromium and the site
 
 
-class Reporter:
-    def __init__(self) -> None:
-        self.qr_shown = anyio.Event()
-
-    async def qr(self, png: bytes, refresh: int) -> None:
-        self.qr_shown.set()
-
-    async def progress(self, status: Literal["page_opened", "scanned"]) -> None:
-        pass
-
-
-@pytest.fixture
-def site() -> Iterator[SandboxServer]:
-    server = serve("127.0.0.1", 0, 60, 3)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-async def platform(site: SandboxServer, tmp_path: Path) -> AsyncIterator[SandboxPlatform]:
-    pool = BrowserPool("/usr/bin/chromium", tmp_path, lambda account, what: None)
-    yield SandboxPlatform(pool, site.base_url)
-    await pool.close()
-
-
 async def _logged_in(site: SandboxServer, platform: SandboxPlatform, limit: int) -> AccountConfig:
     account = AccountConfig(id="acc-1", platform="sandbox", max_items_per_crawl=limit)
-    reporter = Reporter()
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(platform.login, account, reporter)
-            await reporter.qr_shown.wait()
-            assert site.state.scan(USER, "fan", None, confirm=True) is not None
-    return account.model_copy(update={"platform_user_id": USER})
+    return await logged_in(site, platform, account, USER, "fan")
 
 
 def _ids(n: int, m: int) -> list[str]:

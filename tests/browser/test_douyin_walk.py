@@ -6,63 +6,26 @@ their replies, DMs read from component props, and a site change reported as
 
 from __future__ import annotations
 
-import threading
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import pytest
 
 from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.messages import CrawledItem
-from hiscrm_sandbox.site import SandboxServer, serve
+from hiscrm_sandbox.site import SandboxServer
 from hiscrm_sandbox.state import SiteState
-from hiscrm_worker.browser import BrowserPool
 from hiscrm_worker.platforms.base import Fetched
 from hiscrm_worker.platforms.sandbox import SandboxPlatform
 from hiscrm_worker.task import MonitorTask
+from tests.browser.inprocess import logged_in
 
 USER = "1864722759"
 
 
-class Reporter:
-    def __init__(self) -> None:
-        self.qr_shown = anyio.Event()
-
-    async def qr(self, png: bytes, refresh: int) -> None:
-        self.qr_shown.set()
-
-    async def progress(self, status: Literal["page_opened", "scanned"]) -> None:
-        pass
-
-
-@pytest.fixture
-def site() -> Iterator[SandboxServer]:
-    server = serve("127.0.0.1", 0, 60, 3)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-async def platform(site: SandboxServer, tmp_path: Path) -> AsyncIterator[SandboxPlatform]:
-    pool = BrowserPool("/usr/bin/chromium", tmp_path, lambda account, what: None)
-    yield SandboxPlatform(pool, site.base_url)
-    await pool.close()
-
-
 async def _logged_in(site: SandboxServer, platform: SandboxPlatform, limit: int) -> AccountConfig:
     account = AccountConfig(id="acc-1", platform="sandbox", max_items_per_crawl=limit)
-    reporter = Reporter()
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(platform.login, account, reporter)
-            await reporter.qr_shown.wait()
-            assert site.state.scan(USER, "店主", None, confirm=True) is not None
-    return account.model_copy(update={"platform_user_id": USER})
+    return await logged_in(site, platform, account, USER, "店主")
 
 
 def _post_works(state: SiteState) -> dict[str, dict[str, Any]]:

@@ -3,42 +3,18 @@ the saved session, and reported, instead of killing the task."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Literal
 
 import anyio
 import pytest
 from playwright.async_api import Error as PlaywrightError
 
 from hiscrm_bus.accounts import AccountConfig
-from hiscrm_sandbox.site import SandboxServer, serve
+from hiscrm_sandbox.site import SandboxServer
 from hiscrm_worker.browser import BrowserPool
 from hiscrm_worker.platforms.sandbox import SandboxPlatform
-
-
-class Reporter:
-    def __init__(self) -> None:
-        self.qr_shown = anyio.Event()
-        self.pngs: list[bytes] = []
-
-    async def qr(self, png: bytes, refresh: int) -> None:
-        self.pngs.append(png)
-        self.qr_shown.set()
-
-    async def progress(self, status: Literal["page_opened", "scanned"]) -> None:
-        pass
-
-
-@pytest.fixture
-def site() -> AsyncIterator[SandboxServer]:
-    server = serve("127.0.0.1", 0, 60, 3)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+from tests.browser.inprocess import logged_in
 
 
 @pytest.fixture
@@ -53,20 +29,7 @@ async def pool(tmp_path: Path) -> AsyncIterator[tuple[BrowserPool, list[tuple[st
 
 async def _logged_in(site: SandboxServer, platform: SandboxPlatform) -> AccountConfig:
     account = AccountConfig(id="acc-1", platform="sandbox", worker_id="w1")
-    reporter = Reporter()
-    result = None
-
-    async def login() -> None:
-        nonlocal result
-        result = await platform.login(account, reporter)
-
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(login)
-            await reporter.qr_shown.wait()
-            assert site.state.scan("42", "fan", None, confirm=True) is not None
-    assert result is not None and result.platform_user_id == "42"
-    return account.model_copy(update={"platform_user_id": "42"})
+    return await logged_in(site, platform, account, "42")
 
 
 async def test_crashed_page_is_replaced_and_reported(site, pool) -> None:

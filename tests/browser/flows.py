@@ -21,7 +21,7 @@ def sandbox(site: Site, *args: str) -> str:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return result.stdout.strip()
 
 
 def start_login(stack: Stack, account_id: str = "acc-1") -> subprocess.Popen[str]:

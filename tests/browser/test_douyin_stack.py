@@ -7,50 +7,16 @@ is back."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.browser.conftest import Site
+from tests.browser.flows import USER, log_in, sandbox
 from tests.e2e.stack import Stack, wait_for
 
 pytestmark = [pytest.mark.e2e]
-USER = "1864722759"
-
-
-def _sandbox(site: Site, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "hiscrm_cli", "sandbox", *args, "--url", site.url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout.strip()
-
-
-def _log_in(stack: Stack, site: Site) -> None:
-    login = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "hiscrm_cli", "login", "acc-1", "--timeout", "60"),
-            *("--qr-dir", str(stack.workdir / "qr")),
-        ],
-        env=stack.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert login.stdout is not None
-    for line in login.stdout:
-        if "QR code" in line:
-            break
-    _sandbox(site, "scan", "--user-id", USER)
-    out, _ = login.communicate(timeout=60)
-    assert login.returncode == 0, out
 
 
 def _data(stack: Stack, kind: str) -> dict[str, Any]:
@@ -72,18 +38,18 @@ def test_works_replies_and_conversations_reach_the_operator_and_drift_reaches_di
     stack.worker("w1")
     stack.add("acc-1", worker="w1", platform="sandbox", interval="0.5")
     stack.wait_task("w1", "acc-1", "waiting_login")
-    _log_in(stack, site)
+    log_in(stack, site)
     stack.wait_task("w1", "acc-1", "running")
 
-    assert _sandbox(site, "post-work", "秋冬上新", "--user-id", USER) == "work w2 posted"
-    assert _sandbox(site, "post-comment", "好看", "--user-id", USER, "--work", "w2") == (
+    assert sandbox(site, "post-work", "秋冬上新", "--user-id", USER) == "work w2 posted"
+    assert sandbox(site, "post-comment", "好看", "--user-id", USER, "--work", "w2") == (
         "comment c1 posted"
     )
-    assert _sandbox(site, "post-reply", "谢谢", "--to", "c1", "--user-id", USER) == (
+    assert sandbox(site, "post-reply", "谢谢", "--to", "c1", "--user-id", USER) == (
         "reply c2 to c1 posted"
     )
-    _sandbox(site, "send-dm", "在吗", "--user-id", USER, "--author", "小李")
-    _sandbox(site, "send-dm", "你好", "--user-id", USER, "--author", "阿珍")
+    sandbox(site, "send-dm", "在吗", "--user-id", USER, "--author", "小李")
+    sandbox(site, "send-dm", "你好", "--user-id", USER, "--author", "阿珍")
     comments = wait_for(lambda: (d := _data(stack, "comments"))["comments"] == 2 and d, what="2")
     by_id = {i["item_id"]: i["extra"] for i in comments["items"]}
     assert by_id["c1"]["work_id"] == "w2" and by_id["c1"]["work_title"] == "秋冬上新"
@@ -100,12 +66,12 @@ def test_works_replies_and_conversations_reach_the_operator_and_drift_reaches_di
     assert any("c2" in line and "w2" in line and "c1" in line for line in table.splitlines())
 
     # the site changes: the next crawl says so, and diagnose shows it
-    _sandbox(site, "drift", "comments")
+    sandbox(site, "drift", "comments")
     error = wait_for(lambda: _task_error(stack), what="the task error")
     assert error.startswith("platform_changed: ") and "comment_info_list" in error
     doc = json.loads(stack.cli("diagnose", "acc-1", "--json").stdout)
     (finding,) = [p for p in doc["accounts"][0]["problems"] if p["code"] == "platform_changed"]
     assert "platform_changed: " in finding["message"]
     assert "hiscrm_worker/platforms/douyin_api.py" in finding["remedy"]
-    _sandbox(site, "drift", "comments", "--mode", "off")
+    sandbox(site, "drift", "comments", "--mode", "off")
     wait_for(lambda: _task_error(stack) is None, what="the task running again")

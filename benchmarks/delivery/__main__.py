@@ -27,6 +27,7 @@ from .infra import (
     reexec_with_hiredis,
 )
 from .latency import bench_latency
+from .processes import bench_fleet, bench_processes
 from .reconcile import bench_reconcile
 from .report import build_report, write_results
 from .throughput import bench_master_drain, bench_throughput, floor_throughput
@@ -42,6 +43,11 @@ SMOKE_SIZES: dict[str, Any] = {
     "reconcile_accounts": 200,
     "reconcile_reps": 1,
     "celery_n": 5,
+    "processes": 2,
+    "process_workers": 4,
+    "fleet_accounts": 20,
+    "fleet_processes": 2,
+    "fleet_reps": 1,
     "no_celery_install": True,
     "no_results": True,
 }
@@ -54,14 +60,14 @@ async def run_all(
     flush = redis.Redis.from_url(url)
     try:
         if "latency" in args.only:
-            print(f"1/4 latency: {args.latency_n} round trips each (+{args.warmup} warm-up) …")
+            print(f"1/6 latency: {args.latency_n} round trips each (+{args.warmup} warm-up) …")
             with anyio.fail_after(600):
                 results["latency"] = await bench_latency(
                     url, args.latency_n, args.warmup, workdir, args.idle_workers
                 )
             flush.flushall()
         if "throughput" in args.only:
-            print(f"2/4 throughput: {args.updates} updates across {args.workers} workers …")
+            print(f"2/6 throughput: {args.updates} updates across {args.workers} workers …")
             with anyio.fail_after(900):
                 floor = await floor_throughput(url, args.workers, args.updates, args.workers)
                 flush.flushall()
@@ -74,8 +80,31 @@ async def run_all(
                 tp["drain"] = await bench_master_drain(url, args.updates)
             results["throughput"] = tp
             flush.flushall()
+        if "processes" in args.only:
+            pw = args.process_workers or args.workers
+            print(
+                f"3/6 processes: {args.updates} updates, {pw} workers "
+                f"in {args.processes} processes …"
+            )
+            with anyio.fail_after(900):
+                floor = await floor_throughput(url, pw, args.updates, pw)
+                flush.flushall()
+                pt = await bench_processes(url, args.processes, pw, args.updates, workdir)
+            pt["floor"] = floor
+            results["processes"] = pt
+            flush.flushall()
+        if "fleet" in args.only:
+            print(
+                f"4/6 fleet: set --all over {args.fleet_accounts} accounts on "
+                f"{args.fleet_processes} worker processes, {args.fleet_reps} times …"
+            )
+            with anyio.fail_after(900):
+                results["fleet"] = await bench_fleet(
+                    url, args.fleet_processes, args.fleet_accounts, args.fleet_reps, workdir
+                )
+            flush.flushall()
         if "reconcile" in args.only:
-            print(f"3/4 reconcile: {args.reconcile_accounts} accounts …")
+            print(f"5/6 reconcile: {args.reconcile_accounts} accounts …")
             with anyio.fail_after(900):
                 results["reconcile"] = await bench_reconcile(
                     url, args.reconcile_accounts, args.reconcile_reps, workdir, tally
@@ -107,7 +136,19 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="skip Celery unless it is installed already (else var/bench/celery-venv is made)",
     )
-    parts = ("latency", "throughput", "reconcile", "celery")
+    ap.add_argument(
+        "--processes", type=int, default=4, help="worker processes in the processes run"
+    )
+    ap.add_argument(
+        "--process-workers",
+        type=int,
+        default=0,
+        help="workers spread over those processes (default: --workers)",
+    )
+    ap.add_argument("--fleet-accounts", type=int, default=1000, help="accounts in the fleet run")
+    ap.add_argument("--fleet-processes", type=int, default=10, help="worker processes, fleet run")
+    ap.add_argument("--fleet-reps", type=int, default=3, help="fleet-wide changes (best kept)")
+    parts = ("latency", "throughput", "processes", "fleet", "reconcile", "celery")
     ap.add_argument("--only", nargs="+", choices=parts, default=list(parts))
     ap.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
     ap.add_argument("--no-results", action="store_true", help="print only")
@@ -147,7 +188,7 @@ def main() -> None:
             results = anyio.run(run_all, args, url, workdir, tally, backend="asyncio")
             results["env"] = env
             if "celery" in args.only:
-                print(f"4/4 celery: {args.celery_n} broadcasts with reply …")
+                print(f"6/6 celery: {args.celery_n} broadcasts with reply …")
                 results["celery"] = bench_celery(
                     url, args.celery_n, args.warmup, workdir, not args.no_celery_install
                 )
@@ -201,6 +242,12 @@ def smoke_problems(r: dict[str, Any], args: argparse.Namespace) -> list[str]:
             out.append(f"throughput: outcomes {tp and tp['statuses']}, expected all applied")
         elif tp["drain"]["applied"] != tp["drain"]["acks"]:
             out.append(f"Master drain: {tp['drain']['applied']} of {tp['drain']['acks']} applied")
+    pt = r.get("processes")
+    if "processes" in args.only and (not pt or pt["applied"] != pt["total"]):
+        out.append(f"processes: outcomes {pt and pt['statuses']}, expected all applied")
+    fc = r.get("fleet")
+    if "fleet" in args.only and (not fc or not fc["complete"]):
+        out.append(f"fleet: runs {fc and fc['runs']}, expected every account applied")
     rc = r.get("reconcile")
     if "reconcile" in args.only:
         if not rc or rc["run_applied"] != rc["accounts"]:

@@ -1,0 +1,62 @@
+"""A worker host: several ``Worker``s with the synthetic platform in one process.
+
+    python -m benchmarks.delivery.host REDIS_URL KEY_PREFIX DATA_DIR WORKER_ID...
+
+Prints ``ready`` once every worker has started (its first reconcile done), then runs
+until terminated. The process benchmarks start several of these, so the workers of a
+fleet live in separate processes, as they do in production.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+from redis.asyncio import Redis
+
+from hiscrm_bus.connection import connect
+from hiscrm_worker.service import Worker
+from hiscrm_worker.settings import WorkerSettings
+
+
+async def host(url: str, key_prefix: str, data_dir: Path, worker_ids: list[str]) -> None:
+    clients: list[Redis] = []
+    fleet: list[Worker] = []
+    for wid in worker_ids:
+        settings = WorkerSettings(
+            redis_url=url,
+            key_prefix=key_prefix,
+            worker_id=wid,
+            platforms=("synthetic",),
+            data_dir=data_dir / wid,
+        )
+        client = await connect(settings)
+        clients.append(client)
+        fleet.append(Worker(settings, client))
+    async with anyio.create_task_group() as tg:
+        for w in fleet:
+            await tg.start(w.run)
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                break
+        tg.cancel_scope.cancel()
+    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+        for client in clients:
+            await client.aclose()
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.WARNING, format="  [host] %(levelname)s %(name)s: %(message)s"
+    )
+    url, key_prefix, data_dir, *worker_ids = sys.argv[1:]
+    anyio.run(host, url, key_prefix, Path(data_dir), worker_ids, backend="asyncio")
+
+
+if __name__ == "__main__":
+    main()

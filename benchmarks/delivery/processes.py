@@ -1,0 +1,237 @@
+"""5. and 6. — the workers in separate processes (``benchmarks.delivery.host``), the
+Master and the caller in this one:
+
+5. throughput — updates across many workers spread over several processes, applied
+   outcomes per second (default 100 workers in 4 processes);
+6. fleet change — one change to every account (default 1,000) owned by workers in 10
+   processes, timed as ``hiscrm account set --all --wait`` reports it: "last ACK after",
+   the largest recorded ``latency_ms`` (Redis clock, from the pending record to the ACK).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from hiscrm_bus.accounts import AccountConfig, decode_hash
+from hiscrm_bus.connection import connect
+from hiscrm_master.service import Master
+from hiscrm_master.settings import MasterSettings
+from hiscrm_master.updates import Updates
+
+from .infra import ROOT, aclose_all, now, prefix, wait_until
+
+
+@asynccontextmanager
+async def worker_hosts(
+    url: str, key_prefix: str, workdir: Path, groups: Sequence[Sequence[str]]
+) -> AsyncIterator[float]:
+    """One host process per group of worker ids; yields once every one printed ``ready``
+    (the seconds that took), terminates them on exit."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    procs: list[subprocess.Popen[str]] = []
+    t0 = now()
+    try:
+        for k, ids in enumerate(groups):
+            cmd = [sys.executable, "-m", "benchmarks.delivery.host", url, key_prefix]
+            cmd += [str(workdir / f"host{k}"), *ids]
+            procs.append(
+                # starting a process is quick; its readiness is awaited below
+                subprocess.Popen(  # noqa: ASYNC220
+                    cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+                )
+            )
+
+        async def ready(proc: subprocess.Popen[str]) -> None:
+            assert proc.stdout is not None
+            line = await anyio.to_thread.run_sync(proc.stdout.readline)
+            if line.strip() != "ready":
+                raise RuntimeError(f"worker host exited ({proc.poll()}) before it was ready")
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for proc in procs:
+                    tg.start_soon(ready, proc)
+        yield now() - t0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def create_owned(updates: Updates, owner: dict[str, str]) -> None:
+    """AccountStore.create for every account with its owner, sixteen at a time."""
+    todo = iter(owner.items())
+
+    async def lane() -> None:
+        for account_id, worker_id in todo:
+            config = AccountConfig(id=account_id, platform="synthetic", worker_id=worker_id)
+            await updates.store.create(config)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(16):
+            tg.start_soon(lane)
+
+
+def split(ids: Sequence[str], parts: int) -> list[list[str]]:
+    return [list(ids[k::parts]) for k in range(parts) if ids[k::parts]]
+
+
+async def bench_processes(  # noqa: PLR0915 - one measurement, read top to bottom
+    url: str, processes: int, workers: int, total: int, workdir: Path
+) -> dict[str, Any]:
+    """Applied updates/s with ``workers`` workers (one account each) in ``processes``
+    host processes, sending ``total`` updates with ``Updates.change_many``."""
+    p = prefix("procs")
+    msettings = MasterSettings(redis_url=url, key_prefix=p, master_id="bench-master")
+    admin = await connect(msettings)
+    mredis = await connect(msettings)
+    updates = Updates(admin, msettings, "bench")
+    worker_ids = [f"pt-w{k}" for k in range(workers)]
+    owner = {f"pt-a{k}": wid for k, wid in enumerate(worker_ids)}
+    accounts = list(owner)
+    statuses: Counter[str] = Counter()
+    done = anyio.Event()
+    done_at = 0.0
+    try:
+        await create_owned(updates, owner)
+        master = Master(msettings, mredis)
+        async with anyio.create_task_group() as tg:
+            await tg.start(master.run)
+            groups = split(worker_ids, processes)
+            async with worker_hosts(url, p, workdir / "procs", groups) as start_s:
+                await wait_until(
+                    lambda: master.acks.processed >= len(accounts), 60, "the Master to hear them"
+                )
+                raws = await updates.store.get_raw(accounts)
+                current = {a: decode_hash(r) for a, r in zip(accounts, raws, strict=True)}
+                after = await updates.tracker.last_outcome_id()
+                stats_before = await updates.tracker.stats()
+
+                async def count(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+                    nonlocal done_at
+                    task_status.started()
+                    async for outcome in updates.tracker.watch_outcomes(after):
+                        statuses[outcome.status] += 1
+                        if sum(statuses.values()) >= total:
+                            done_at = now()
+                            done.set()
+                            return
+
+                async with anyio.create_task_group() as run:
+                    await run.start(count)
+                    t0 = now()
+                    sent = rnd = 0
+                    while sent < total:
+                        chunk = accounts[: min(len(accounts), total - sent)]
+                        batch = {a: (current[a], {"name": f"r{rnd}"}) for a in chunk}
+                        results, notices = await updates.change_many(batch, "admin_update")
+                        errors = [r for r in results if isinstance(r, Exception)]
+                        if errors:
+                            raise RuntimeError(f"change_many refused: {errors[0]}")
+                        sent += sum(1 for m in notices if m is not None)
+                        rnd += 1
+                    t_sent = now()
+                    with anyio.move_on_after(max(60, total / 20)):
+                        await done.wait()
+                    run.cancel_scope.cancel()
+                stats_after = await updates.tracker.stats()
+            tg.cancel_scope.cancel()
+    finally:
+        await aclose_all(admin, mredis)
+    end = done_at or now()
+    return {
+        "processes": len(groups),
+        "workers": workers,
+        "total": total,
+        "completed": sum(statuses.values()),
+        "applied": statuses.get("applied", 0),
+        "statuses": dict(statuses),
+        "seconds": end - t0,
+        "per_s": statuses.get("applied", 0) / (end - t0),
+        "send_s": t_sent - t0,
+        "retried": stats_after.get("retried", 0) - stats_before.get("retried", 0),
+        "start_s": start_s,
+    }
+
+
+async def bench_fleet(
+    url: str, processes: int, accounts: int, reps: int, workdir: Path
+) -> dict[str, Any]:
+    """``account set --all --wait`` over ``accounts`` accounts owned by one worker in each
+    of ``processes`` host processes: what the CLI does (read every hash, change_many,
+    wait for the outcomes), timed as it reports it."""
+    p = prefix("fleet")
+    msettings = MasterSettings(redis_url=url, key_prefix=p, master_id="bench-master")
+    admin = await connect(msettings)
+    mredis = await connect(msettings)
+    updates = Updates(admin, msettings, "bench")
+    worker_ids = [f"fc-w{k}" for k in range(processes)]
+    owner = {f"fc-a{i:05d}": worker_ids[i % processes] for i in range(accounts)}
+    runs: list[dict[str, Any]] = []
+    try:
+        await create_owned(updates, owner)
+        master = Master(msettings, mredis)
+        async with anyio.create_task_group() as tg:
+            await tg.start(master.run)
+            groups = [[w] for w in worker_ids]
+            async with worker_hosts(url, p, workdir / "fleet", groups) as start_s:
+                await wait_until(
+                    lambda: master.acks.processed >= accounts, 60, "the Master to hear them"
+                )
+                for rnd in range(reps):
+                    # as `hiscrm account set --all name=… --wait`
+                    t0 = now()
+                    ids = await updates.store.ids()
+                    raws = await updates.store.get_raw(ids)
+                    batch = {
+                        a: (decode_hash(r), {"name": f"f{rnd}"})
+                        for a, r in zip(ids, raws, strict=True)
+                        if r
+                    }
+                    after = await updates.tracker.last_outcome_id()
+                    t_write = now()
+                    _results, sent = await updates.change_many(batch, "admin_update")
+                    tracked = [m.update_id for m in sent if m is not None]
+                    outcomes = await updates.tracker.wait_outcomes(tracked, after, 60)
+                    t_done = now()
+                    runs.append(
+                        {
+                            "last_ack_ms": max(
+                                (o.latency_ms for o in outcomes.values()), default=0
+                            ),
+                            "outcomes": len(outcomes),
+                            "tracked": len(tracked),
+                            "applied": sum(o.status == "applied" for o in outcomes.values()),
+                            "wall_ms": (t_done - t0) * 1000,
+                            "from_write_ms": (t_done - t_write) * 1000,
+                        }
+                    )
+            tg.cancel_scope.cancel()
+    finally:
+        await aclose_all(admin, mredis)
+    best = min(runs, key=lambda r: r["last_ack_ms"])
+    return {
+        "processes": processes,
+        "accounts": accounts,
+        "reps": reps,
+        "runs": runs,
+        "last_ack_ms": best["last_ack_ms"],
+        "start_s": start_s,
+        "complete": all(r["applied"] == r["tracked"] == accounts for r in runs),
+    }

@@ -10,7 +10,6 @@ as ``platform_changed: …``)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -23,28 +22,24 @@ from hiscrm_bus.accounts import AccountConfig
 from ..browser import BrowserPool
 from . import douyin_api as api
 from .base import (
-    Fetched,
     LoginFailedError,
     LoginReporter,
     LoginResult,
     PlatformError,
-    SessionExpired,
 )
-from .chat import ChatWalker
-from .comments import DEFAULT_WORKS, CommentWalker
+from .comments import DEFAULT_WORKS
+from .crawls import CreatorCrawls
 from .creator import DOUYIN
 
 _LOGGED_IN = f"() => localStorage.getItem('{api.LOGIN_STORAGE_KEY}') === '1'"
 _FETCH_JSON = "async (p) => (await fetch(p, {credentials: 'include'})).json()"
 
 
-class DouyinPlatform:
+class DouyinPlatform(CreatorCrawls):
     name = "douyin"
 
     def __init__(self, pool: BrowserPool, works: int = DEFAULT_WORKS) -> None:
-        self.pool = pool
-        self._comments = CommentWalker(DOUYIN, works)
-        self._chat = ChatWalker(DOUYIN)
+        super().__init__(pool, DOUYIN, works)
 
     async def _logged_in(self, page: Page) -> bool:
         cookies = await page.context.cookies()
@@ -95,30 +90,3 @@ class DouyinPlatform:
             return await (await info.value).json()
         except (PlaywrightTimeout, ValueError):
             return await page.evaluate(_FETCH_JSON, api.PROFILE_SELF_PATH)
-
-    async def _walk(
-        self, account: AccountConfig, walk: Callable[[Page, AccountConfig], Awaitable[Fetched]]
-    ) -> Fetched:
-        page = await self.pool.page(account.id, account.proxy)
-        try:
-            return await walk(page, account)
-        except SessionExpired as exc:
-            raise SessionExpired(
-                f"douyin session of {account.id} expired ({exc}): log in again"
-            ) from exc
-        except PlaywrightError as exc:
-            raise PlatformError(f"douyin: {exc.message.splitlines()[0]}") from exc
-
-    async def fetch_comments(self, account: AccountConfig) -> Fetched:
-        return await self._walk(account, self._comments.fetch)
-
-    async def fetch_dms(self, account: AccountConfig) -> Fetched:
-        return await self._walk(account, self._chat.fetch)
-
-    async def after_crawl(self, account: AccountConfig) -> None:
-        await self.pool.checkpoint(account.id)
-
-    async def release(self, account_id: str) -> None:
-        self._comments.forget(account_id)
-        self._chat.forget(account_id)
-        await self.pool.release(account_id)

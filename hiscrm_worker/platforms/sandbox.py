@@ -13,7 +13,6 @@ messages live in component props. Only the site differs: its address, and its id
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page
@@ -22,15 +21,14 @@ from hiscrm_bus.accounts import AccountConfig
 
 from ..browser import BrowserPool
 from .base import (
-    Fetched,
     LoginFailedError,
     LoginReporter,
     LoginResult,
     PlatformError,
     SessionExpired,
 )
-from .chat import ChatWalker
-from .comments import DEFAULT_WORKS, CommentWalker
+from .comments import DEFAULT_WORKS
+from .crawls import CreatorCrawls
 from .creator import CreatorSite
 
 log = logging.getLogger(__name__)
@@ -70,15 +68,15 @@ def _navigating(exc: PlaywrightError) -> bool:
     return "context was destroyed" in text or "navigat" in text
 
 
-class SandboxPlatform:
+class SandboxPlatform(CreatorCrawls):
     name = "sandbox"
 
     def __init__(self, pool: BrowserPool, base_url: str, works: int = DEFAULT_WORKS) -> None:
-        self.pool = pool
         self.base_url = base_url.rstrip("/")
-        site = sandbox_site(self.base_url)
-        self._comments = CommentWalker(site, works)
-        self._chat = ChatWalker(site)
+        super().__init__(pool, sandbox_site(self.base_url), works)
+
+    def expired(self, account_id: str, exc: SessionExpired) -> str:
+        return f"sandbox session of {account_id} is not logged in: run `hiscrm login {account_id}`"
 
     async def login(self, account: AccountConfig, reporter: LoginReporter) -> LoginResult:
         ctx = await self.pool.context(account.id, account.proxy)
@@ -124,30 +122,3 @@ class SandboxPlatform:
             raise PlatformError(
                 f"sandbox site unreachable at {self.base_url}: {exc.message.splitlines()[0]}"
             ) from exc
-
-    async def _walk(
-        self, account: AccountConfig, walk: Callable[[Page, AccountConfig], Awaitable[Fetched]]
-    ) -> Fetched:
-        page = await self.pool.page(account.id, account.proxy)
-        try:
-            return await walk(page, account)
-        except SessionExpired as exc:
-            raise SessionExpired(
-                f"sandbox session of {account.id} is not logged in: run `hiscrm login {account.id}`"
-            ) from exc
-        except PlaywrightError as exc:
-            raise PlatformError(f"sandbox: {exc.message.splitlines()[0]}") from exc
-
-    async def fetch_comments(self, account: AccountConfig) -> Fetched:
-        return await self._walk(account, self._comments.fetch)
-
-    async def fetch_dms(self, account: AccountConfig) -> Fetched:
-        return await self._walk(account, self._chat.fetch)
-
-    async def after_crawl(self, account: AccountConfig) -> None:
-        await self.pool.checkpoint(account.id)
-
-    async def release(self, account_id: str) -> None:
-        self._comments.forget(account_id)
-        self._chat.forget(account_id)
-        await self.pool.release(account_id)

@@ -18,11 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 from redis.asyncio import Redis
 
-from .connection import CONNECTION_ERRORS, call, is_transient, text
+from .connection import call, call_each, text
 from .errors import (
     AccountExists,
     AccountNotFound,
-    BusUnavailable,
     InvalidAccountConfig,
     NotOwner,
     VersionConflict,
@@ -573,20 +572,14 @@ class AccountStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for account_id in account_ids:
                 pipe.hgetall(self.keys.account(account_id))
-            replies = await call(pipe.execute(raise_on_error=False))
-        for reply in replies:
-            if isinstance(reply, Exception) and (
-                is_transient(reply) or isinstance(reply, CONNECTION_ERRORS)
-            ):
-                raise BusUnavailable(f"Redis cannot serve us right now: {reply}") from reply
-        return list(replies)
+            return await call_each(pipe.execute(raise_on_error=False))
 
     async def versions(self, account_ids: Sequence[str]) -> dict[str, int | None]:
         """Each account's ``config_version`` in one round trip (None: no such account)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for account_id in account_ids:
                 pipe.hget(self.keys.account(account_id), "config_version")
-            raw = await call(pipe.execute(raise_on_error=False))
+            raw = await call_each(pipe.execute(raise_on_error=False))
         return {a: _int_or_none(v) for a, v in zip(account_ids, raw, strict=True)}
 
     async def login_statuses(self) -> Counter[str]:
@@ -595,7 +588,7 @@ class AccountStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for account_id in ids:
                 pipe.hget(self.keys.account(account_id), "login_status")
-            replies = await call(pipe.execute(raise_on_error=False))
+            replies = await call_each(pipe.execute(raise_on_error=False))
         return Counter(
             text(r) if isinstance(r, bytes | str) else "not_logged_in"
             for r in replies

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from redis import exceptions as rexc
@@ -77,6 +77,19 @@ async def call(value: Awaitable[T]) -> T:
         if is_transient(exc):
             raise BusUnavailable(f"Redis cannot serve us right now: {_reply(exc)}") from exc
         raise
+
+
+async def call_each(value: Awaitable[list[Any]]) -> list[Any]:
+    """Await a pipeline run with ``raise_on_error=False``: one command's error reply
+    (WRONGTYPE, NOPERM) is that command's result, but an outage (a transient reply or a
+    lost connection in any of them) is everyone's: BusUnavailable."""
+    replies = await call(value)
+    for reply in replies:
+        if isinstance(reply, Exception) and (
+            is_transient(reply) or isinstance(reply, CONNECTION_ERRORS)
+        ):
+            raise BusUnavailable(f"Redis cannot serve us right now: {_reply(reply)}") from reply
+    return replies
 
 
 def _reply(exc: BaseException) -> str:

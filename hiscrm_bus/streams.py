@@ -19,9 +19,8 @@ from anyio.abc import TaskStatus
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from .connection import RECOVERABLE, call, is_transient, text
+from .connection import RECOVERABLE, call, call_each, text
 from .deadletter import DeadLetters
-from .errors import BusUnavailable
 from .messages import DecodeError, Message, decode, encode
 from .resilience import Episode
 from .settings import BusSettings
@@ -174,11 +173,9 @@ class StreamReader:
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream in new:
                 pipe.xgroup_create(stream, self.group, id="0", mkstream=True)
-            replies = await call(pipe.execute(raise_on_error=False))
+            replies = await call_each(pipe.execute(raise_on_error=False))
         for stream, reply in zip(new, replies, strict=True):
             if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
-                if is_transient(reply):
-                    raise BusUnavailable(f"cannot create group on {stream}: {reply}")
                 # e.g. the key holds another type: read the others, report this one once
                 if stream not in self._broken:
                     log.warning("stream %s: cannot create group %s: %s", stream, self.group, reply)

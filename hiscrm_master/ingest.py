@@ -16,8 +16,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from hiscrm_bus.connection import CONNECTION_ERRORS, call, is_transient, text
-from hiscrm_bus.errors import BusUnavailable
+from hiscrm_bus.connection import call, call_each, text
 from hiscrm_bus.keys import Keys
 from hiscrm_bus.messages import CrawlBatch, CrawledItem, utcnow
 from hiscrm_bus.workers import TaskReport, WorkerRegistry
@@ -159,7 +158,7 @@ class IngestStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for plural in KINDS:
                 pipe.zcard(self.keys.items(account_id, plural))
-            replies = await call(pipe.execute(raise_on_error=False))
+            replies = await call_each(pipe.execute(raise_on_error=False))
         return {p: _reply_count(r) for p, r in zip(KINDS, replies, strict=True)}
 
     async def overview(self, account_id: str, plural: str, limit: int) -> AccountData:
@@ -215,11 +214,8 @@ class IngestStore:
 
 
 def _reply_count(reply: Any) -> int:
-    if isinstance(reply, Exception):
-        if is_transient(reply) or isinstance(reply, CONNECTION_ERRORS):
-            raise BusUnavailable(f"Redis cannot serve us right now: {reply}") from reply
-        return 0
-    return max(0, int(reply))
+    """A ZCARD's reply; a key of another type (its error reply) counts nothing."""
+    return 0 if isinstance(reply, Exception) else max(0, int(reply))
 
 
 def _count(value: str | None) -> int:

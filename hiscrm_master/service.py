@@ -18,9 +18,9 @@ import anyio
 from anyio.abc import TaskStatus
 from redis.asyncio import Redis
 
-from hiscrm_bus.connection import CONNECTION_ERRORS, call, is_transient
+from hiscrm_bus.connection import call, call_each, text
 from hiscrm_bus.deadletter import DeadLetters
-from hiscrm_bus.errors import AccountNotFound, BusUnavailable, InvalidAccountConfig, NotOwner
+from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig, NotOwner
 from hiscrm_bus.keys import StreamKind
 from hiscrm_bus.messages import (
     AccountConfigUpdate,
@@ -160,16 +160,11 @@ class Master:
         async with self.redis.pipeline(transaction=False) as pipe:
             for account_id in unique:
                 pipe.hget(self.keys.account(account_id), "worker_id")
-            replies = await call(pipe.execute(raise_on_error=False))
-        for reply in replies:
             # a Redis still loading or full is an outage, not an answer: the entries stay
             # pending and are judged once Redis answers
-            if isinstance(reply, Exception) and (
-                is_transient(reply) or isinstance(reply, CONNECTION_ERRORS)
-            ):
-                raise BusUnavailable(f"cannot read account owners: {reply}") from reply
+            replies = await call_each(pipe.execute(raise_on_error=False))
         return {
-            a: (r.decode() if isinstance(r, bytes) else None)
+            a: (text(r) if isinstance(r, bytes) else None)
             for a, r in zip(unique, replies, strict=True)
         }
 

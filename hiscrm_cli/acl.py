@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +11,7 @@ import typer
 from hiscrm_bus import acl
 from hiscrm_bus.accounts import ID_PATTERN
 from hiscrm_bus.keys import Keys
+from hiscrm_worker.settings import write_private
 
 from .common import RedisUrl, command_settings, console, err_console, fail, redis_client, run
 from .terminal import safe
@@ -51,9 +51,7 @@ def password_from(path: Path) -> tuple[str, bool]:
     password = acl.new_password()
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(password + "\n")
+        write_private(path, password + "\n", new=True)
     except OSError as exc:
         fail(f"cannot write the password file {path}: {exc.strerror}")
     return password, True
@@ -167,9 +165,7 @@ def render(
     default_password, _made = password_from(secrets_dir / "default.password")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(acl.render_file(users, default_password))
+        write_private(out, acl.render_file(users, default_password))
     except OSError as exc:
         fail(f"cannot write {out}: {exc.strerror}")
     console.print(

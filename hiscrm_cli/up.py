@@ -33,7 +33,7 @@ import redis
 import typer
 
 from hiscrm_bus.settings import BusSettings, masked_url
-from hiscrm_worker.settings import private_dir
+from hiscrm_worker.settings import private_dir, write_private
 
 from .common import EXIT_FAILED, EXIT_OK, console, fail, run
 from .terminal import safe
@@ -59,16 +59,6 @@ _PER_PROCESS_SETTINGS = (
     "HISCRM_LOG_FORMAT",
 )
 ENV_FILE = "env"
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` (mode 0600 from the first byte), replacing it whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    tmp.replace(path)
 
 
 def free_port(wanted: object = None) -> int:

@@ -25,7 +25,7 @@ from playwright.async_api import Browser, BrowserContext, Page, Playwright, asyn
 
 from hiscrm_bus.errors import ConfigurationError
 
-from .settings import private_dir
+from .settings import private_dir, write_private
 from .vault import SessionUnreadable, SessionVault, digest
 
 log = logging.getLogger(__name__)
@@ -231,12 +231,7 @@ class BrowserPool:
             return
         private_dir(self.data_dir, tighten=False)
         private_dir(self.state_dir)  # sessions are logins: no one else may even list them
-        path = self.state_file(account_id)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f)
-        tmp.replace(path)
+        write_private(self.state_file(account_id), json.dumps(state))
         if self.vault is not None:
             await self.vault.put(account_id, state)
         self._saved[account_id] = fingerprint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Annotated, Any
@@ -76,3 +77,20 @@ def private_dir(path: Path, *, tighten: bool = True) -> Path:
     if not existed or tighten:
         path.chmod(0o700)  # mkdir's mode is filtered through the umask
     return path
+
+
+def write_private(path: Path, text: str, *, new: bool = False) -> None:
+    """Write ``text`` to ``path``, mode 0600 from its first byte. ``new``: only if the
+    file does not exist yet (FileExistsError otherwise: a key or password is never
+    overwritten); else it replaces the file whole (a reader never sees half of it)."""
+    if new:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    tmp.replace(path)

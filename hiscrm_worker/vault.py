@@ -16,7 +16,6 @@ import binascii
 import hashlib
 import json
 import logging
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,8 @@ from hiscrm_bus.connection import call
 from hiscrm_bus.errors import ConfigurationError
 from hiscrm_bus.keys import Keys
 from hiscrm_bus.limits import MAX_MESSAGE_BYTES
+
+from .settings import write_private
 
 log = logging.getLogger(__name__)
 KEY_BYTES = 32
@@ -48,9 +49,7 @@ def new_key() -> str:
 def write_key_file(path: Path) -> None:
     """Write a new key to ``path`` (mode 0600); never over an existing file."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(new_key() + "\n")
+    write_private(path, new_key() + "\n", new=True)
 
 
 def read_key_file(path: Path) -> bytes:

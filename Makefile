@@ -1,7 +1,7 @@
 # hiscrm — `make test` runs every gate; `make demo` runs the product. Both bootstrap
 # what they need on a fresh Debian machine: a venv with the project and its test deps,
-# and Debian's redis-server and chromium (installed with apt-get when run as root;
-# Playwright drives Debian's Chromium, it never downloads a browser).
+# and Debian's redis-server, chromium and postgresql (installed with apt-get when run as
+# root; Playwright drives Debian's Chromium, it never downloads a browser).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -20,12 +20,16 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 SYSTEM_PACKAGES := redis-server:redis-server chromium:chromium
+# Debian keeps PostgreSQL's programs off PATH, in /usr/lib/postgresql/<N>/bin; the tests
+# (tests/postgres_server.py) take the newest N, so this looks there, not on PATH
+POSTGRES_INITDB := /usr/lib/postgresql/*/bin/initdb
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 	  bin=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$bin >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
+	set -- $(POSTGRES_INITDB); test -x "$$1" || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing with apt-get"; \

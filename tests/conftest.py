@@ -8,6 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from hiscrm_bus.settings import BusSettings
+from tests.postgres_server import PostgresServer
 from tests.redis_server import RedisServer
 
 
@@ -76,3 +77,45 @@ async def real(redis_server: RedisServer) -> AsyncIterator[tuple[Redis, BusSetti
     client = Redis.from_url(redis_server.url)
     yield client, settings
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session; tests take a database of their own
+    (``database_url``). Tests that kill or restart a server make their own
+    (``own_postgres_server``)."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def own_postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, for tests that kill or restart it."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+_database_counter = iter(range(1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"], ids=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database per test, on SQLite (aiosqlite) and on PostgreSQL
+    (asyncpg); the PostgreSQL server starts only when a postgresql case runs, and the
+    database is dropped after the test."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/hiscrm.db"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = f"t{next(_database_counter)}"
+    url = server.create_database(name)
+    yield url
+    server.drop_database(name)

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
-from .errors import BusUnavailable, ConfigurationError, HiscrmError
+from .errors import BusUnavailable, ConfigurationError, HiscrmError, Unavailable
 from .settings import MASK, BusSettings, url_password
 
 T = TypeVar("T")
@@ -45,7 +45,7 @@ _TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
     rexc.ClusterDownError,
 )
 # what a resilient loop survives by backing off and starting over
-RECOVERABLE: tuple[type[BaseException], ...] = (BusUnavailable, *CONNECTION_ERRORS)
+RECOVERABLE: tuple[type[BaseException], ...] = (Unavailable, *CONNECTION_ERRORS)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -11,7 +11,12 @@ class ConfigurationError(HiscrmError):
     """A setting is wrong (bad Redis URL, bad option value)."""
 
 
-class BusUnavailable(HiscrmError):
+class Unavailable(HiscrmError):
+    """Something the process depends on is down for now and comes back by itself
+    (Redis, the database): a loop waits it out, nothing is acknowledged meanwhile."""
+
+
+class BusUnavailable(Unavailable):
     """Redis cannot be reached or answered with a connection error."""
 
 

@@ -88,17 +88,37 @@ class Keys:
         """Hash (with TTL): one QR login session's state as the Master saw it."""
         return f"{self.prefix}login:{session_id}"
 
-    def items(self, account_id: str, kind: str) -> str:
-        """Sorted set: the newest crawled item ids of one kind, scored by creation time."""
+    @property
+    def removals(self) -> str:
+        """Sorted set: removed account id by the removal's time on Redis' clock (epoch
+        ms); a Master deletes the account's crawled data from the database, then the
+        entry."""
+        return f"{self.prefix}removals"
+
+    # where versions before the database kept crawled items (migrated on a Master's
+    # first start, then deleted)
+    def legacy_items(self, account_id: str, kind: str) -> str:
+        """Sorted set (legacy): the newest crawled item ids of one kind."""
         return f"{self.prefix}account:{account_id}:{kind}"
 
-    def item_bodies(self, account_id: str, kind: str) -> str:
-        """Hash: item id → the item as JSON, for the ids kept in :meth:`items`."""
+    def legacy_item_bodies(self, account_id: str, kind: str) -> str:
+        """Hash (legacy): item id → the item as JSON."""
         return f"{self.prefix}account:{account_id}:{kind}:bodies"
 
-    def crawl_stats(self, account_id: str) -> str:
-        """Hash: per-account counts of stored items and the last crawl time."""
+    def legacy_crawl_stats(self, account_id: str) -> str:
+        """Hash (legacy): per-account counts of stored items and the last crawl time."""
         return f"{self.prefix}account:{account_id}:crawl"
+
+    def legacy_item_bodies_pattern(self, kind: str) -> str:
+        """SCAN pattern of every account's :meth:`legacy_item_bodies` of ``kind``."""
+        return escape_glob(f"{self.prefix}account:") + "*" + escape_glob(f":{kind}:bodies")
+
+    def legacy_account_of(self, bodies_key: str, kind: str) -> str | None:
+        """The account id in a :meth:`legacy_item_bodies` key, None for another key."""
+        head, tail = f"{self.prefix}account:", f":{kind}:bodies"
+        if bodies_key.startswith(head) and bodies_key.endswith(tail):
+            return bodies_key[len(head) : -len(tail)] or None
+        return None
 
     @property
     def deadletter(self) -> str:

@@ -18,6 +18,7 @@ from redis import exceptions as rexc
 from redis.backoff import ExponentialWithJitterBackoff
 
 from .connection import RECOVERABLE
+from .errors import BusUnavailable, Unavailable
 from .settings import BusSettings
 
 
@@ -40,7 +41,9 @@ class Episode:
         self.total += 1
         if self.failures == 1:
             self._since = anyio.current_time()
-            if isinstance(exc, RECOVERABLE):
+            if isinstance(exc, Unavailable) and not isinstance(exc, BusUnavailable):
+                self.log.warning("%s: %s; retrying", self.what, exc)
+            elif isinstance(exc, RECOVERABLE):
                 self.log.warning("%s: Redis unavailable (%s); retrying", self.what, exc)
             elif isinstance(exc, rexc.RedisError):
                 self.log.warning("%s: Redis refused (%s); retrying", self.what, exc)

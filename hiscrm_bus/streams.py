@@ -31,11 +31,19 @@ FIELD = "msg"
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """A message as read: who wrote its stream (``source``), which stream, what."""
+    """A message as read: who wrote its stream (``source``), which stream, what, and
+    its entry id there (whose first part is Redis' clock, in ms, when it was added)."""
 
     source: str
     stream: str
     message: Message
+    entry_id: str = ""
+
+    @property
+    def added_ms(self) -> int:
+        """When Redis added the entry (epoch ms), 0 when unknown."""
+        head = self.entry_id.partition("-")[0]
+        return int(head) if head.isdigit() else 0
 
 
 Entry = tuple[str, Any, Any]  # (stream, entry id, fields)
@@ -307,7 +315,7 @@ class StreamReader:
             return
         per_stream: dict[str, int] = {}
         received: list[Received] = []
-        for stream, _entry_id, fields in entries:
+        for stream, entry_id, fields in entries:
             per_stream[stream] = per_stream.get(stream, 0) + 1
             raw = fields.get(FIELD.encode(), fields.get(FIELD, b"")) if fields else b""
             message = decode(raw) if raw else DecodeError(f"entry has no {FIELD!r} field", b"")
@@ -316,7 +324,8 @@ class StreamReader:
                     message = DecodeError(message.reason, repr(fields).encode())
                 await self.deadletters.write(stream, message)
             else:
-                received.append(Received(self.streams.get(stream, ""), stream, message))
+                source = self.streams.get(stream, "")
+                received.append(Received(source, stream, message, text(entry_id)))
         self.backlogged = any(n >= self.count for n in per_stream.values())
         if received:
             try:

@@ -217,7 +217,11 @@ def remove(
     async def main() -> None:
         async with redis_client(settings) as redis:
             done = await Updates(redis, settings, SENDER).remove(account_id, keep_data=keep_data)
-        data = "crawled data kept" if done.data_kept else "crawled data deleted"
+        data = (
+            "crawled data kept"
+            if done.data_kept
+            else "its crawled data is being deleted from the database by the Master"
+        )
         console.print(f"removed account {safe(account_id)} ({data})")
 
     run(main)

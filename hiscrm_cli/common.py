@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import anyio
 import typer
@@ -24,6 +24,9 @@ from hiscrm_bus.settings import BusSettings, url_password
 from hiscrm_master.settings import MasterSettings
 
 from .terminal import safe
+
+if TYPE_CHECKING:
+    from hiscrm_master.archive import Archive
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the operation ran and failed (rejected, failed, problems found)
@@ -132,6 +135,20 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
         fail(f"Redis refused: this user may not do that ({exc})")
     except rexc.RedisError as exc:
         fail(f"Redis refused the command: {exc}")
+
+
+@asynccontextmanager
+async def archive_of(settings: MasterSettings) -> AsyncIterator[Archive]:
+    """The crawled-data database, for reading (a missing SQLite file is not created:
+    DatabaseUnavailable says where it was looked for)."""
+    from hiscrm_master.archive import Archive
+
+    archive = Archive.open(settings.database_url, create=False)
+    try:
+        yield archive
+    finally:
+        with anyio.CancelScope(shield=True):
+            await archive.close()
 
 
 @asynccontextmanager

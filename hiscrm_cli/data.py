@@ -1,36 +1,131 @@
-"""``hiscrm data ACCOUNT``: the newest crawled comments and direct messages, how many are
-kept, and the last crawl as the worker running the account reports it."""
+"""``hiscrm data ACCOUNT``: crawled comments and direct messages from the database,
+filtered and searched; ``hiscrm data export ACCOUNT``: all of them as CSV or JSON lines.
+The last crawl is the one the worker running the account reports."""
 
 from __future__ import annotations
 
+import csv
 import json
-from datetime import datetime
-from typing import Annotated, Any
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
+from typer.core import TyperGroup
 
-from hiscrm_master.ingest import DEFAULT_CAP, KINDS, AccountData, IngestStore
-
-from .common import EXIT_FAILED, RedisUrl, command_settings, console, fail, redis_client, run
+from .common import (
+    EXIT_FAILED,
+    RedisUrl,
+    archive_of,
+    command_settings,
+    console,
+    fail,
+    redis_client,
+    run,
+)
 from .terminal import json_text, safe
 
+if TYPE_CHECKING:
+    from hiscrm_bus.messages import CrawledItem
+    from hiscrm_master.archive import Filter
+    from hiscrm_master.snapshot import AccountData
 
-def data(
+KINDS = {"comments": "comment", "dms": "dm"}
+
+
+class _ShowByDefault(TyperGroup):
+    """``hiscrm data ACCOUNT`` means ``hiscrm data show ACCOUNT``."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_ShowByDefault,
+    no_args_is_help=True,
+    help="Crawled comments and DMs from the database (`hiscrm data ACCOUNT` shows them).",
+)
+
+Kind = Annotated[str, typer.Option(help="comments or dms.")]
+Since = Annotated[
+    str | None,
+    typer.Option(
+        help="Created at or after: an ISO date/time (UTC unless it says) or 30m, 12h, 7d."
+    ),
+]
+Work = Annotated[
+    str | None, typer.Option(help="Of this work (comments) or conversation (dms), by id.")
+]
+Author = Annotated[str | None, typer.Option(help="By this author: their id or exact name.")]
+Grep = Annotated[str | None, typer.Option(help="Whose text contains this, in any case.")]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    if m := _DURATION.match(value):
+        return datetime.now(UTC) - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        fail(f"--since {value!r} is neither an ISO date/time (2026-11-30T08:00) nor 30m/12h/7d")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _filter(
+    kind: str,
+    since: str | None,
+    work: str | None,
+    author: str | None,
+    grep: str | None,
+    limit: int | None,
+) -> Filter:
+    from hiscrm_master.archive import Filter
+
+    if kind not in KINDS:
+        fail(f"--kind must be one of {', '.join(KINDS)}")
+    if grep is not None and not grep.strip():
+        fail("--grep needs some text to look for")
+    return Filter(
+        kind=KINDS[kind],  # type: ignore[arg-type]
+        since=_since(since),
+        work=work,
+        author=author,
+        grep=grep,
+        limit=limit,
+    )
+
+
+@app.command()
+def show(
     account_id: Annotated[str, typer.Argument(metavar="ACCOUNT")],
-    kind: Annotated[str, typer.Option(help="comments or dms.")] = "comments",
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many.")] = 20,
+    kind: Kind = "comments",
+    since: Since = None,
+    work: Work = None,
+    author: Author = None,
+    grep: Grep = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many, newest first.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
     redis_url: RedisUrl = None,
 ) -> None:
-    """List the newest crawled items of an account, the counts kept and the last crawl."""
-    if kind not in KINDS:
-        fail(f"--kind must be one of {', '.join(KINDS)}")
+    """The newest crawled items of an account (filtered), its counts in the database,
+    and its last crawl."""
+    f = _filter(kind, since, work, author, grep, limit)
     settings = command_settings(redis_url)
 
     async def main() -> AccountData:
-        async with redis_client(settings) as redis:
-            return await IngestStore(redis, settings.keys).overview(account_id, kind, limit)
+        from hiscrm_master.snapshot import account_data
+
+        async with redis_client(settings) as redis, archive_of(settings) as archive:
+            return await account_data(redis, settings.keys, archive, account_id, f)
 
     view = run(main)
     if not view.known:
@@ -49,13 +144,89 @@ def data(
     console.print(table)
     if not view.exists:
         console.print(f"no account {safe(account_id)!r}: this is the crawled data kept on removal")
-    stored, received = view.stored, view.received
+    c = view.counts
     console.print(
-        f"{stored['comments']} comments, {stored['dms']} DMs stored "
-        f"({received.comments} comments, {received.dms} DMs received in all; "
-        f"the newest {DEFAULT_CAP} of each are kept)"
+        f"{c.comments} comments on {c.works} works, {c.dms} DMs in {c.conversations} "
+        f"conversations stored; {c.crawl_runs} crawl batches"
+        + (f", {c.errors} crawl errors" if c.errors else ""),
+        highlight=False,
     )
     console.print(_last_crawl(view), highlight=False)
+
+
+@app.command()
+def export(
+    account_id: Annotated[str, typer.Argument(metavar="ACCOUNT")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "jsonl",
+    kind: Kind = "comments",
+    since: Since = None,
+    work: Work = None,
+    author: Author = None,
+    grep: Grep = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+) -> None:
+    """Every crawled item of an account that matches, oldest first, as CSV or JSON
+    lines (the raw payload the worker sent included)."""
+    if fmt not in ("csv", "jsonl"):
+        fail("--format must be csv or jsonl")
+    f = _filter(kind, since, work, author, grep, None)
+    settings = command_settings(None)
+
+    async def main() -> int:
+        with output.open("w", newline="", encoding="utf-8") if output else _stdout() as out:
+            writer = _Writer(out, fmt, KINDS[kind])
+            async with archive_of(settings) as archive:
+                async for page in archive.export(account_id, f):
+                    writer.write(page)
+            return writer.count
+
+    count = run(main)
+    if output is not None:
+        console.print(f"{count} {kind} of {safe(account_id)} written to {safe(str(output))}")
+
+
+class _stdout:
+    def __enter__(self) -> IO[str]:
+        return sys.stdout
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout.flush()
+
+
+CSV_COLUMNS = {
+    "comment": ("item_id", "created_at", "author", "text", "work_id", "parent_id", "user_id"),
+    "dm": ("item_id", "created_at", "author", "text", "conversation_id", "sender_id", "direction"),
+}
+
+
+class _Writer:
+    def __init__(self, out: IO[str], fmt: str, kind: str) -> None:
+        self.out = out
+        self.fmt = fmt
+        self.columns = CSV_COLUMNS[kind]
+        self.count = 0
+        self.csv = csv.writer(out) if fmt == "csv" else None
+        if self.csv is not None:
+            self.csv.writerow(self.columns)
+
+    def write(self, items: list[CrawledItem]) -> None:
+        for item in items:
+            if self.csv is not None:
+                self.csv.writerow([_cell(item, c) for c in self.columns])
+            else:
+                self.out.write(item.model_dump_json() + "\n")
+            self.count += 1
+
+
+def _cell(item: CrawledItem, column: str) -> str:
+    if column == "created_at":
+        return item.created_at.isoformat()
+    value: Any = getattr(item, column, None)
+    if value is None:
+        value = item.extra.get(column, item.extra.get("author_id") if column == "user_id" else "")
+    return "" if value is None else str(value)
 
 
 def _time(value: datetime | None) -> str:
@@ -64,7 +235,7 @@ def _time(value: datetime | None) -> str:
 
 def _last_crawl(view: AccountData) -> str:
     """One line: the last crawl as the owner's heartbeat reports it, or why it is unknown."""
-    batch = f" (last batch stored {_time(view.received.last_crawl_at)})"
+    batch = f" (last batch stored {_time(view.counts.last_crawl_at)})"
     if view.worker_id is None:
         return "last crawl unknown: no worker runs this account" + batch
     worker = safe(view.worker_id)
@@ -77,9 +248,8 @@ def _last_crawl(view: AccountData) -> str:
         f"last crawl {_time(task.last_crawl_at)} on worker {worker}: "
         f"{task.crawls} crawl(s), {task.items} item(s) found since the task started"
     )
-    left = getattr(task, "items_left", None)
-    if left:
-        line += f", {left} left uncrawled"
+    if task.items_left:
+        line += f", {task.items_left} left uncrawled"
     line += f"; task {safe(task.state)}"
     if task.error:
         line += f": {safe(task.error)}"
@@ -87,20 +257,22 @@ def _last_crawl(view: AccountData) -> str:
 
 
 def _doc(view: AccountData, kind: str) -> dict[str, Any]:
-    task = view.task
+    task, c = view.task, view.counts
     return {
         "account": view.account_id,
         "account_exists": view.exists,
         "kind": kind,
-        # kept now (the newest DEFAULT_CAP of each kind)
-        "comments": view.stored["comments"],
-        "dms": view.stored["dms"],
-        # every new item ever stored, the evicted ones included
-        "received": {"comments": view.received.comments, "dms": view.received.dms},
+        # stored in the database
+        "comments": c.comments,
+        "dms": c.dms,
+        "works": c.works,
+        "conversations": c.conversations,
+        "crawl_batches": c.crawl_runs,
+        "crawl_errors": c.errors,
         # the last crawl as the owner reports it (None: none reported), and when the
-        # Master last stored a batch (a crawl that finds nothing sends none)
+        # newest batch was crawled (a crawl that finds nothing sends none)
         "last_crawl_at": _iso(task.last_crawl_at) if task else None,
-        "last_batch_at": _iso(view.received.last_crawl_at),
+        "last_batch_at": _iso(c.last_crawl_at),
         "worker": view.worker_id,
         "worker_alive": view.worker_alive,
         "task": json.loads(task.model_dump_json()) if task else None,

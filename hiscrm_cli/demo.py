@@ -5,6 +5,7 @@ update sent → worker applied it → comments crawled → diagnose all green.""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 import urllib.request
@@ -17,8 +18,9 @@ from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.messages import LoginFailed, LoginQrCode, LoginSuccess, TaskStatus
 from hiscrm_bus.streams import StreamFollower
 from hiscrm_bus.workers import WorkerRegistry
+from hiscrm_master.archive import Archive, Filter
+from hiscrm_master.database import DatabaseUnavailable
 from hiscrm_master.diagnosis import diagnose
-from hiscrm_master.ingest import IngestStore
 from hiscrm_master.login import start_login
 from hiscrm_master.settings import MasterSettings
 from hiscrm_master.snapshot import collect
@@ -165,26 +167,27 @@ async def play(redis_url: str, site_url: str) -> int:
             _post, f"{site_url}/api/dms", {"user_id": USER_ID, "text": "在吗？", "author": "fan1"}
         )
         say("3 comments and a DM posted on the sandbox site")
-        store = IngestStore(redis, keys)
+        archive = Archive.open(settings.database_url, create=False)
+        try:
 
-        owner = (await updates.store.get(ACCOUNT)).worker_id or "-"
-        ingest = keys.worker_stream(owner, "ingest")
+            async def crawled() -> Any:
+                # the Master stores each batch the worker sends; look until all are in
+                while True:
+                    with contextlib.suppress(DatabaseUnavailable):  # not created yet
+                        counts = (await archive.counts([ACCOUNT]))[ACCOUNT]
+                        if counts.comments >= 3 and counts.dms >= 1:
+                            return counts
+                    await anyio.sleep(0.2)
 
-        async def crawled() -> Any:
-            batches = StreamFollower(redis)
-            await batches.start_at_end(ingest)
-            while (stats := await store.stats(ACCOUNT)).comments < 3 or stats.dms < 1:
-                await batches.read()  # each crawl batch the worker sends: look again
-            return stats
-
-        stats = await _step("waiting for the crawler…", 30, crawled)
-        newest = await store.newest(ACCOUNT, "comments", 3)
-        say(
-            f"crawled {stats.comments} comments and {stats.dms} DM: "
-            + ", ".join(f"“{safe(i.text)}”" for i in newest)
-        )
-
-        result = diagnose(await collect(redis, settings))
+            counts = await _step("waiting for the crawler…", 30, crawled)
+            newest = await archive.items(ACCOUNT, Filter(kind="comment", limit=3))
+            say(
+                f"crawled {counts.comments} comments and {counts.dms} DM, stored in the "
+                f"database: " + ", ".join(f"“{safe(i.text)}”" for i in newest)
+            )
+            result = diagnose(await collect(redis, settings, archive=archive))
+        finally:
+            await archive.close()
         if result.healthy:
             say("hiscrm diagnose: [green]all green[/green]")
             return EXIT_OK

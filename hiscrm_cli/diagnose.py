@@ -14,6 +14,7 @@ from .common import (
     EXIT_FAILED,
     EXIT_OK,
     RedisUrl,
+    archive_of,
     command_settings,
     console,
     fail,
@@ -33,8 +34,8 @@ def diagnose_command(
     settings = command_settings(redis_url)
 
     async def main() -> Diagnosis:
-        async with redis_client(settings) as redis:
-            snap = await collect(redis, settings, account_id)
+        async with redis_client(settings) as redis, archive_of(settings) as archive:
+            snap = await collect(redis, settings, account_id, archive)
         if account_id and not snap.accounts:
             fail(f"no account {account_id!r}", EXIT_FAILED)
         return diagnose(snap)
@@ -98,7 +99,7 @@ def render(result: Diagnosis) -> None:
             f"{applied}/{config}",
             safe(task),
             str(len(a.pending_updates)),
-            f"{a.comments} c, {a.dms} dm",
+            "?" if a.comments is None else f"{a.comments} c, {a.dms} dm",
             (a.last_crawl_at or "never")[11:19] or "never",
         )
     console.print(accounts)

@@ -122,7 +122,15 @@ class LocalStack:
             HISCRM_SANDBOX_URL=self.site_url,
             HISCRM_DATA_DIR=str(self.data_dir / "worker"),
             HISCRM_HEARTBEAT_INTERVAL_S=os.environ.get("HISCRM_HEARTBEAT_INTERVAL_S", "1"),
+            HISCRM_DATABASE_URL=self.database_url,
         )
+
+    @property
+    def database_url(self) -> str:
+        """Where the Master keeps crawled data: the operator's database, else an SQLite
+        file in the data directory (nothing to install)."""
+        given = os.environ.get("HISCRM_DATABASE_URL")
+        return given or f"sqlite+aiosqlite:///{self.data_dir / 'hiscrm.db'}"
 
     def _spawn(self, name: str, args: list[str], **extra: str) -> None:
         private_dir(self.logs)
@@ -242,6 +250,7 @@ class LocalStack:
         # the demo, played in this process, reads its settings from the environment too
         os.environ["HISCRM_REDIS_URL"] = self.redis_url
         os.environ["HISCRM_REDIS_PASSWORD_FILE"] = str(self.password_file)
+        os.environ["HISCRM_DATABASE_URL"] = self.database_url
 
     def _wait_ready(self, name: str, ready: object, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

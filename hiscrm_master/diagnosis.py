@@ -38,8 +38,9 @@ class AccountReport:
     task_state: str | None
     task_error: str | None
     pending_updates: list[dict[str, Any]]
-    comments: int
-    dms: int
+    # from the database (None: not asked, or it did not answer)
+    comments: int | None
+    dms: int | None
     last_crawl_at: str | None
     unsuccessful_updates: list[dict[str, Any]] = field(default_factory=list)
     recent_comments: list[dict[str, Any]] = field(default_factory=list)
@@ -76,7 +77,7 @@ class Diagnosis:
 
 def diagnose(snap: Snapshot) -> Diagnosis:
     accounts = [account_report(snap, view) for view in snap.accounts]
-    return Diagnosis(accounts, worker_reports(snap), fleet_findings(snap))
+    return Diagnosis(accounts, worker_reports(snap), fleet_findings(snap) + database_findings(snap))
 
 
 def worker_reports(snap: Snapshot) -> list[dict[str, Any]]:
@@ -146,6 +147,37 @@ def fleet_findings(snap: Snapshot) -> list[Finding]:
     return found
 
 
+# crawl batches waiting this long for a Master to store them mean ingestion is behind
+INGEST_BEHIND_S = 60.0
+
+
+def database_findings(snap: Snapshot) -> list[Finding]:
+    """Whether the crawled-data database answers, and whether ingestion keeps up."""
+    db = snap.database
+    if db is None:
+        return []
+    found = []
+    if db.error is not None:
+        found.append(
+            Finding(
+                "database_unreachable",
+                f"the crawled-data database {db.url} does not answer: {db.error}",
+                "start it or fix HISCRM_DATABASE_URL; crawl batches wait in Redis meanwhile "
+                "(up to HISCRM_STREAM_MAXLEN per worker)",
+            )
+        )
+    if db.backlog and db.backlog_age_s >= INGEST_BEHIND_S:
+        found.append(
+            Finding(
+                "ingest_behind",
+                f"{db.backlog} crawl batch(es) wait to be stored in the database, the oldest "
+                f"for {db.backlog_age_s:.0f} s",
+                "check that a Master runs and reaches the database (its log names the error)",
+            )
+        )
+    return found
+
+
 def account_report(snap: Snapshot, view: AccountView) -> AccountReport:
     cfg = view.config
     owner = cfg.worker_id if cfg else view.raw.get("worker_id")
@@ -170,9 +202,13 @@ def account_report(snap: Snapshot, view: AccountView) -> AccountReport:
             }
             for p in view.pending
         ],
-        comments=view.stats.comments,
-        dms=view.stats.dms,
-        last_crawl_at=view.stats.last_crawl_at.isoformat() if view.stats.last_crawl_at else None,
+        comments=view.stats.comments if view.stats else None,
+        dms=view.stats.dms if view.stats else None,
+        last_crawl_at=(
+            view.stats.last_crawl_at.isoformat()
+            if view.stats and view.stats.last_crawl_at
+            else None
+        ),
         unsuccessful_updates=[
             {
                 "update_id": o.update_id,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -44,8 +45,10 @@ from hiscrm_bus.pending import PendingUpdate
 from hiscrm_bus.resilience import Episode, every
 from hiscrm_bus.streams import Received, StreamReader
 
+from .archive import Archive, Arrival, Stored
 from .assignment import Assigner
-from .ingest import IngestStore
+from .database import DatabaseUnavailable, transient
+from .legacy_items import move_legacy_items
 from .login import on_login_event, on_login_expired, on_login_success, record_session
 from .metrics import MasterMetrics
 from .settings import MasterSettings
@@ -64,6 +67,16 @@ _ABOUT_ACCOUNT = (
 )
 
 
+# KEYS: removals; ARGV: account id, the removal time the data was deleted up to
+_DONE_REMOVAL = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
 class Master:
     def __init__(self, settings: MasterSettings, redis: Redis) -> None:
         self.settings = settings
@@ -79,7 +92,10 @@ class Master:
         self.acks = self._reader("acks", group)
         self.events = self._reader("events", group)
         self.ingest = self._reader("ingest", group)
-        self.items = IngestStore(redis, self.keys)
+        self.archive = Archive.open(settings.database_url, retention_days=settings.retention_days)
+        self._legacy_moved = False
+        self._done_removal = redis.register_script(_DONE_REMOVAL)
+        self._next_prune = 0.0
         self.metrics = MasterMetrics()
 
     def _reader(self, kind: StreamKind, group: str) -> StreamReader:
@@ -110,6 +126,7 @@ class Master:
             await tg.start(self.ingest.run_received, self.on_batches)
             tg.start_soon(self._loop, "sweeper", s.sweep_interval_s, self.sweep)
             tg.start_soon(self._loop, "liveness", s.liveness_interval_s, self.liveness)
+            tg.start_soon(self._loop, "archive", s.archive_interval_s, self.tend_archive)
             if s.metrics_port is not None:
                 self.metrics.serve(s.metrics_host, s.metrics_port)
                 log.info("metrics on http://%s:%d/metrics", s.metrics_host, s.metrics_port)
@@ -120,6 +137,8 @@ class Master:
                 await anyio.sleep_forever()
             finally:
                 self.metrics.close()
+                with anyio.CancelScope(shield=True):
+                    await self.archive.close()
 
     async def _loop(
         self, name: str, interval: float, step: Callable[[], Awaitable[object]]
@@ -280,8 +299,12 @@ class Master:
             log.warning("master %s: unexpected %s on the event stream", self.id, message.type)
 
     async def on_batches(self, received: list[Received]) -> None:
+        """Store a read's crawl batches in the database, in one transaction; only the
+        account's owner may send them. Returns after the commit: the reader XACKs the
+        entries then (a DatabaseUnavailable leaves them pending, to be read again)."""
         batches = [r for r in received if isinstance(r.message, CrawlBatch)]
         owners = await self._owners([r.message.account_id for r in batches])  # type: ignore[union-attr]
+        accepted: list[tuple[Received, Arrival]] = []
         for r in received:
             message = r.message
             if not isinstance(message, CrawlBatch):
@@ -291,18 +314,81 @@ class Master:
             elif owners.get(message.account_id) != r.source:
                 await self.reject(r, "not_owner")
             else:
-                await self.on_batch(message)
+                accepted.append((r, Arrival(message, r.added_ms)))
+        if not accepted:
+            return
+        try:
+            stored = await self.archive.store([a for _r, a in accepted])
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            if transient(exc):
+                raise
+            # the database refused something in this read: store the batches one by
+            # one, and dead-letter (keep) only the one it refuses
+            log.warning("master %s: the database refused a read's batches (%s)", self.id, exc)
+            stored = []
+            for r, arrival in accepted:
+                try:
+                    stored += await self.archive.store([arrival])
+                except DatabaseUnavailable:
+                    raise
+                except Exception as one:
+                    if transient(one):
+                        raise
+                    await self.reject(r, f"database_refused: {str(one).splitlines()[0][:300]}")
+        for result in stored:
+            self._log_stored(result)
 
-    async def on_batch(self, message: CrawlBatch) -> None:
-        added = await self.items.store(message)
-        if any(added.values()):
+    def _log_stored(self, result: Stored) -> None:
+        if result.refused:
+            log.info(
+                "account %s: crawl batch from worker %s dropped: the account was removed",
+                result.account_id,
+                result.worker_id,
+            )
+        elif any(result.new.values()):
             log.info(
                 "account %s: %d new comment(s), %d new DM(s) from worker %s",
-                message.account_id,
-                added.get("comment", 0),
-                added.get("dm", 0),
-                message.worker_id,
+                result.account_id,
+                result.new.get("comment", 0),
+                result.new.get("dm", 0),
+                result.worker_id,
             )
+
+    async def tend_archive(self) -> None:
+        """The database's housekeeping: bring the schema up to date; move crawled items
+        an older version kept in Redis (once); delete removed accounts' data; apply
+        retention (every ``retention_interval_s``)."""
+        await self.archive.ready()
+        if not self._legacy_moved:
+            moved = await move_legacy_items(self.redis, self.keys, self.archive, self.id)
+            if moved:
+                log.info("master %s: %d Redis-held item(s) moved to the database", self.id, moved)
+            self._legacy_moved = True
+        removals: list[Any] = await call(
+            self.redis.zrange(self.keys.removals, 0, 99, withscores=True)
+        )
+        for member, score in removals:
+            account_id = text(member)
+            done = await self.archive.forget(account_id, int(score))
+            # unless removed once more meanwhile (then the next pass deletes again)
+            await call(self._done_removal(keys=[self.keys.removals], args=[member, int(score)]))
+            log.info(
+                "account %s: %d crawled item(s) deleted from the database (removed)",
+                account_id,
+                done.items,
+            )
+        if self.settings.retention_days is not None and time.monotonic() >= self._next_prune:
+            gone = await self.archive.prune()
+            self._next_prune = time.monotonic() + self.settings.retention_interval_s
+            if gone:
+                log.info(
+                    "master %s: %d crawled item(s) older than %g days deleted",
+                    self.id,
+                    gone,
+                    self.settings.retention_days,
+                )
 
     async def sweep(self) -> None:
         """Retry the pending updates whose deadline passed; record the last failures."""

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from hiscrm_bus.errors import ConfigurationError
 from hiscrm_bus.settings import BusSettings
+
+from .database import DEFAULT_URL, database_url, masked
 
 
 def _default_id() -> str:
@@ -24,3 +29,29 @@ class MasterSettings(BusSettings):
     # Prometheus metrics (off unless a port is given)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    # crawled comments and DMs (HISCRM_DATABASE_URL): an SQLite file by default,
+    # postgresql+asyncpg://user@host/db in production
+    database_url: str = DEFAULT_URL
+    # keep crawled items this many days (by their creation time); unset: keep all
+    retention_days: float | None = Field(None, gt=0)
+    # how often removed accounts' data is deleted, and retention applied
+    archive_interval_s: float = Field(1.0, gt=0)
+    retention_interval_s: float = Field(3600.0, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        try:
+            database_url(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, masked(value) if name == "database_url" else value
+
+    @property
+    def shown_database_url(self) -> str:
+        """``database_url`` as it may be shown: password masked."""
+        return masked(self.database_url)

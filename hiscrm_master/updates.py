@@ -27,8 +27,6 @@ from hiscrm_bus.messages import AccountConfigUpdate, UpdateReason, encode, new_i
 from hiscrm_bus.pending import NOW_LUA, RECORD_LUA, PendingTracker
 from hiscrm_bus.settings import BusSettings
 
-from .ingest import IngestStore
-
 log = logging.getLogger(__name__)
 BATCH = 500
 RACE_RETRIES = 5  # reads a change may take when others keep writing the same account
@@ -98,7 +96,6 @@ class Updates:
         self.tracker = PendingTracker(redis, settings)
         self.grants = Grants(redis, self.keys)
         self._change = redis.register_script(_CHANGE)
-        self.items = IngestStore(redis, self.keys)
 
     def message(
         self, update: AccountUpdate, reason: UpdateReason, attempt: int = 1
@@ -269,20 +266,21 @@ class Updates:
     async def remove(self, account_id: str, *, keep_data: bool = False) -> Removal:
         """Delete the account, revoke its worker's read access, and tell the worker (it
         stops the task); close its pending updates as failed; and, unless ``keep_data``,
-        delete its crawled items and stats, so an account added again with this id
-        starts empty. Raises AccountNotFound (after deleting crawled data left behind by
-        an earlier removal, unless ``keep_data``)."""
+        have a Master delete its crawled data from the database (what Redis received up
+        to now: an account added again with this id starts empty). Raises
+        AccountNotFound (after queueing the deletion of data left behind by an earlier
+        removal, unless ``keep_data``)."""
         pending = await self.tracker.of_account(account_id)
         try:
             version, worker = await self.store.remove(account_id)
         except AccountNotFound:
-            if not keep_data and await self.items.holds(account_id):
-                await self.items.forget(account_id)
-                log.info("account %s: crawled data left behind was deleted", account_id)
+            if not keep_data:
+                await self.forget_data(account_id)
             raise
-        # after the config is gone: a batch stored before this is deleted here, one
-        # stored after is refused (IngestStore's removal mark)
-        deleted = 0 if keep_data else await self.items.forget(account_id)
+        # after the config is gone: no batch received after this is accepted (the
+        # owner check), and the ones received before are deleted or refused
+        if not keep_data:
+            await self.forget_data(account_id)
         cancelled = [await self.tracker.cancel(u, "account removed") for u in pending]
         if worker:
             await self.grants.sync([worker])
@@ -299,9 +297,16 @@ class Updates:
             account_id,
             version,
             worker or "-",
-            "; crawled data kept" if keep_data else f"; {deleted} crawled data key(s) deleted",
+            "; crawled data kept" if keep_data else "; its crawled data is deleted by a Master",
         )
         return Removal(version, worker, sum(cancelled), data_kept=keep_data)
+
+    async def forget_data(self, account_id: str) -> None:
+        """Queue the deletion of the account's crawled data, up to now on Redis' clock
+        (a Master's archive pass does it; see hiscrm_master.archive)."""
+        seconds, micros = await call(self.redis.time())
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        await call(self.redis.zadd(self.keys.removals, {account_id: now_ms}))
 
     async def publish_many(self, messages: Sequence[tuple[AccountConfigUpdate, str]]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -119,3 +119,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     url = server.create_database(name)
     yield url
     server.drop_database(name)
+
+
+@pytest.fixture(autouse=True)
+def _database_of_the_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Master a test starts (in process or as a process) keeps crawled data in a
+    database of the test's own, never in the current directory: an SQLite file that is
+    created when the first Master starts. Tests that need another URL set their own."""
+    monkeypatch.setenv("HISCRM_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/master.db")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import textwrap
@@ -183,6 +184,8 @@ def main() -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hiscrm-bench-") as tmp:
         workdir = Path(tmp)
+        # in-process Masters keep crawled data here, not in the current directory
+        os.environ.setdefault("HISCRM_DATABASE_URL", f"sqlite+aiosqlite:///{workdir}/bench.db")
         with redis_server(workdir) as url:
             print(f"redis-server at {url}; {env}")
             results = anyio.run(run_all, args, url, workdir, tally, backend="asyncio")

@@ -1,0 +1,223 @@
+"""The Master's database of crawled data: which engine a URL names, how to connect, how
+the schema is brought up to date, and which errors mean "down for now".
+
+SQLite (through aiosqlite) is the embedded default, one file with nothing to install;
+PostgreSQL (through asyncpg) is for production. Everything else reads and writes through
+SQLAlchemy's async engine made here. Redis carries only the bus (DESIGN.md §6)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from hiscrm_bus.errors import ConfigurationError, Unavailable
+
+if TYPE_CHECKING:  # SQLAlchemy loads when a command uses the database, not at start
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "sqlite+aiosqlite:///var/hiscrm.db"
+# the drivers hiscrm ships; a URL naming only the database gets its driver added
+DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+CONNECT_TIMEOUT_S = 5.0
+# a PostgreSQL advisory lock key: one Master migrates at a time
+_MIGRATE_LOCK = 0x6869_7363  # "hisc"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database cannot be reached, or is locked or full for now. Nothing was
+    written; the caller retries later (the stream entries stay unacknowledged)."""
+
+
+def database_url(url: str) -> str:
+    """The URL with its async driver; raises ConfigurationError (password masked) for
+    anything else than SQLite or PostgreSQL."""
+    scheme, sep, rest = url.partition("://")
+    backend = scheme.partition("+")[0].lower()
+    if not sep or backend not in DRIVERS:
+        raise ConfigurationError(
+            f"database URL {masked(url)!r}: hiscrm stores crawled data in SQLite or "
+            "PostgreSQL (sqlite+aiosqlite:///path/to/file.db or "
+            "postgresql+asyncpg://user@host/db)"
+        )
+    driver = DRIVERS[backend]
+    if scheme.lower() not in (backend, driver):
+        raise ConfigurationError(
+            f"database URL {masked(url)!r}: use the {driver} driver (the async one hiscrm ships)"
+        )
+    if backend == "sqlite" and not rest.lstrip("/"):
+        raise ConfigurationError(
+            f"database URL {masked(url)!r} names no file (sqlite+aiosqlite:///var/hiscrm.db)"
+        )
+    if backend == "postgresql":
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 -- it raises on a port that is not a number
+        except ValueError:
+            raise ConfigurationError(
+                f"database URL {masked(url)!r} has no valid host and port (a password with "
+                "/ ? # @ in it must be percent-encoded)"
+            ) from None
+        if not parts.hostname and "host=" not in parts.query:
+            raise ConfigurationError(f"database URL {masked(url)!r} names no host")
+    return f"{driver}://{rest}"
+
+
+def masked(url: str) -> str:
+    """``url`` as it may be shown: its password replaced by ``***`` (the user name
+    stays). Never raises, whatever the string."""
+    url = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+
+
+def is_sqlite(engine: AsyncEngine | AsyncConnection | Connection) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(url: str, *, create: bool = True) -> AsyncEngine:
+    """An engine for ``url``; the SQLite file's directory is created (0700) unless
+    ``create`` is false: then a missing file is DatabaseUnavailable on connect."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    parsed = make_url(database_url(url))
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "")
+        if str(path) != ":memory:" and create:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        args: dict[str, Any] = {"timeout": 30}
+        if not create:
+            # read-write, never create: a reader looking in the wrong place must not
+            # leave an empty database there
+            parsed = parsed.set(database=f"file:{path.resolve()}?mode=rw", query={"uri": "true"})
+        engine = create_async_engine(parsed, connect_args=args)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(
+        parsed,
+        pool_pre_ping=True,
+        pool_size=5,
+        connect_args={"timeout": CONNECT_TIMEOUT_S, "command_timeout": 60},
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL: readers (hiscrm data) never block the Master's writes; a busy writer is waited
+    # for, not an error
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        "journal_mode=WAL",
+        "synchronous=NORMAL",
+        "busy_timeout=30000",
+        "foreign_keys=ON",
+    ):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def transient(error: BaseException) -> bool:
+    """Whether ``error`` means the database is down, locked or full for now (retry
+    later), as opposed to a statement it refuses (a bug or bad data)."""
+    from sqlalchemy import exc
+
+    if isinstance(error, exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        if isinstance(error, exc.OperationalError | exc.InterfaceError):
+            return True
+        name = type(error.orig).__name__ if error.orig is not None else ""
+        return name in _TRANSIENT_DRIVER_ERRORS
+    return isinstance(error, OSError | TimeoutError | exc.TimeoutError | ConnectionError)
+
+
+# asyncpg's names for a server that is going away or overloaded
+_TRANSIENT_DRIVER_ERRORS = frozenset(
+    {
+        "ConnectionDoesNotExistError",
+        "ConnectionFailureError",
+        "CannotConnectNowError",
+        "AdminShutdownError",
+        "CrashShutdownError",
+        "TooManyConnectionsError",
+        "DiskFullError",
+        "OutOfMemoryError",
+        "SerializationError",
+        "DeadlockDetectedError",
+        "InterfaceError",
+    }
+)
+
+
+@contextlib.asynccontextmanager
+async def guarded(shown: str, what: str) -> AsyncIterator[None]:
+    """Turn the errors that mean "down for now" into DatabaseUnavailable, naming the
+    database (password masked) and what was being done."""
+    try:
+        yield
+    except DatabaseUnavailable:
+        raise
+    except Exception as error:
+        if not transient(error):
+            raise
+        reason = _reason(error)
+        if "unable to open database file" in reason:
+            reason += " (no database there yet: is HISCRM_DATABASE_URL the Master's?)"
+        raise DatabaseUnavailable(f"database {shown} unavailable while {what}: {reason}") from error
+
+
+def _reason(error: BaseException) -> str:
+    orig = getattr(error, "orig", None) or error
+    first = str(orig).strip().splitlines()
+    return (first[0] if first else type(orig).__name__)[:300]
+
+
+async def migrate(engine: AsyncEngine, shown: str) -> None:
+    """Bring the schema up to date (Alembic, ``hiscrm_master/migrations``). Several
+    Masters may start at once: PostgreSQL serialises them with an advisory lock, SQLite
+    with a lock file beside the database."""
+    async with guarded(shown, "migrating the schema"):
+        with _file_lock(engine):
+            async with engine.begin() as conn:
+                if not is_sqlite(conn):
+                    from sqlalchemy import text
+
+                    await conn.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATE_LOCK})"))
+                await conn.run_sync(_upgrade)
+
+
+def _upgrade(connection: Connection) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "hiscrm_master:migrations")
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+@contextlib.contextmanager
+def _file_lock(engine: AsyncEngine) -> Iterator[None]:
+    database = engine.url.database or ""
+    if not is_sqlite(engine) or database in ("", ":memory:"):
+        yield
+        return
+    with Path(f"{database}.migrate-lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the crawled-data schema (run by ``database.migrate``)."""

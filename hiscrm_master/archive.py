@@ -91,7 +91,6 @@ class Counts:
     crawl_runs: int = 0
     errors: int = 0
     last_crawl_at: datetime | None = None  # of the newest crawl batch stored
-    last_error: str | None = None
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import anyio
 from pydantic import ValidationError
 from sqlalchemy import (
     ColumnElement,
@@ -147,6 +148,7 @@ class Archive:
         self.shown = shown  # the URL as it may be shown
         self.retention_days = retention_days
         self._ready = False
+        self._migrating = anyio.Lock()
 
     @classmethod
     def open(cls, url: str, *, retention_days: float | None = None, create: bool = True) -> Archive:
@@ -160,9 +162,10 @@ class Archive:
 
     async def ready(self) -> None:
         """Bring the schema up to date, once per process (raises DatabaseUnavailable)."""
-        if not self._ready:
-            await migrate(self.engine, self.shown)
-            self._ready = True
+        async with self._migrating:
+            if not self._ready:
+                await migrate(self.engine, self.shown)
+                self._ready = True
 
     @property
     def sqlite(self) -> bool:

@@ -11,10 +11,12 @@ import contextlib
 import fcntl
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+import anyio
 
 from hiscrm_bus.errors import ConfigurationError, Unavailable
 
@@ -189,14 +191,17 @@ async def migrate(engine: AsyncEngine, shown: str) -> None:
     """Bring the schema up to date (Alembic, ``hiscrm_master/migrations``). Several
     Masters may start at once: PostgreSQL serialises them with an advisory lock, SQLite
     with a lock file beside the database."""
-    async with guarded(shown, "migrating the schema"):
-        with _file_lock(engine):
-            async with engine.begin() as conn:
-                if not is_sqlite(conn):
-                    from sqlalchemy import text
+    async with (
+        guarded(shown, "migrating the schema"),
+        _file_lock(engine),
+        engine.begin() as conn,
+    ):
+        if not is_sqlite(conn):
+            from sqlalchemy import text
 
-                    await conn.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATE_LOCK})"))
-                await conn.run_sync(_upgrade)
+            await conn.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATE_LOCK})"))
+        await conn.run_sync(_upgrade)
+    log.info("database %s: schema up to date", shown)
 
 
 def _upgrade(connection: Connection) -> None:
@@ -206,18 +211,23 @@ def _upgrade(connection: Connection) -> None:
     config = Config()
     config.set_main_option("script_location", "hiscrm_master:migrations")
     config.attributes["connection"] = connection
+    alembic_log = logging.getLogger("alembic")
+    if alembic_log.level == logging.NOTSET:
+        alembic_log.setLevel(logging.WARNING)  # its plugin set-up lines, at every start
     command.upgrade(config, "head")
 
 
-@contextlib.contextmanager
-def _file_lock(engine: AsyncEngine) -> Iterator[None]:
+@contextlib.asynccontextmanager
+async def _file_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """An exclusive lock on ``<database>.migrate-lock``, waited for in a thread (the
+    event loop goes on meanwhile)."""
     database = engine.url.database or ""
-    if not is_sqlite(engine) or database in ("", ":memory:"):
+    if not is_sqlite(engine) or database in ("", ":memory:") or database.startswith("file:"):
         yield
         return
-    with Path(f"{database}.migrate-lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    lock = await anyio.to_thread.run_sync(Path(f"{database}.migrate-lock").open, "a")
+    try:
+        await anyio.to_thread.run_sync(fcntl.flock, lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        lock.close()  # releases the lock

@@ -4,6 +4,8 @@ sandbox site, through real master and worker processes on a real Redis."""
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -145,6 +147,11 @@ def test_qr_login_hot_reloads_the_worker_and_crawls_comments_exactly_once(
     assert "posted" in post.stdout
     items = wait_for(lambda: _comments(stack, "acc-1"), what="the comment in hiscrm data")
     assert [(i["text"], i["author"]) for i in items] == [("great video", "fan1")]
+    # stored in the Master's database, which any SQL client can query
+    database = Path(os.environ["HISCRM_DATABASE_URL"].removeprefix("sqlite+aiosqlite:///"))
+    with sqlite3.connect(database) as db:
+        rows = db.execute("SELECT account_id, author, text FROM comments").fetchall()
+    assert rows == [("acc-1", "fan1", "great video")]
     # later crawls see the same comment again; it is stored once
     crawls = stack.task("w1", "acc-1")["crawls"]
     wait_for(lambda: stack.task("w1", "acc-1")["crawls"] >= crawls + 2, what="more crawls")

@@ -286,6 +286,8 @@ class Master:
         elif isinstance(message, LoginQrCode | LoginProgress | LoginFailed):
             await on_login_event(self.redis, self.settings, message)
         elif isinstance(message, TaskStatusEvent):
+            if message.state == "error" and message.error:
+                await self._record_crawl_error(message)
             log.info(
                 "worker %s: account %s task %s (version %d)%s%s",
                 message.worker_id,
@@ -297,6 +299,22 @@ class Master:
             )
         else:
             log.warning("master %s: unexpected %s on the event stream", self.id, message.type)
+
+    async def _record_crawl_error(self, message: TaskStatusEvent) -> None:
+        """A task's crawl error, as a crawl run in the database. Best effort, bounded:
+        the event stream does not wait for the database (the error stays in this log,
+        the worker's heartbeat and ``diagnose``)."""
+        with anyio.move_on_after(2.0):
+            try:
+                await self.archive.record_error(
+                    message.message_id,
+                    message.account_id,
+                    message.worker_id,
+                    message.error or "",
+                    message.sent_at,
+                )
+            except DatabaseUnavailable as exc:
+                log.warning("account %s: crawl error not recorded: %s", message.account_id, exc)
 
     async def on_batches(self, received: list[Received]) -> None:
         """Store a read's crawl batches in the database, in one transaction; only the

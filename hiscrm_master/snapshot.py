@@ -5,7 +5,7 @@ it answers; how far ingestion is behind is read from Redis)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -19,8 +19,10 @@ from hiscrm_bus.pending import Outcome, PendingTracker, PendingUpdate
 from hiscrm_bus.settings import BusSettings
 from hiscrm_bus.workers import TaskReport, WorkerInfo, WorkerRegistry
 
-from .archive import KINDS, Archive, Counts, Filter
 from .database import DatabaseUnavailable
+
+if TYPE_CHECKING:  # SQLAlchemy loads when the database is used, not with every command
+    from .archive import Archive, Counts, Filter
 
 RECENT = 3
 
@@ -189,6 +191,8 @@ async def _database(
     one account is asked about), or why it did not answer; and the ingest backlog."""
     backlog, age = await ingest_backlog(redis, settings, now)
     url = archive.shown
+    from .archive import KINDS, Filter
+
     counts: dict[str, Counts] = {}
     recent: dict[tuple[str, str], list[CrawledItem]] = {}
     try:

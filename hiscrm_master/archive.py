@@ -253,7 +253,7 @@ class Archive:
             b = arrival.batch
             received = _received(arrival)
             for item in items:
-                key = (b.account_id, item.item_id)
+                key = (b.account_id, _clean(item.item_id))  # as stored (and RETURNed)
                 if key in rows[item.kind]:
                     continue
                 owner[(item.kind, *key)] = b.message_id
@@ -524,7 +524,7 @@ def _row(account_id: str, item: CrawledItem, received: datetime) -> dict[str, An
     x = item.extra
     row: dict[str, Any] = {
         "account_id": account_id,
-        "item_id": item.item_id,
+        "item_id": _clean(item.item_id),
         "author": _clean(item.author),
         "text": _clean(item.text),
         "created_at": item.created_at,

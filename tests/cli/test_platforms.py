@@ -4,6 +4,8 @@ it can be given."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -11,6 +13,7 @@ from redis.asyncio import Redis
 from hiscrm_bus.accounts import PLATFORMS, AccountConfig, AccountStore, from_hash
 from hiscrm_bus.errors import InvalidAccountConfig
 from hiscrm_bus.settings import BusSettings
+from hiscrm_master.archive import Archive
 from hiscrm_worker.platforms import BROWSER_PLATFORMS, KNOWN, registry
 from hiscrm_worker.settings import WorkerSettings
 from tests.cli.process import hiscrm
@@ -88,6 +91,11 @@ async def test_help_lists_every_platform(real: Bus) -> None:
 
 async def test_data_of_an_unknown_account_is_exit_1(real: Bus) -> None:
     _redis, settings = real
+    archive = Archive.open(os.environ["HISCRM_DATABASE_URL"])  # as a Master makes it
+    try:
+        await archive.ready()
+    finally:
+        await archive.close()
     for args in (("data", "nope"), ("data", "nope", "--json")):
         code, out, err = await hiscrm(settings, *args)
         assert (code, out, err.strip()) == (1, "", "error: no account 'nope'"), args

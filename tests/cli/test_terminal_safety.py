@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import time
 import unicodedata
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +24,7 @@ from hiscrm_bus.messages import CrawlBatch, CrawledItem
 from hiscrm_bus.settings import BusSettings
 from hiscrm_bus.workers import TaskReport, WorkerInfo, WorkerRegistry
 from hiscrm_cli.terminal import BIDI, clean, json_text, safe
-from hiscrm_master.ingest import IngestStore
+from hiscrm_master.archive import Archive, Arrival
 from tests.cli.process import hiscrm
 
 Bus = tuple[Redis, BusSettings]
@@ -113,7 +115,11 @@ async def hostile_fleet(redis: Redis, settings: BusSettings) -> None:
         CrawledItem(kind="dm", item_id="d1", text=TEXT, author=AUTHOR, created_at=now),
     )
     batch = CrawlBatch(sender="w1", account_id="acc-1", worker_id="w1", items=items)
-    await IngestStore(redis, keys).store(batch)
+    archive = Archive.open(os.environ["HISCRM_DATABASE_URL"])  # as the Master stores it
+    try:
+        await archive.store([Arrival(batch, int(time.time() * 1000))])
+    finally:
+        await archive.close()
     task = TaskReport(applied_version=1, state="error", error=ERROR)
     info = WorkerInfo(id="w1", platforms=("sandbox",), tasks={"acc-1": task})
     await WorkerRegistry(redis, keys).heartbeat(info, ttl_s=60)

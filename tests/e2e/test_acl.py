@@ -226,7 +226,8 @@ def test_a_stolen_worker_credential_reaches_only_its_own_accounts(fleet: AclFlee
     after = stack.account("acc-2")
     assert after["config_version"] == before["config_version"]
     assert "platform_user_id" not in after
-    assert stack.r.zcard(keys.items("acc-2", "dms")) == 0
+    dms = json.loads(stack.cli("data", "acc-2", "--kind", "dms", "--json", check=True).stdout)
+    assert (dms["dms"], dms["items"]) == (0, [])  # nothing of the phishing DM was stored
     assert not [o for o in stack.outcomes() if o["account_id"] == "acc-2" and o["version"] == "99"]
     assert master.poll() is None
     assert json.loads(stack.r.hget(keys.worker("w2"), "tasks") or "{}")["acc-2"]["state"] == (

@@ -1,5 +1,7 @@
 """Issue 15 on real processes: ``account remove`` leaves nothing behind while the worker
-is crawling (finding 6), and ``hiscrm data`` reports crawls that found nothing (finding 4)."""
+is crawling (finding 6): nothing in Redis at once, nothing in the database (issue 16)
+once the Master's archive pass ran; and ``hiscrm data`` reports crawls that found
+nothing (finding 4)."""
 
 from __future__ import annotations
 
@@ -30,30 +32,37 @@ def test_remove_leaves_nothing_and_re_adding_starts_empty(stack: Stack) -> None:
         stack.add(account_id, interval="0.05")
         stack.cli("account", "login-success", account_id, "--platform-user-id", "u-1", check=True)
     wait_for(lambda: crawled(stack, "acc-1") >= 3 and crawled(stack, "acc-2") >= 3, what="items")
+    # the items are in the database: Redis carries only the bus
+    held = {k for a in ("acc-1", "acc-2") for k in stack.r.scan_iter(f"{stack.prefix}account:{a}*")}
+    assert held <= {stack.keys.account(a) for a in ("acc-1", "acc-2")} | {
+        stack.keys.account_pending(a) for a in ("acc-1", "acc-2")
+    }
 
     # removed mid-crawl: batches on their way are refused, none brings data back
     result = stack.cli("account", "remove", "acc-1")
     assert result.returncode == 0, result.stderr
-    assert "crawled data deleted" in result.stdout
+    assert "its crawled data is being deleted from the database by the Master" in result.stdout
     wait_for(lambda: stack.task("w1", "acc-1") is None, what="task stopped")
+    # the Master's archive pass deletes the data, then the queued removal
+    wait_for(lambda: stack.r.zscore(stack.keys.removals, "acc-1") is None, what="data deleted")
     wait_for(lambda: crawled(stack, "acc-2") >= 6, what="more crawls of acc-2")
-    left = set(stack.r.scan_iter(f"{stack.prefix}account:acc-1*"))
-    assert left == {stack.keys.crawl_stats("acc-1")}  # the removal mark, with a TTL
-    assert stack.r.hkeys(stack.keys.crawl_stats("acc-1")) == ["removed_at"]
+    assert set(stack.r.scan_iter(f"{stack.prefix}account:acc-1*")) == set()
     gone = stack.cli("data", "acc-1")
     assert (gone.returncode, gone.stderr.strip()) == (1, "error: no account 'acc-1'")
+    assert stack.cli("data", "export", "acc-1", check=True).stdout == ""
 
     stack.add("acc-1")
     stack.wait_task("w1", "acc-1", "waiting_login")
     doc = data(stack, "acc-1")
     assert doc is not None
-    assert (doc["comments"], doc["dms"], doc["received"]) == (0, 0, {"comments": 0, "dms": 0})
+    assert (doc["comments"], doc["dms"], doc["crawl_batches"]) == (0, 0, 0)
     assert doc["items"] == [] and doc["last_batch_at"] is None
 
     # --keep-data: the items stay and are still shown
     kept = crawled(stack, "acc-2")
     result = stack.cli("account", "remove", "acc-2", "--keep-data")
     assert result.returncode == 0 and "crawled data kept" in result.stdout
+    assert stack.r.zscore(stack.keys.removals, "acc-2") is None
     doc = data(stack, "acc-2")
     assert doc is not None and doc["account_exists"] is False
     assert doc["comments"] >= kept
@@ -69,9 +78,12 @@ def test_data_reports_crawls_that_found_nothing(stack: Stack) -> None:
 
     result = stack.cli("data", "acc-1")
     assert result.returncode == 0, result.stderr
-    assert "0 comments, 0 DMs stored" in result.stdout
+    assert "0 comments on 0 works, 0 DMs in 0 conversations stored; 0 crawl batches" in (
+        result.stdout
+    )
     assert "last crawl 20" in result.stdout and "on worker w1:" in result.stdout
     assert "0 item(s) found since the task started; task running" in result.stdout
     doc = data(stack, "acc-1")
     assert doc is not None
     assert doc["last_crawl_at"] is not None and doc["last_batch_at"] is None
+    assert (doc["comments"], doc["crawl_batches"], doc["task"]["crawls"] >= 3) == (0, 0, True)

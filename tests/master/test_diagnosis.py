@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.pending import PendingUpdate
 from hiscrm_bus.workers import TaskReport, WorkerInfo
+from hiscrm_master.archive import Counts
 from hiscrm_master.diagnosis import diagnose
-from hiscrm_master.ingest import CrawlStats
-from hiscrm_master.snapshot import AccountView, Snapshot, WorkerView
+from hiscrm_master.snapshot import AccountView, DatabaseView, Snapshot, WorkerView
 
 NOW = 1_800_000_000.0
 
@@ -25,7 +25,9 @@ def account(**changes: object) -> AccountView:
     )
     base.update(changes)
     cfg = AccountConfig.model_validate(base)
-    return AccountView("acc-1", cfg, {}, None, [], CrawlStats(5, 1, datetime.now(UTC)))
+    return AccountView(
+        "acc-1", cfg, {}, None, [], Counts(comments=5, dms=1, last_crawl_at=datetime.now(UTC))
+    )
 
 
 def worker(
@@ -36,13 +38,19 @@ def worker(
     return WorkerView("w1", info, NOW - 1)
 
 
-def snap(view: AccountView, *workers: WorkerView, master_overdue: float | None = -5.0) -> Snapshot:
+def snap(
+    view: AccountView,
+    *workers: WorkerView,
+    master_overdue: float | None = -5.0,
+    database: DatabaseView | None = None,
+) -> Snapshot:
     return Snapshot(
         NOW,
         [view],
         {w.id: w for w in workers},
         master_overdue,
         settings={"reconcile_interval_s": 30},
+        database=database,
     )
 
 
@@ -150,7 +158,7 @@ def test_invalid_stored_config() -> None:
         {"platform": "douyin", "worker_id": "w1"},
         "monitor_interval_s='soon'",
         [],
-        CrawlStats(0, 0, None),
+        Counts(),
     )
     d = diagnose(snap(view, worker()))
     (finding,) = d.accounts[0].problems
@@ -176,3 +184,38 @@ def test_a_site_that_changed_is_its_own_finding() -> None:
     d = diagnose(snap(account(), worker("error", error=error)))
     (finding,) = d.accounts[0].problems
     assert finding.code == "platform_changed" and "douyin_api.py" in finding.remedy
+
+
+URL = "postgresql+asyncpg://crm:***@db.internal:5432/hiscrm"
+
+
+def test_a_database_that_answers_and_keeps_up_is_no_finding() -> None:
+    assert codes(snap(account(), worker(), database=DatabaseView(URL, None))) == []
+    # a backlog younger than a minute is ingestion at work, not behind
+    young = DatabaseView(URL, None, backlog=40, backlog_age_s=59.0)
+    assert diagnose(snap(account(), worker(), database=young)).healthy
+
+
+def test_a_database_that_does_not_answer_names_itself_and_the_remedy() -> None:
+    down = DatabaseView(URL, f"database {URL} unavailable while connecting: refused")
+    d = diagnose(snap(account(), worker(), database=down))
+    (finding,) = d.problems
+    assert finding.code == "database_unreachable" and not d.healthy
+    assert finding.message.startswith(f"the crawled-data database {URL} does not answer: ")
+    assert "HISCRM_DATABASE_URL" in finding.remedy
+    assert d.accounts[0].task_state == "running"  # the rest of the report is there
+
+
+def test_batches_waiting_over_a_minute_are_ingest_behind() -> None:
+    behind = DatabaseView(URL, None, backlog=7, backlog_age_s=125.4)
+    (finding,) = diagnose(snap(account(), worker(), database=behind)).problems
+    assert finding.code == "ingest_behind"
+    assert finding.message == (
+        "7 crawl batch(es) wait to be stored in the database, the oldest for 125 s"
+    )
+    # both, when the database is down and the batches pile up
+    both = DatabaseView(URL, "refused", backlog=7, backlog_age_s=125.4)
+    assert codes(snap(account(), worker(), database=both)) == [
+        "database_unreachable",
+        "ingest_behind",
+    ]

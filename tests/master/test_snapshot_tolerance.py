@@ -1,11 +1,16 @@
 """What diagnose reads may have been written by something else than hiscrm: a foreign
-stream entry, a damaged registry hash, an item body that does not validate. Each is
-skipped (or read as far as it goes), and never stops the snapshot."""
+stream entry, a damaged registry hash, a database row that is not an item hiscrm wrote,
+a database without hiscrm's tables. Each is skipped, read as far as it goes or reported,
+and never stops the snapshot."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import os
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from redis.asyncio import Redis
 
@@ -13,8 +18,9 @@ from hiscrm_bus.accounts import AccountConfig, AccountStore
 from hiscrm_bus.messages import CrawlBatch, CrawledItem
 from hiscrm_bus.settings import BusSettings
 from hiscrm_bus.workers import TaskReport, WorkerInfo, WorkerRegistry
+from hiscrm_master.archive import Archive, Arrival, Filter
 from hiscrm_master.diagnosis import diagnose
-from hiscrm_master.ingest import IngestStore
+from hiscrm_master.schema import comments
 from hiscrm_master.snapshot import collect
 
 Bus = tuple[Redis, BusSettings]
@@ -110,26 +116,77 @@ async def test_a_damaged_worker_hash_still_reports_the_worker(bus: Bus) -> None:
     assert workers["w2"]["alive"] is True and workers["w2"]["accounts"] == ["acc-1"]
 
 
-async def test_item_bodies_and_stats_that_do_not_parse_are_skipped(bus: Bus) -> None:
+async def test_rows_another_program_wrote_are_read_from_their_columns(bus: Bus) -> None:
+    """The database is for a CRM team to query, and write to: a row whose raw payload
+    is not an item hiscrm wrote is read from its columns."""
     redis, settings = bus
-    keys = settings.keys
-    store = IngestStore(redis, keys)
-    batch = CrawlBatch(
-        sender="w1", account_id="acc-1", worker_id="w1", items=(comment(1), comment(2))
-    )
-    await store.store(batch)
-    await redis.hset(keys.item_bodies("acc-1", "comments"), "c2", '{"kind": "comment"}')
-    await redis.zadd(keys.items("acc-1", "comments"), {"c3": 10**12})
-    await redis.hset(keys.item_bodies("acc-1", "comments"), "c3", b"\xff not json")
-    await redis.zadd(keys.items("acc-1", "comments"), {"c4": 10**12 + 1})  # no body at all
+    await add_account(redis, settings)
+    archive = Archive.open(os.environ["HISCRM_DATABASE_URL"])
+    try:
+        batch = CrawlBatch(sender="w1", account_id="acc-1", worker_id="w1", items=(comment(1),))
+        await archive.store([Arrival(batch, int(time.time() * 1000))])
+        row = {
+            "account_id": "acc-1",
+            "author": "crm",
+            "created_at": T0 + timedelta(hours=1),
+            "received_at": T0,
+        }
+        async with archive.engine.begin() as conn:
+            await conn.execute(
+                comments.insert(),
+                [
+                    {**row, "item_id": "c2", "text": "added by hand", "raw": {"kind": "comment"}},
+                    {**row, "item_id": "c3", "text": "raw not an object", "raw": "not an item"},
+                    {**row, "item_id": "c4", "text": "raw null", "raw": None},
+                ],
+            )
+        report = diagnose(await collect(redis, settings, "acc-1", archive)).doc()
+        items = await archive.items("acc-1", Filter(limit=10))
+    finally:
+        await archive.close()
 
-    assert [i.item_id for i in await store.newest("acc-1", "comments", 10)] == ["c1"]
-
-    await redis.hset(
-        keys.crawl_stats("acc-1"), mapping={"comments": "lots", "last_crawl_at": "soon"}
+    (account,) = report["accounts"]
+    assert account["comments"] == 4
+    assert [(c["id"], c["text"]) for c in account["recent_comments"]] == [
+        ("c4", "raw null"),
+        ("c3", "raw not an object"),
+        ("c2", "added by hand"),
+    ]
+    assert "database_unreachable" not in [p["code"] for p in report["problems"]]
+    assert [i.item_id for i in items] == ["c4", "c3", "c2", "c1"]
+    assert items[2] == CrawledItem(
+        kind="comment",
+        item_id="c2",
+        text="added by hand",
+        author="crm",
+        created_at=row["created_at"],
     )
-    stats = await store.stats("acc-1")
-    assert (stats.comments, stats.dms, stats.last_crawl_at) == (0, 0, None)
+    assert items[3] == comment(1)  # hiscrm's own: as the worker sent it
+    json.dumps(report)
+
+
+async def test_a_database_without_hiscrm_tables_is_reported_not_fatal(
+    bus: Bus, tmp_path: Path
+) -> None:
+    redis, settings = bus
+    await add_account(redis, settings)
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()  # a file, but no Master made its tables
+    archive = Archive.open(f"sqlite+aiosqlite:///{empty}", create=False)
+    try:
+        report = diagnose(await collect(redis, settings, None, archive)).doc()
+    finally:
+        await archive.close()
+
+    (finding,) = [p for p in report["problems"] if p["code"] == "database_unreachable"]
+    assert (
+        f"the crawled-data database sqlite+aiosqlite:///{empty} does not answer"
+        in (finding["message"])
+    )
+    assert "no such table" in finding["message"]
+    (account,) = report["accounts"]  # the rest of the report is there
+    assert account["id"] == "acc-1" and account["comments"] is None
+    json.dumps(report)
 
 
 async def test_dead_letter_counts_that_are_not_numbers_are_skipped(bus: Bus) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
+from pydantic import SecretStr
 
 from hiscrm_bus.errors import ConfigurationError, Unavailable
 
@@ -85,13 +86,66 @@ def masked(url: str) -> str:
     return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
+class DatabaseURL(str):
+    """A PostgreSQL URL without a password, carrying the one read from
+    HISCRM_DATABASE_PASSWORD_FILE for :func:`make_engine` to give the driver. As a string
+    (shown, logged, put in a repr) it is the URL alone."""
+
+    password: SecretStr | None
+
+    def __new__(cls, url: str, password: SecretStr | None = None) -> DatabaseURL:
+        self = super().__new__(cls, url)
+        self.password = password
+        return self
+
+
+def _has_password(url: str) -> bool:
+    userinfo = url.partition("://")[2].rpartition("@")[0]
+    return ":" in userinfo or re.search(r"(?i)[?&]password=", url) is not None
+
+
+def _both_set(url: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"the database URL {masked(url)!r} carries a password and "
+        "HISCRM_DATABASE_PASSWORD_FILE gives one too: set one, not both"
+    )
+
+
+def with_password_file(url: str, path: Path) -> DatabaseURL:
+    """``url`` with the password in ``path`` (read now, once; its trailing newline
+    stripped). ConfigurationError, in one sentence, when the file cannot be read or is
+    empty, when the URL carries a password too, or names SQLite (which has none)."""
+    if database_url(url).startswith("sqlite"):
+        raise ConfigurationError(
+            f"HISCRM_DATABASE_PASSWORD_FILE is set but the database URL {masked(url)!r} "
+            "names SQLite, which has no password: unset it, or use a PostgreSQL URL"
+        )
+    if _has_password(url):
+        raise _both_set(url)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigurationError(
+            f"cannot read the database password file {path} "
+            f"(HISCRM_DATABASE_PASSWORD_FILE): {reason}"
+        ) from None
+    password = text.removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise ConfigurationError(
+            f"the database password file {path} (HISCRM_DATABASE_PASSWORD_FILE) is empty"
+        )
+    return DatabaseURL(url, SecretStr(password))
+
+
 def is_sqlite(engine: AsyncEngine | AsyncConnection | Connection) -> bool:
     return engine.dialect.name == "sqlite"
 
 
 def make_engine(url: str, *, create: bool = True) -> AsyncEngine:
     """An engine for ``url``; the SQLite file's directory is created (0700) unless
-    ``create`` is false: then a missing file is DatabaseUnavailable on connect."""
+    ``create`` is false: then a missing file is DatabaseUnavailable on connect. A
+    :class:`DatabaseURL` brings its password from the file."""
     from sqlalchemy import event
     from sqlalchemy.engine import make_url
     from sqlalchemy.ext.asyncio import create_async_engine
@@ -109,6 +163,11 @@ def make_engine(url: str, *, create: bool = True) -> AsyncEngine:
         engine = create_async_engine(parsed, connect_args=args)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
+    password = url.password if isinstance(url, DatabaseURL) else None
+    if password is not None:
+        if _has_password(url):
+            raise _both_set(url)
+        parsed = parsed.set(password=password.get_secret_value())
     return create_async_engine(
         parsed,
         pool_pre_ping=True,

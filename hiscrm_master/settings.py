@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from hiscrm_bus.errors import ConfigurationError
 from hiscrm_bus.settings import BusSettings
 
-from .database import DEFAULT_URL, database_url, masked
+from .database import DEFAULT_URL, database_url, masked, with_password_file
 
 
 def _default_id() -> str:
@@ -32,6 +33,9 @@ class MasterSettings(BusSettings):
     # crawled comments and DMs (HISCRM_DATABASE_URL): an SQLite file by default,
     # postgresql+asyncpg://user@host/db in production
     database_url: str = DEFAULT_URL
+    # PostgreSQL's password (the URL names the user): read once, at start, its trailing
+    # newline stripped, and given to the driver only (never in the URL's text)
+    database_password_file: Path | None = None
     # keep crawled items this many days (by their creation time); unset: keep all
     retention_days: float | None = Field(None, gt=0)
     # how often removed accounts' data is deleted, and retention applied
@@ -46,6 +50,17 @@ class MasterSettings(BusSettings):
         except ConfigurationError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+    @model_validator(mode="after")
+    def _read_database_password(self) -> Self:
+        if self.database_password_file is not None:
+            try:
+                self.database_url = with_password_file(
+                    self.database_url, self.database_password_file
+                )
+            except ConfigurationError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():

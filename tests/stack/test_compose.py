@@ -1,20 +1,22 @@
 """The compose stack, built and run for real with podman (``make stack-test``).
 
 It builds a Debian base image from this machine's apt sources (mmdebstrap; kept between
-runs while the recipe is unchanged), the hiscrm and Redis images from it, and plays the
-seed's scenario through compose.yaml with podman-compose, every hiscrm command against
-the stack running in the ``cli`` service's container (the sandbox site is driven from
-this venv through its loopback port, as a phone or a fan would):
+runs while the recipe is unchanged), the hiscrm, Redis and PostgreSQL images from it, and
+plays the seed's scenario through compose.yaml with podman-compose, every hiscrm command
+against the stack running in the ``cli`` service's container (the sandbox site is driven
+from this venv through its loopback port, as a phone or a fan would):
 
-add a sandbox account → ``hiscrm login`` through the worker's Chromium in its container,
-scanned with ``hiscrm sandbox scan`` → platform_user_id applied without a restart → a
-posted comment crawled once → a second worker added (``deploy/stack.py add-worker``) →
-the first worker's container killed: the account fails over and stays logged in (its
-session is sealed in Redis) → Redis stopped first, then everything: each container exits
-by itself within its grace period → ``down`` and ``up`` (all but the sandbox site, which
-stands for the platform and keeps its logins in memory): accounts, versions and the
-session survive on the volumes → ``down -v``, and nothing is left: no container, network,
-volume or process of the project, also when a step failed.
+PostgreSQL up, its database and role made on the first start → add a sandbox account →
+``hiscrm login`` through the worker's Chromium in its container, scanned with ``hiscrm
+sandbox scan`` → platform_user_id applied without a restart → a posted comment crawled
+once, kept in PostgreSQL (``hiscrm data`` and psql agree) and in no Redis key of the
+account → a second worker added (``deploy/stack.py add-worker``) → the first worker's
+container killed: the account fails over and stays logged in (its session is sealed in
+Redis) → Redis stopped first, then everything: each container exits by itself within its
+grace period → ``down`` and ``up`` (all but the sandbox site, which stands for the
+platform and keeps its logins in memory): accounts, versions, the session and the
+crawled comments survive on the volumes → ``down -v``, and nothing is left: no container,
+network, volume or process of the project, also when a step failed.
 
 Podman's configuration (runc, ulimits within the hard limits, storage, networks) lives
 in files of its own under the cache directory (HISCRM_STACK_CACHE, default
@@ -47,6 +49,7 @@ PROJECT = "hiscrm-stacktest"
 BASE_IMAGE = "localhost/debian:bookworm-base"
 APP_IMAGE = "localhost/hiscrm:stack-test"
 REDIS_IMAGE = "localhost/hiscrm-redis:stack-test"
+POSTGRES_IMAGE = "localhost/hiscrm-postgres:stack-test"
 # what makes the base image: a change here (or in the apt sources) builds a new one
 MMDEBSTRAP = ["--variant=minbase", "--include=ca-certificates", "bookworm"]
 USER = "1864722759"
@@ -287,10 +290,12 @@ def build_images(pm: Podman, clock: Clock) -> None:
         app += ["--build-arg", f"PIP_INDEX_URL={index}"]
     with clock.phase("build the Redis image"):
         pm.podman(*args, "-t", REDIS_IMAGE, str(ROOT / "deploy" / "redis"), timeout=900)
+    with clock.phase("build the PostgreSQL image"):
+        pm.podman(*args, "-t", POSTGRES_IMAGE, str(ROOT / "deploy" / "postgres"), timeout=900)
     with clock.phase("build the hiscrm image (Chromium, the project in a venv)"):
         pm.podman(*app, str(ROOT), timeout=900)
     pm.podman("image", "prune", "-f", check=False)
-    for image in (BASE_IMAGE, REDIS_IMAGE, APP_IMAGE):
+    for image in (BASE_IMAGE, REDIS_IMAGE, POSTGRES_IMAGE, APP_IMAGE):
         size = int(pm.podman("image", "inspect", "--format", "{{.Size}}", image).stdout.strip())
         clock.note(f"{image}: {size / 1e6:.0f} MB")
 
@@ -340,6 +345,21 @@ def crawled(pm: Podman, account_id: str) -> list[str]:
     return [item["text"] for item in doc["items"]]
 
 
+def psql(pm: Podman, sql: str) -> str:
+    """One query in the postgres container, as its superuser through the socket (peer:
+    the only way in without the role hiscrm's password)."""
+    args = ["psql", "--no-psqlrc", "--tuples-only", "--no-align", "--set=ON_ERROR_STOP=1"]
+    args += ["--username=postgres", "--dbname=hiscrm", "--command", sql]
+    return pm.podman("exec", pm.name("postgres"), *args).stdout.strip()
+
+
+def redis_keys(pm: Podman, pattern: str) -> set[str]:
+    """The keys matching ``pattern`` (SCAN, as the default user inside the container)."""
+    scan = f'redis-cli --no-auth-warning --scan --pattern "{pattern}"'
+    script = f'REDISCLI_AUTH="$(cat /run/secrets/redis-default)" {scan}'
+    return set(pm.podman("exec", pm.name("redis"), "sh", "-c", script).stdout.split())
+
+
 def sandbox(site: str, *args: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "hiscrm_cli", "sandbox", *args, "--url", site],
@@ -382,6 +402,7 @@ def test_the_stack_plays_the_seed_scenario(tmp_path: Path) -> None:
     pm.env.update(
         HISCRM_IMAGE=APP_IMAGE,
         HISCRM_REDIS_IMAGE=REDIS_IMAGE,
+        HISCRM_POSTGRES_IMAGE=POSTGRES_IMAGE,
         HISCRM_SECRETS_DIR=str(secrets),
         HISCRM_METRICS_PORT=str(metrics_port),
         HISCRM_SANDBOX_PORT=str(sandbox_port),
@@ -399,6 +420,31 @@ def test_the_stack_plays_the_seed_scenario(tmp_path: Path) -> None:
                 sys.executable, "deploy/stack.py", "init", "--secrets-dir", str(secrets), "--no-env"
             )
             assert oct(secrets.stat().st_mode & 0o777) == "0o700"
+            database_password = (secrets / "database.password").read_text().strip()
+            assert len(database_password) >= 32
+
+        with clock.phase("up: PostgreSQL, its database and role made on the first start"):
+            pm.compose("up", "-d", "postgres")
+            pm.wait_healthy("postgres")
+            assert pm.inspect("postgres", "{{.Config.User}}") == "postgres"
+            assert pm.podman("port", pm.name("postgres")).stdout.strip() == ""
+            owner = psql(
+                pm, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'hiscrm'"
+            )
+            assert owner == "hiscrm", owner
+            assert psql(pm, "SELECT rolsuper FROM pg_roles WHERE rolname = 'hiscrm'") == "f"
+            # over the network only the role hiscrm gets in, and only with its password
+            refused = pm.podman(
+                "exec",
+                pm.name("postgres"),
+                "psql",
+                "--host=127.0.0.1",
+                "--username=postgres",
+                "--dbname=hiscrm",
+                "--command=SELECT 1",
+                check=False,
+            )
+            assert "no pg_hba.conf entry" in refused.stderr, refused
 
         with clock.phase("up: Redis, healthy only with its password"):
             pm.compose("up", "-d", "redis")
@@ -452,6 +498,30 @@ def test_the_stack_plays_the_seed_scenario(tmp_path: Path) -> None:
             time.sleep(4)  # two more crawls
             assert crawled(pm, "acc-1").count("hello from compose") == 1
 
+        with clock.phase("the crawled comments in PostgreSQL, none in Redis"):
+            doc = json.loads(pm.cli("data", "acc-1", "--json", "--limit", "100").stdout)
+            texts = [item["text"] for item in doc["items"]]
+            assert "hello from compose" in texts and doc["comments"] >= 1, doc
+            rows = psql(pm, "SELECT count(*) FROM comments WHERE account_id = 'acc-1'")
+            assert int(rows) == doc["comments"], (rows, doc["comments"])
+            found = psql(pm, "SELECT count(*) FROM comments WHERE text = 'hello from compose'")
+            assert found == "1", found
+            # the account's keys in Redis: its config hash, its sealed session and its
+            # pending updates, never crawled items (legacy :comments, :dms, :crawl)
+            keys = redis_keys(pm, "hiscrm:account:acc-1:*")
+            items = keys - {"hiscrm:account:acc-1:session", "hiscrm:account:acc-1:pending"}
+            assert not items, keys
+            assert "hiscrm:account:acc-1:session" in keys, keys
+            # hiscrm diagnose reaches the database too, and counts the same
+            diag = json.loads(pm.cli("diagnose", "acc-1", "--json", check=False).stdout)
+            assert not [p for p in diag["problems"] if p["code"].startswith("database")], diag
+            assert diag["accounts"][0]["comments"] == doc["comments"], diag
+            # the password is in no container's environment or log, only in the secret
+            for service in ("postgres", "master"):
+                env = pm.inspect(service, "{{json .Config.Env}}")
+                logs = pm.podman("logs", pm.name(service))
+                assert database_password not in env + logs.stdout + logs.stderr, service
+
         with clock.phase("worker w2 added: deploy/stack.py add-worker 2"):
             compose_cmd = " ".join(pm.compose_args()).replace(
                 f"-f {ROOT / 'compose.yaml'}",
@@ -482,10 +552,10 @@ def test_the_stack_plays_the_seed_scenario(tmp_path: Path) -> None:
 
         # the sandbox site stands for the platform: it keeps its logins (in memory) while
         # the hiscrm stack goes down and up, as the real platform keeps them on its servers
-        hiscrm_services = ["redis", "master", "worker-w1", "worker-w2"]
+        hiscrm_services = ["redis", "postgres", "master", "worker-w1", "worker-w2"]
         with clock.phase("stop: Redis first, then every other container by itself"):
             stops: dict[str, float] = {}
-            services = ["redis", "master", "worker-w2"]
+            services = ["redis", "postgres", "master", "worker-w2"]
             for service in services:
                 began = time.monotonic()
                 pm.podman("stop", "-t", "30", pm.name(service))
@@ -502,9 +572,9 @@ def test_the_stack_plays_the_seed_scenario(tmp_path: Path) -> None:
             left = pm.leftovers()["containers"]
             assert left == [pm.name("sandbox")], left
 
-        with clock.phase("up again: accounts, versions and the session survived"):
-            pm.compose("up", "-d", "redis")
-            pm.wait_healthy("redis")
+        with clock.phase("up again: accounts, versions, the session and the comments survived"):
+            pm.compose("up", "-d", "redis", "postgres")
+            pm.wait_healthy("redis", "postgres")
             pm.compose("--profile", "sandbox", "up", "-d")
             pm.wait_healthy("master", "worker-w1", "worker-w2")
             doc = poll(

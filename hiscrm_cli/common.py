@@ -143,7 +143,7 @@ async def archive_of(settings: MasterSettings) -> AsyncIterator[Archive]:
     DatabaseUnavailable says where it was looked for)."""
     from hiscrm_master.archive import Archive
 
-    archive = Archive.open(settings.database_url, create=False)
+    archive = Archive.of(settings, create=False)
     try:
         yield archive
     finally:

@@ -31,7 +31,6 @@ from .terminal import json_text, safe
 if TYPE_CHECKING:
     from hiscrm_bus.messages import CrawledItem
     from hiscrm_master.archive import Filter
-    from hiscrm_master.settings import MasterSettings
     from hiscrm_master.snapshot import AccountData
 
 KINDS = {"comments": "comment", "dms": "dm"}
@@ -125,7 +124,6 @@ def show(
     async def main() -> AccountData:
         from hiscrm_master.snapshot import account_data
 
-        _no_database_file_yet(settings)
         async with redis_client(settings) as redis, archive_of(settings) as archive:
             return await account_data(redis, settings.keys, archive, account_id, f)
 
@@ -177,7 +175,6 @@ def export(
     settings = command_settings(None)
 
     async def main() -> int:
-        _no_database_file_yet(settings)
         async with archive_of(settings) as archive:
             pages = aiter(archive.export(account_id, f))
             # the first page before the output is opened: a database that does not
@@ -197,24 +194,6 @@ def export(
     count = run(main)
     if output is not None:
         console.print(f"{count} {kind} of {safe(account_id)} written to {safe(str(output))}")
-
-
-def _no_database_file_yet(settings: MasterSettings) -> None:
-    """Raise DatabaseUnavailable when the URL names an SQLite file that does not exist
-    (no Master has run with it), before connecting: aiosqlite's thread of a failed
-    connection may outlive the command's event loop and print a traceback."""
-    from sqlalchemy.engine import make_url
-
-    from hiscrm_master.database import DatabaseUnavailable, database_url
-
-    url = make_url(database_url(settings.database_url))
-    path = url.database or ""
-    if url.get_backend_name() == "sqlite" and path != ":memory:" and not Path(path).exists():
-        raise DatabaseUnavailable(
-            f"database {settings.shown_database_url} unavailable: there is no file "
-            f"{Path(path).resolve()} (no database there yet: is HISCRM_DATABASE_URL the "
-            "Master's?)"
-        )
 
 
 class _stdout:

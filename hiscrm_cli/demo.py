@@ -167,7 +167,7 @@ async def play(redis_url: str, site_url: str) -> int:
             _post, f"{site_url}/api/dms", {"user_id": USER_ID, "text": "在吗？", "author": "fan1"}
         )
         say("3 comments and a DM posted on the sandbox site")
-        archive = Archive.open(settings.database_url, create=False)
+        archive = Archive.of(settings, create=False)
         try:
 
             async def crawled() -> Any:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import anyio
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from sqlalchemy import (
     ColumnElement,
     Integer,
@@ -39,8 +39,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hiscrm_bus.messages import CrawlBatch, CrawledItem
 
-from .database import guarded, is_sqlite, make_engine, masked, migrate
+from .database import (
+    DatabaseUnavailable,
+    guarded,
+    is_sqlite,
+    make_engine,
+    masked,
+    migrate,
+    missing_file,
+)
 from .schema import ID, ITEM_TABLES, accounts, comments, conversations, crawl_runs, messages, works
+from .settings import MasterSettings
 
 log = logging.getLogger(__name__)
 Kind = Literal["comment", "dm"]
@@ -146,16 +155,44 @@ class Archive:
     ) -> None:
         self.engine = engine
         self.shown = shown  # the URL as it may be shown
+        self.missing: str | None = None  # why a reader's SQLite file cannot be read
         self.retention_days = retention_days
         self._ready = False
         self._migrating = anyio.Lock()
 
     @classmethod
-    def open(cls, url: str, *, retention_days: float | None = None, create: bool = True) -> Archive:
+    def open(
+        cls,
+        url: str,
+        *,
+        password: SecretStr | None = None,
+        retention_days: float | None = None,
+        create: bool = True,
+    ) -> Archive:
         """The archive at ``url``; ``create=False`` (readers) will not create a missing
-        SQLite file (its queries raise DatabaseUnavailable instead)."""
-        engine = make_engine(url, create=create)
-        return cls(engine, masked(url), retention_days=retention_days)
+        SQLite file (DatabaseUnavailable says so instead)."""
+        archive = cls(
+            make_engine(url, password=password, create=create),
+            masked(url),
+            retention_days=retention_days,
+        )
+        if not create and (path := missing_file(url)) is not None:
+            # not even tried: a failed connect leaves aiosqlite's thread behind
+            archive.missing = (
+                f"database {archive.shown} unavailable: there is no file {path.resolve()} "
+                "(no database there yet: is HISCRM_DATABASE_URL the Master's?)"
+            )
+        return archive
+
+    @classmethod
+    def of(cls, settings: MasterSettings, *, create: bool = True) -> Archive:
+        """The archive ``settings`` name (HISCRM_DATABASE_URL and its password file)."""
+        return cls.open(
+            settings.database_url,
+            password=settings.database_password(),
+            retention_days=settings.retention_days,
+            create=create,
+        )
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -406,8 +443,13 @@ class Archive:
 
     # -- reading ---------------------------------------------------------------------
 
+    def _readable(self) -> None:
+        if self.missing is not None:
+            raise DatabaseUnavailable(self.missing)
+
     async def ping(self) -> None:
         """Raises DatabaseUnavailable when the database does not answer."""
+        self._readable()
         async with guarded(self.shown, "connecting"), self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
@@ -445,6 +487,7 @@ class Archive:
         query = self._query(account_id, f).order_by(table.c.created_at.desc(), table.c.id.desc())
         if f.limit is not None:
             query = query.limit(f.limit)
+        self._readable()
         async with guarded(self.shown, "reading crawled items"), self.engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [_item(f.kind, r) for r in rows]
@@ -462,6 +505,7 @@ class Archive:
                 .order_by(table.c.id)
                 .limit(page)
             )
+            self._readable()
             async with guarded(self.shown, "exporting"), self.engine.connect() as conn:
                 rows = (await conn.execute(query)).mappings().all()
             if not rows:
@@ -475,6 +519,7 @@ class Archive:
         if not ids:
             return {}
         found: dict[str, dict[str, Any]] = {a: {} for a in ids}
+        self._readable()
         async with guarded(self.shown, "counting crawled data"), self.engine.connect() as conn:
             for name, table in (
                 ("comments", comments),

@@ -86,19 +86,6 @@ def masked(url: str) -> str:
     return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
-class DatabaseURL(str):
-    """A PostgreSQL URL without a password, carrying the one read from
-    HISCRM_DATABASE_PASSWORD_FILE for :func:`make_engine` to give the driver. As a string
-    (shown, logged, put in a repr) it is the URL alone."""
-
-    password: SecretStr | None
-
-    def __new__(cls, url: str, password: SecretStr | None = None) -> DatabaseURL:
-        self = super().__new__(cls, url)
-        self.password = password
-        return self
-
-
 def _has_password(url: str) -> bool:
     userinfo = url.partition("://")[2].rpartition("@")[0]
     return ":" in userinfo or re.search(r"(?i)[?&]password=", url) is not None
@@ -111,8 +98,8 @@ def _both_set(url: str) -> ConfigurationError:
     )
 
 
-def with_password_file(url: str, path: Path) -> DatabaseURL:
-    """``url`` with the password in ``path`` (read now, once; its trailing newline
+def read_password_file(url: str, path: Path) -> SecretStr:
+    """The password in ``path`` for ``url`` (read now, once; its trailing newline
     stripped). ConfigurationError, in one sentence, when the file cannot be read or is
     empty, when the URL carries a password too, or names SQLite (which has none)."""
     if database_url(url).startswith("sqlite"):
@@ -135,17 +122,30 @@ def with_password_file(url: str, path: Path) -> DatabaseURL:
         raise ConfigurationError(
             f"the database password file {path} (HISCRM_DATABASE_PASSWORD_FILE) is empty"
         )
-    return DatabaseURL(url, SecretStr(password))
+    return SecretStr(password)
+
+
+def missing_file(url: str) -> Path | None:
+    """The SQLite file ``url`` names when it does not exist (None: it does, or the URL
+    names PostgreSQL)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(database_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database or "")
+    return None if path.exists() else path
 
 
 def is_sqlite(engine: AsyncEngine | AsyncConnection | Connection) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(url: str, *, create: bool = True) -> AsyncEngine:
-    """An engine for ``url``; the SQLite file's directory is created (0700) unless
-    ``create`` is false: then a missing file is DatabaseUnavailable on connect. A
-    :class:`DatabaseURL` brings its password from the file."""
+def make_engine(url: str, *, password: SecretStr | None = None, create: bool = True) -> AsyncEngine:
+    """An engine for ``url`` (``password``: PostgreSQL's, from
+    HISCRM_DATABASE_PASSWORD_FILE, given to the driver only). The SQLite file's
+    directory is created (0700) unless ``create`` is false: then a missing file is
+    DatabaseUnavailable, and nothing is created."""
     from sqlalchemy import event
     from sqlalchemy.engine import make_url
     from sqlalchemy.ext.asyncio import create_async_engine
@@ -163,7 +163,6 @@ def make_engine(url: str, *, create: bool = True) -> AsyncEngine:
         engine = create_async_engine(parsed, connect_args=args)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    password = url.password if isinstance(url, DatabaseURL) else None
     if password is not None:
         if _has_password(url):
             raise _both_set(url)

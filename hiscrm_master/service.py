@@ -92,7 +92,7 @@ class Master:
         self.acks = self._reader("acks", group)
         self.events = self._reader("events", group)
         self.ingest = self._reader("ingest", group)
-        self.archive = Archive.open(settings.database_url, retention_days=settings.retention_days)
+        self.archive = Archive.of(settings)
         self._legacy_moved = False
         self._done_removal = redis.register_script(_DONE_REMOVAL)
         self._next_prune = 0.0

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from hiscrm_bus.errors import ConfigurationError
 from hiscrm_bus.settings import BusSettings
 
-from .database import DEFAULT_URL, database_url, masked, with_password_file
+from .database import DEFAULT_URL, database_url, masked, read_password_file
 
 
 def _default_id() -> str:
@@ -36,6 +36,7 @@ class MasterSettings(BusSettings):
     # PostgreSQL's password (the URL names the user): read once, at start, its trailing
     # newline stripped, and given to the driver only (never in the URL's text)
     database_password_file: Path | None = None
+    _database_password: SecretStr | None = PrivateAttr(default=None)
     # keep crawled items this many days (by their creation time); unset: keep all
     retention_days: float | None = Field(None, gt=0)
     # how often removed accounts' data is deleted, and retention applied
@@ -55,7 +56,7 @@ class MasterSettings(BusSettings):
     def _read_database_password(self) -> Self:
         if self.database_password_file is not None:
             try:
-                self.database_url = with_password_file(
+                self._database_password = read_password_file(
                     self.database_url, self.database_password_file
                 )
             except ConfigurationError as exc:
@@ -65,6 +66,10 @@ class MasterSettings(BusSettings):
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
             yield name, masked(value) if name == "database_url" else value
+
+    def database_password(self) -> SecretStr | None:
+        """The password from HISCRM_DATABASE_PASSWORD_FILE, not the URL's."""
+        return self._database_password
 
     @property
     def shown_database_url(self) -> str:

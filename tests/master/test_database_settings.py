@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from hiscrm_bus.errors import ConfigurationError
 from hiscrm_master.archive import Archive
-from hiscrm_master.database import DatabaseURL, make_engine, with_password_file
+from hiscrm_master.database import make_engine, read_password_file
 from hiscrm_master.settings import MasterSettings
 from tests.postgres_server import PostgresServer
 
@@ -32,18 +32,17 @@ def pw(tmp_path: Path) -> Path:
 def test_the_password_file_is_read_once_without_its_newline(pw: Path) -> None:
     settings = MasterSettings(database_url=URL, database_password_file=pw)
     pw.write_text("changed later\n")
-    url = settings.database_url
-    assert isinstance(url, DatabaseURL)
-    assert url == URL  # the text is the URL alone
-    assert url.password is not None and url.password.get_secret_value() == SECRET
-    engine = make_engine(url)
+    assert settings.database_url == URL  # the text is the URL alone
+    password = settings.database_password()
+    assert password is not None and password.get_secret_value() == SECRET
+    engine = make_engine(settings.database_url, password=password)
     assert engine.url.password == SECRET
     assert engine.url.username == "hiscrm" and engine.url.host == "db"
 
 
 def test_the_password_is_in_no_repr_or_text(pw: Path) -> None:
     settings = MasterSettings(database_url=URL, database_password_file=pw)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, password=settings.database_password())
     shown = [
         repr(settings),
         str(settings),
@@ -69,14 +68,14 @@ def test_the_password_is_in_no_repr_or_text(pw: Path) -> None:
 )
 def test_a_url_with_a_password_and_the_file_is_refused(pw: Path, url: str) -> None:
     with pytest.raises(ConfigurationError, match="set one, not both") as caught:
-        with_password_file(url, pw)
+        read_password_file(url, pw)
     assert "other" not in str(caught.value)
     with pytest.raises(ValidationError, match="set one, not both") as invalid:
         MasterSettings(database_url=url, database_password_file=pw)
     assert "other" not in str(invalid.value) and SECRET not in str(invalid.value)
-    # make_engine checks too, whoever made the DatabaseURL
+    # make_engine checks too, whoever calls it
     with pytest.raises(ConfigurationError, match="set one, not both"):
-        make_engine(DatabaseURL(url, with_password_file(URL, pw).password))
+        make_engine(url, password=read_password_file(URL, pw))
 
 
 @pytest.mark.parametrize(
@@ -99,7 +98,7 @@ def test_each_mistake_is_one_sentence(tmp_path: Path, file: str, url: str, sente
     elif file != "missing":
         path.write_text({"empty": "", "newline-only": "\n", "good": SECRET}[file])
     with pytest.raises(ConfigurationError) as caught:
-        with_password_file(url, path)
+        read_password_file(url, path)
     message = str(caught.value)
     assert sentence in message and "\n" not in message, message
     assert "HISCRM_DATABASE_PASSWORD_FILE" in message
@@ -140,7 +139,7 @@ async def test_a_real_postgresql_takes_the_password_from_the_file(
         file.write_text(postgres_server.password + "\n")
         url = f"postgresql+asyncpg://hiscrm@127.0.0.1:{postgres_server.port}/{name}"
         settings = MasterSettings(database_url=url, database_password_file=file)
-        archive = Archive.open(settings.database_url)
+        archive = Archive.of(settings)
         try:
             await archive.ready()  # connects, migrates
         finally:

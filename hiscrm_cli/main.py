@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import account, acl, data, diagnose, health, login, sandbox, services, session, up
+from . import account, acl, data, diagnose, health, login, sandbox, services, session, up, web
 from .common import setup_logging
 
 app = typer.Typer(
@@ -51,6 +51,7 @@ app.command()(health.health)
 app.command()(up.up)
 app.add_typer(account.app, name="account")
 app.add_typer(data.app, name="data")
+app.add_typer(web.app, name="web")
 app.add_typer(acl.app, name="acl")
 app.add_typer(session.app, name="session")
 app.add_typer(sandbox.app, name="sandbox")

@@ -37,6 +37,13 @@ def web(
     from hiscrm_web.settings import WebSettings
 
     settings = build(WebSettings, redis_url=redis_url, master_id="web")
+
+    async def reachable() -> None:
+        # as every command: an unreachable Redis is one sentence and exit 2, before serving
+        async with redis_client(settings):
+            pass
+
+    run(reachable)
     console.print(f"hiscrm web on http://{safe(host)}:{port}/ (Ctrl-C stops it)")
     uvicorn.run(
         create_app(settings),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections import Counter, defaultdict
 from typing import Annotated, Any
 
 import typer
@@ -19,8 +18,6 @@ from hiscrm_bus.accounts import (
     AccountConfig,
     AccountStore,
     AccountUpdate,
-    check_changes,
-    decode_hash,
     describe,
     from_hash,
     needs_a_login,
@@ -28,12 +25,12 @@ from hiscrm_bus.accounts import (
     unknown_platform,
     validate,
 )
-from hiscrm_bus.errors import AccountExists, InvalidAccountConfig
+from hiscrm_bus.errors import AccountExists, AccountNotFound, InvalidAccountConfig
 from hiscrm_bus.messages import AccountConfigUpdate, LoginSuccess
 from hiscrm_bus.pending import Outcome
 from hiscrm_bus.workers import WorkerRegistry
 from hiscrm_master.login import on_login_success
-from hiscrm_master.updates import Updates
+from hiscrm_master.updates import TALLY_STATUSES, Updates, check_batch, tally
 
 from . import bulk
 from .common import (
@@ -260,31 +257,19 @@ def set_(
     async def main() -> int:
         async with redis_client(settings) as redis:
             updates = Updates(redis, settings, SENDER)
-            store = updates.store
-            if account_id:
-                ids = [account_id]
-            elif worker:
-                ids = await store.ids_of_worker(worker)
-            else:
-                ids = await store.ids()
-            raws = await store.get_raw(ids)
-            batch: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-            for aid, raw in zip(ids, raws, strict=True):
-                if not raw:
-                    if account_id:
-                        fail(f"no account {aid!r}", EXIT_FAILED)
-                    continue
-                current = decode_hash(raw)
-                if platform is None or current.get("platform") == platform:
-                    batch[aid] = (current, changes)
+            try:
+                batch = await updates.selection(
+                    changes, account_id=account_id, worker=worker, platform=platform
+                )
+            except AccountNotFound as exc:
+                fail(str(exc), EXIT_FAILED)
             if not batch:
                 fail("no account matches", EXIT_FAILED)
             # refuse the whole command if the change is invalid for any account
-            for aid, (current, ch) in batch.items():
-                try:
-                    check_changes(current, ch)
-                except InvalidAccountConfig as exc:
-                    fail(f"nothing written: {aid}: {exc}")
+            try:
+                check_batch(batch)
+            except InvalidAccountConfig as exc:
+                fail(f"nothing written: {exc}")
             after = await updates.tracker.last_outcome_id()
             started = time.monotonic()
             results, sent = await updates.change_many(batch, "admin_update")
@@ -335,23 +320,17 @@ def _report(
             f"(attempts {outcome.attempts})" + (f": {safe(outcome.error)}" if outcome.error else "")
         )
         return EXIT_OK if outcome.status == "applied" else EXIT_FAILED
-    tally: defaultdict[str, Counter[str]] = defaultdict(Counter)
-    for update_id, message in tracked.items():
-        worker = owners.get(message.account_id) or "-"
-        outcome = outcomes.get(update_id)
-        tally[worker][outcome.status if outcome else "timed out"] += 1
-    table = Table("worker", "applied", "rejected", "failed", "timed out")
-    for worker, counts in sorted(tally.items()):
-        table.add_row(
-            safe(worker),
-            *(str(counts[k]) for k in ("applied", "rejected", "failed", "timed out")),
-        )
+    counts = tally(tracked, outcomes, owners)
+    table = Table("worker", *TALLY_STATUSES)
+    for worker, row in counts.rows():
+        table.add_row(safe(worker), *(str(n) for n in row))
     console.print(table)
-    last = max((o.latency_ms for o in outcomes.values()), default=0)
-    console.print(f"{len(outcomes)}/{len(tracked)} outcomes; last ACK after {last:.1f} ms")
-    if len(outcomes) < len(tracked):
+    console.print(
+        f"{counts.outcomes}/{counts.tracked} outcomes; last ACK after {counts.last_ack_ms:.1f} ms"
+    )
+    if not counts.complete:
         return EXIT_TIMEOUT
-    return EXIT_OK if all(o.status == "applied" for o in outcomes.values()) else EXIT_FAILED
+    return EXIT_OK if counts.all_applied else EXIT_FAILED
 
 
 @app.command("login-success")

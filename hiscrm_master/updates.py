@@ -4,8 +4,9 @@ until its outcome. Used by the Master's loops and by the operator CLI alike."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -16,6 +17,7 @@ from hiscrm_bus.accounts import (
     AccountStore,
     AccountUpdate,
     ImportPlan,
+    check_changes,
     decode_hash,
     to_hash,
     write_failure,
@@ -24,7 +26,7 @@ from hiscrm_bus.acl import Grants
 from hiscrm_bus.connection import call
 from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig, VersionConflict
 from hiscrm_bus.messages import AccountConfigUpdate, UpdateReason, encode, new_id
-from hiscrm_bus.pending import NOW_LUA, RECORD_LUA, PendingTracker
+from hiscrm_bus.pending import NOW_LUA, RECORD_LUA, Outcome, PendingTracker
 from hiscrm_bus.settings import BusSettings
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,67 @@ class Imported:
         """Each written account's worker."""
         owners = {c.id: c.worker_id for c in self.added}
         return owners | {u.account_id: u.worker_id for u in self.updated}
+
+
+# the columns of a tally, in order: an update without an outcome (yet) is "timed out"
+TALLY_STATUSES: tuple[str, ...] = ("applied", "rejected", "failed", "timed out")
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """How many updates sent to many accounts ended how, per owning worker, as
+    ``hiscrm account set --all --wait`` and the console's fleet-wide change report it."""
+
+    by_worker: dict[str, Counter[str]] = field(default_factory=dict)
+    tracked: int = 0  # updates sent to an owner (waited for)
+    outcomes: int = 0  # of them, the ones that ended
+    last_ack_ms: float = 0.0  # the longest latency among the outcomes
+
+    @property
+    def complete(self) -> bool:
+        return self.outcomes == self.tracked
+
+    @property
+    def all_applied(self) -> bool:
+        return all(c["applied"] == c.total() for c in self.by_worker.values())
+
+    def rows(self) -> list[tuple[str, list[int]]]:
+        """(worker, counts in :data:`TALLY_STATUSES` order), by worker id."""
+        return [
+            (worker, [counts[k] for k in TALLY_STATUSES])
+            for worker, counts in sorted(self.by_worker.items())
+        ]
+
+
+def tally(
+    tracked: Mapping[str, AccountConfigUpdate],
+    outcomes: Mapping[str, Outcome],
+    owners: Mapping[str, str | None],
+) -> Tally:
+    """Tally the outcomes (by update id) of the ``tracked`` updates (by update id) per
+    owning worker (``owners``: account id to worker; ``-`` for none)."""
+    by_worker: dict[str, Counter[str]] = {}
+    for update_id, message in tracked.items():
+        worker = owners.get(message.account_id) or "-"
+        outcome = outcomes.get(update_id)
+        by_worker.setdefault(worker, Counter())[outcome.status if outcome else "timed out"] += 1
+    found = [o for u, o in outcomes.items() if u in tracked]
+    return Tally(
+        by_worker=by_worker,
+        tracked=len(tracked),
+        outcomes=len(found),
+        last_ack_ms=max((o.latency_ms for o in found), default=0.0),
+    )
+
+
+def check_batch(batch: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]]) -> None:
+    """Refuse a change to many accounts if it is invalid for any of them: raises
+    InvalidAccountConfig naming the first such account. Writes nothing."""
+    for account_id, (current, changes) in batch.items():
+        try:
+            check_changes(current, changes)
+        except InvalidAccountConfig as exc:
+            raise InvalidAccountConfig(f"{account_id}: {exc}") from None
 
 
 def created(config: AccountConfig) -> AccountUpdate:
@@ -177,6 +240,37 @@ class Updates:
             ok = [r for r in written if isinstance(r, AccountUpdate)]
             sent += await self.notify(ok, reason)
         return results, sent
+
+    async def selection(
+        self,
+        changes: Mapping[str, Any],
+        *,
+        account_id: str | None = None,
+        worker: str | None = None,
+        platform: str | None = None,
+    ) -> dict[str, tuple[dict[str, Any], Mapping[str, Any]]]:
+        """The accounts a change is for — one account, a worker's, a platform's, or
+        every one (none of the three given) — each with its decoded hash and the
+        changes: what :meth:`change_many` takes (check it with :func:`check_batch`).
+        AccountNotFound for a named account that does not exist. Reads in one
+        pipelined round trip (plus the ids)."""
+        if account_id is not None:
+            ids = [account_id]
+        elif worker is not None:
+            ids = await self.store.ids_of_worker(worker)
+        else:
+            ids = await self.store.ids()
+        raws = await self.store.get_raw(ids)
+        batch: dict[str, tuple[dict[str, Any], Mapping[str, Any]]] = {}
+        for aid, raw in zip(ids, raws, strict=True):
+            if not raw:
+                if account_id is not None:
+                    raise AccountNotFound(f"no account {aid!r}")
+                continue
+            current = decode_hash(raw)
+            if platform is None or current.get("platform") == platform:
+                batch[aid] = (current, changes)
+        return batch
 
     async def create(
         self, config: AccountConfig

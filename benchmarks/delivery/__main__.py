@@ -19,6 +19,7 @@ from . import __doc__ as DOC
 from .celery import bench_celery
 from .figures import write_json
 from .infra import (
+    INGEST_SECTION,
     RESULTS,
     SECTION,
     LogTally,
@@ -27,11 +28,15 @@ from .infra import (
     redis_server,
     reexec_with_hiredis,
 )
+from .ingest import run_ingest
 from .latency import bench_latency
 from .processes import bench_fleet, bench_processes
 from .reconcile import bench_reconcile
-from .report import build_report, write_results
+from .report import Table, build_ingest_report, build_report, write_results
 from .throughput import bench_master_drain, bench_throughput, floor_throughput
+
+# the scenarios reported in the section "Delivery (DESIGN.md §7)"; ingest has its own
+DELIVERY_PARTS = {"latency", "throughput", "processes", "fleet", "reconcile", "celery"}
 
 # --smoke: every scenario, tiny; a flag given explicitly still wins
 SMOKE_SIZES: dict[str, Any] = {
@@ -49,6 +54,9 @@ SMOKE_SIZES: dict[str, Any] = {
     "fleet_accounts": 20,
     "fleet_processes": 2,
     "fleet_reps": 1,
+    "ingest_items": 2000,
+    "ingest_accounts": 4,
+    "ingest_workers": 2,
     "no_celery_install": True,
     "no_results": True,
 }
@@ -61,14 +69,14 @@ async def run_all(
     flush = redis.Redis.from_url(url)
     try:
         if "latency" in args.only:
-            print(f"1/6 latency: {args.latency_n} round trips each (+{args.warmup} warm-up) …")
+            print(f"1/7 latency: {args.latency_n} round trips each (+{args.warmup} warm-up) …")
             with anyio.fail_after(600):
                 results["latency"] = await bench_latency(
                     url, args.latency_n, args.warmup, workdir, args.idle_workers
                 )
             flush.flushall()
         if "throughput" in args.only:
-            print(f"2/6 throughput: {args.updates} updates across {args.workers} workers …")
+            print(f"2/7 throughput: {args.updates} updates across {args.workers} workers …")
             with anyio.fail_after(900):
                 floor = await floor_throughput(url, args.workers, args.updates, args.workers)
                 flush.flushall()
@@ -84,7 +92,7 @@ async def run_all(
         if "processes" in args.only:
             pw = args.process_workers or args.workers
             print(
-                f"3/6 processes: {args.updates} updates, {pw} workers "
+                f"3/7 processes: {args.updates} updates, {pw} workers "
                 f"in {args.processes} processes …"
             )
             with anyio.fail_after(900):
@@ -96,7 +104,7 @@ async def run_all(
             flush.flushall()
         if "fleet" in args.only:
             print(
-                f"4/6 fleet: set --all over {args.fleet_accounts} accounts on "
+                f"4/7 fleet: set --all over {args.fleet_accounts} accounts on "
                 f"{args.fleet_processes} worker processes, {args.fleet_reps} times …"
             )
             with anyio.fail_after(900):
@@ -105,10 +113,26 @@ async def run_all(
                 )
             flush.flushall()
         if "reconcile" in args.only:
-            print(f"5/6 reconcile: {args.reconcile_accounts} accounts …")
+            print(f"5/7 reconcile: {args.reconcile_accounts} accounts …")
             with anyio.fail_after(900):
                 results["reconcile"] = await bench_reconcile(
                     url, args.reconcile_accounts, args.reconcile_reps, workdir, tally
+                )
+            flush.flushall()
+        if "ingest" in args.only:
+            print(
+                f"6/7 ingest: {args.ingest_items:,} comments over {args.ingest_accounts} accounts "
+                f"and {args.ingest_workers} workers into {' and '.join(args.ingest_engines)} …"
+            )
+            with anyio.fail_after(3600):
+                results["ingest"] = await run_ingest(
+                    url,
+                    workdir,
+                    items=args.ingest_items,
+                    accounts=args.ingest_accounts,
+                    workers=args.ingest_workers,
+                    per_batch=args.ingest_batch,
+                    engines=args.ingest_engines,
                 )
             flush.flushall()
     finally:
@@ -149,7 +173,21 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--fleet-accounts", type=int, default=1000, help="accounts in the fleet run")
     ap.add_argument("--fleet-processes", type=int, default=10, help="worker processes, fleet run")
     ap.add_argument("--fleet-reps", type=int, default=3, help="fleet-wide changes (best kept)")
-    parts = ("latency", "throughput", "processes", "fleet", "reconcile", "celery")
+    ap.add_argument(
+        "--ingest-items", type=int, default=100_000, help="crawled comments in the ingest run"
+    )
+    ap.add_argument("--ingest-accounts", type=int, default=100, help="accounts they belong to")
+    ap.add_argument("--ingest-workers", type=int, default=10, help="workers owning those")
+    ap.add_argument("--ingest-batch", type=int, default=50, help="comments per crawl batch")
+    engines = ("sqlite", "postgresql")
+    ap.add_argument(
+        "--ingest-engines",
+        nargs="+",
+        choices=engines,
+        default=list(engines),
+        help="databases the ingest run stores into (PostgreSQL: Debian's, started for the run)",
+    )
+    parts = ("latency", "throughput", "processes", "fleet", "reconcile", "ingest", "celery")
     ap.add_argument("--only", nargs="+", choices=parts, default=list(parts))
     ap.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
     ap.add_argument("--no-results", action="store_true", help="print only")
@@ -191,18 +229,28 @@ def main() -> None:
             results = anyio.run(run_all, args, url, workdir, tally, backend="asyncio")
             results["env"] = env
             if "celery" in args.only:
-                print(f"6/6 celery: {args.celery_n} broadcasts with reply …")
+                print(f"7/7 celery: {args.celery_n} broadcasts with reply …")
                 results["celery"] = bench_celery(
                     url, args.celery_n, args.warmup, workdir, not args.no_celery_install
                 )
-    t, notes, says = build_report(results)
-    print()
-    print(t.text())
-    print()
-    for n in notes:
-        print(textwrap.fill(n, 100, initial_indent="- ", subsequent_indent="  "))
-    print()
-    print(textwrap.fill(" ".join(says), 100))
+    # one RESULTS.md section (and results.json entry) per group of scenarios, written
+    # only when the run had one of them: --only ingest leaves the delivery figures alone
+    hiredis = ", with hiredis" if args.hiredis else ""
+    sections: list[tuple[str, dict[str, Any], Table, list[str], list[str], str | None]] = []
+    if set(args.only) & DELIVERY_PARTS:
+        delivery = {k: v for k, v in results.items() if k != "ingest"}
+        sections.append((SECTION + hiredis, delivery, *build_report(delivery), None))
+    if "ingest" in args.only:
+        ingest = {"ingest": results.get("ingest"), "env": env}
+        sections.append((INGEST_SECTION + hiredis, ingest, *build_ingest_report(ingest)))
+    for _title, _r, t, notes, says, _intro in sections:
+        print()
+        print(t.text())
+        print()
+        for n in notes:
+            print(textwrap.fill(n, 100, initial_indent="- ", subsequent_indent="  "))
+        print()
+        print(textwrap.fill(" ".join(says), 100))
     if tally.counts:
         print("\nwarnings logged by hiscrm during the run:")
         for (name, msg), count in tally.counts.most_common():
@@ -219,12 +267,19 @@ def main() -> None:
         )
     if not args.no_results:
         command = " ".join([".venv/bin/python", "-m", "benchmarks.delivery", *sys.argv[1:]])
-        title = SECTION + (", with hiredis" if args.hiredis else "")
-        write_results(
-            args.results, title=title, command=command, env=env, t=t, notes=notes, says=says
-        )
         results_json = args.results.parent / "results.json"
-        write_json(results_json, title=title, command=command, env=env, r=results)
+        for title, r, t, notes, says, intro in sections:
+            write_results(
+                args.results,
+                title=title,
+                command=command,
+                env=env,
+                t=t,
+                notes=notes,
+                says=says,
+                intro=intro,
+            )
+            write_json(results_json, title=title, command=command, env=env, r=r)
         print(f"results written to {args.results} and {results_json}")
 
 
@@ -259,6 +314,17 @@ def smoke_problems(r: dict[str, Any], args: argparse.Namespace) -> list[str]:
             )
         elif not {"ids_of_worker", "get_each"} <= set(rc["phases"]):
             out.append(f"reconcile: Worker.reconcile's reads not seen ({sorted(rc['phases'])})")
+    ig = r.get("ingest")
+    if "ingest" in args.only:
+        if not ig or not ig["runs"]:
+            out.append(f"ingest: no engine ran ({ig and ig['skipped']})")
+        for engine, why in (ig or {}).get("skipped", {}).items():
+            print(f"smoke: ingest into {engine} skipped ({why})")
+        for engine, run in (ig or {}).get("runs", {}).items():
+            if run["stored"] != args.ingest_items:
+                out.append(f"ingest: {run['stored']} of {args.ingest_items} stored in {engine}")
+            elif not run["transactions"] or not run["account_keys"]:
+                out.append(f"ingest ({engine}): the wrapped Archive.store or the SCAN saw nothing")
     ce = r.get("celery")
     if "celery" in args.only:
         if ce and "skipped" in ce:

@@ -1,8 +1,9 @@
 """Every figure of a run as data, for ``benchmarks/results.json`` beside RESULTS.md.
 
 Each figure has its value, its floor (the same work with bare redis-py, measured in the
-same run; ``None`` where there is none), their ratio, and its goal from issue 11 (``None``
-where the figure is reported only). ``met`` says whether the goal was met in this run.
+same run; ``None`` where there is none), their ratio, and its goal from issue 11 or, for
+the ingest scenario, issue 16 (``None`` where the figure is reported only). ``met`` says
+whether the goal was met in this run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .infra import ratio
+from .report import ENGINES, ingest_memory
 
 
 def _num(v: float | None) -> float | None:
@@ -141,6 +143,38 @@ def _celery(ce: dict[str, Any], lat: dict[str, Any] | None) -> list[dict[str, An
     ]
 
 
+def _ingest(ig: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [
+        figure(
+            f"{ig['items']:,} comments from a backlog into {ENGINES[engine]}, items/s",
+            "items/s",
+            run["per_s"],
+            ig["floor"]["per_s"],
+            ("value", ">=", ig["goal_per_s"]),
+        )
+        for engine, run in ig["runs"].items()
+    ]
+    mem = ingest_memory(ig)
+    if mem is not None:
+        before, after, streams = mem
+        out += [
+            figure(
+                f"Redis memory per account, before: {ig['legacy_cap']:,} comments kept in "
+                "Redis, and the account's keys",
+                "bytes",
+                before,
+            ),
+            figure("Redis memory per account now: every key naming the account", "bytes", after),
+            figure(
+                "ingest streams after the backlog, per account (acknowledged entries, kept "
+                "until trimmed)",
+                "bytes",
+                streams,
+            ),
+        ]
+    return out
+
+
 def collect(r: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if r.get("latency"):
@@ -155,6 +189,8 @@ def collect(r: dict[str, Any]) -> list[dict[str, Any]]:
         out += _reconcile(r["reconcile"])
     if r.get("celery"):
         out += _celery(r["celery"], r.get("latency"))
+    if r.get("ingest"):
+        out += _ingest(r["ingest"])
     return out
 
 

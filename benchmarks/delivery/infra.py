@@ -1,4 +1,4 @@
-"""Shared pieces: a private redis-server, timing, statistics, setup helpers."""
+"""Shared pieces: a private redis-server (and PostgreSQL), timing, statistics, setup helpers."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import redis
@@ -24,11 +24,17 @@ import redis
 from hiscrm_bus.accounts import AccountConfig
 from hiscrm_master.updates import Updates
 
+if TYPE_CHECKING:
+    from tests.postgres_server import PostgresServer
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Delivery (DESIGN.md §7)"
+INGEST_SECTION = "## Crawled data: ingest and Redis memory (issue 16)"
 CELERY_VENV = ROOT / "var" / "bench" / "celery-venv"
 CELERY = ("celery[redis]",)
+# the packages a benchmark measures
+LIBRARY = ("hiscrm_bus", "hiscrm_master", "hiscrm_worker", "pyproject.toml")
 now = time.perf_counter
 _prefixes = itertools.count()
 
@@ -73,6 +79,32 @@ def redis_server(workdir: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# PostgreSQL as Debian installs it runs durably: the tests' throwaway settings (no
+# fsync, no synchronous commit, no full-page writes) undone
+POSTGRES_DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+
+
+@contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """Debian's PostgreSQL on a free loopback port for the run, started by the tests'
+    own starter (tests/postgres_server.py: the newest /usr/lib/postgresql/<N>, a
+    cluster in a fresh directory on /dev/shm when roomy, as root run as ``postgres``)
+    with production durability; stopped and removed after. RuntimeError when
+    PostgreSQL is not installed (or the tests' starter is not importable: run from the
+    repository's root)."""
+    try:
+        from tests.postgres_server import PostgresServer
+    except ImportError as exc:
+        raise RuntimeError(f"tests/postgres_server.py is not importable ({exc})") from None
+
+    server = PostgresServer(settings=POSTGRES_DURABLE)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
 
 
 def prefix(name: str) -> str:
@@ -193,6 +225,21 @@ def reexec_with_hiredis() -> None:
     env = dict(os.environ, PYTHONPATH=path, HISCRM_BENCH_HIREDIS_PATH=str(target))
     os.chdir(ROOT)
     os.execve(sys.executable, [sys.executable, "-m", "benchmarks.delivery", *sys.argv[1:]], env)
+
+
+def describe_revision(paths: Sequence[str] = LIBRARY) -> str:
+    """The commit measured, and whether the library differed from it in the work tree."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, check=False, cwd=ROOT)
+        return done.stdout
+
+    head = git("rev-parse", "--short", "HEAD").strip()
+    if not head:
+        return "no git revision"
+    changed = [line[3:] for line in git("status", "--porcelain", "--", *paths).splitlines()]
+    named = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+    return f"`{head}`" + (f" (with uncommitted changes to {named})" if changed else "")
 
 
 def describe_machine() -> str:

@@ -1,5 +1,6 @@
 # One image for every hiscrm process: the Master, the workers (with Debian's Chromium,
-# which Playwright drives: nothing downloads a browser), the sandbox site and the CLI.
+# which Playwright drives: nothing downloads a browser), the sandbox site, the web
+# console and the CLI.
 #
 #   docker build -t hiscrm .                   # on python:3.11-slim-bookworm
 #   podman build --build-arg BASE_IMAGE=localhost/debian:bookworm-base -t hiscrm .
@@ -32,7 +33,7 @@ RUN --mount=type=secret,id=pip_ca \
     set -eu; \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi; \
     cd /tmp/hiscrm; \
-    for p in hiscrm_bus hiscrm_master hiscrm_worker hiscrm_sandbox hiscrm_cli; do \
+    for p in hiscrm_bus hiscrm_master hiscrm_worker hiscrm_sandbox hiscrm_web hiscrm_cli; do \
         mkdir -p $p && touch $p/__init__.py; \
     done; \
     /opt/hiscrm/bin/pip install --no-cache-dir --disable-pip-version-check -q . ; \
@@ -43,6 +44,7 @@ COPY hiscrm_bus /tmp/hiscrm/hiscrm_bus
 COPY hiscrm_master /tmp/hiscrm/hiscrm_master
 COPY hiscrm_worker /tmp/hiscrm/hiscrm_worker
 COPY hiscrm_sandbox /tmp/hiscrm/hiscrm_sandbox
+COPY hiscrm_web /tmp/hiscrm/hiscrm_web
 COPY hiscrm_cli /tmp/hiscrm/hiscrm_cli
 RUN --mount=type=secret,id=pip_ca \
     set -eu; \

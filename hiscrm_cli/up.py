@@ -1,5 +1,6 @@
 """``hiscrm up [--demo]``: the whole stack on one machine — an embedded redis-server,
-the sandbox site, a Master and one worker — stopped cleanly, all of it, on Ctrl-C.
+the sandbox site, a Master, one worker and the web console — stopped cleanly, all of
+it, on Ctrl-C.
 
 The embedded Redis listens on loopback only and has a password generated for the run,
 kept in ``<data-dir>/redis-password`` (0600); the children read it through
@@ -10,7 +11,11 @@ command line. Everything under the data directory is private to this user.
 the Redis URL, the password *file* (never the password: it changes on every start, and
 the file keeps it out of every environment), the sandbox site and the settings the
 stack runs with. A new run keeps the previous run's ports when they are free, so a
-shell that sourced the file once keeps working across restarts."""
+shell that sourced the file once keeps working across restarts.
+
+The console (``hiscrm web``) listens on loopback only; its first user, ``admin``, gets a
+generated password in ``<data-dir>/web-admin-password`` (0600), kept across runs (the
+user is set to it again on every start, so a reset Redis keeps the same sign-in)."""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -59,6 +65,7 @@ _PER_PROCESS_SETTINGS = (
     "HISCRM_LOG_FORMAT",
 )
 ENV_FILE = "env"
+WEB_USER = "admin"
 
 
 def free_port(wanted: object = None) -> int:
@@ -101,11 +108,16 @@ class LocalStack:
         self.site_port = free_port(previous.get("sandbox"))
         while self.site_port == self.redis_port:  # both free, neither bound yet
             self.site_port = free_port()
+        self.web_port = free_port(previous.get("web"))
+        while self.web_port in (self.redis_port, self.site_port):
+            self.web_port = free_port()
         self.env_file = self.data_dir / ENV_FILE
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.password_file = self.data_dir / "redis-password"
         self.redis_conf = self.data_dir / "redis.conf"
         self.site_url = f"http://127.0.0.1:{self.site_port}"
+        self.web_url = f"http://127.0.0.1:{self.web_port}/"
+        self.web_password_file = self.data_dir / "web-admin-password"
         self.password = ""
 
     def _previous_ports(self) -> dict[str, object]:
@@ -190,9 +202,18 @@ class LocalStack:
                 self._hiscrm("worker", "--id", "w1"),
                 HISCRM_SESSION_KEY_FILE=str(self.session_key()),
             )
+            self._spawn(
+                "web", self._hiscrm("web", "--host", "127.0.0.1", "--port", str(self.web_port))
+            )
+            self._add_web_user()
             self._wait_ready("worker", self._worker_ready)
+            self._wait_ready("web", self._web_ready)
         console.print(f"sandbox site   {safe(self.site_url)}")
         console.print(f"master, worker w1 (logs in {safe(shown_path(self.logs))})")
+        console.print(
+            f"web console    {safe(self.web_url)}  (loopback only; user {WEB_USER}, password: "
+            f"cat {safe(shown_path(self.web_password_file))})"
+        )
         self._write_env_file()
 
     def shell_env(self) -> dict[str, str]:
@@ -218,7 +239,7 @@ class LocalStack:
             "",
         ]
         write_private(self.env_file, "\n".join(lines))
-        ports = {"redis": self.redis_port, "sandbox": self.site_port}
+        ports = {"redis": self.redis_port, "sandbox": self.site_port, "web": self.web_port}
         write_private(self.ports_file, json.dumps(ports) + "\n")
 
     def _write_credentials(self) -> None:
@@ -252,6 +273,29 @@ class LocalStack:
         os.environ["HISCRM_REDIS_PASSWORD_FILE"] = str(self.password_file)
         os.environ["HISCRM_DATABASE_URL"] = self.database_url
 
+    def _add_web_user(self) -> None:
+        """The console's first user: ``admin`` with the password of the earlier runs'
+        file, or a new one (written 0600 before Redis hears of it)."""
+        from hiscrm_web.auth import MIN_PASSWORD, Users
+        from hiscrm_web.settings import WebSettings
+
+        from .common import build, redis_client
+
+        try:
+            password = self.web_password_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            password = ""
+        if len(password) < MIN_PASSWORD:
+            password = secrets.token_urlsafe(18)
+            write_private(self.web_password_file, password + "\n")
+        settings = build(WebSettings, master_id="web")
+
+        async def add() -> None:
+            async with redis_client(settings) as redis:
+                await Users(redis, settings.keys).add(WEB_USER, password, replace=True)
+
+        run(add)
+
     def _wait_ready(self, name: str, ready: object, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while not ready():  # type: ignore[operator]
@@ -277,6 +321,13 @@ class LocalStack:
         keys = BusSettings(redis_url=self.redis_url).keys
         with redis.Redis(port=self.redis_port, password=self.password) as r:
             return bool(r.exists(keys.worker("w1")))
+
+    def _web_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.web_url + "signin", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
 
     def stop(self) -> None:
         """SIGTERM in reverse order of start, then SIGKILL what is left of each tree."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import shlex
 import signal
 import stat
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -51,6 +54,22 @@ def env_file(data_dir: Path) -> dict[str, str]:
     return values
 
 
+def console_of(out: str, data_dir: Path) -> tuple[str, str]:
+    """The console's address `hiscrm up` printed, and its admin's password (from the file
+    it named, which only this user may read)."""
+    found = re.search(
+        r"web console +(http://127\.0\.0\.1:\d+/) .*user admin, password: cat (\S+)\)", out
+    )
+    assert found, out
+    password_file = data_dir / "web-admin-password"
+    assert found.group(2) == str(password_file)
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    password = password_file.read_text().strip()
+    assert len(password) >= 12
+    assert password not in out
+    return found.group(1), password
+
+
 def _shell_env() -> dict[str, str]:
     """A shell of a user who has set no hiscrm setting, with the venv's commands."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HISCRM_")}
@@ -61,6 +80,7 @@ def _shell_env() -> dict[str, str]:
 def test_up_demo_plays_the_seed_scenario_and_stops_everything(tmp_path: Path) -> None:
     data_dir = tmp_path / "up"
     addresses = []
+    consoles = []
     for _run in range(2):  # a second `make demo` plays it again from the start
         result = subprocess.run(
             [sys.executable, "-m", "hiscrm_cli", "up", "--demo", "--data-dir", str(data_dir)],
@@ -73,10 +93,14 @@ def test_up_demo_plays_the_seed_scenario_and_stops_everything(tmp_path: Path) ->
         assert result.returncode == 0, result.stdout + result.stderr
         values = env_file(data_dir)
         addresses.append((values["HISCRM_REDIS_URL"], values["HISCRM_SANDBOX_URL"]))
-    # the ports were free again: a shell that sourced the env file keeps working
+        consoles.append(console_of(result.stdout, data_dir))
+    # the ports were free again: a shell that sourced the env file keeps working, and
+    # the console is where it was, with the same sign-in (the demo reset Redis)
     assert addresses[0] == addresses[1]
+    assert consoles[0] == consoles[1]
     out = result.stdout
     timeline = [
+        "web console",
         "account demo-1 added",
         "waiting_login — Account missing platform_user_id",
         "QR code shown",
@@ -92,7 +116,7 @@ def test_up_demo_plays_the_seed_scenario_and_stops_everything(tmp_path: Path) ->
     assert -1 not in positions, out
     assert positions == sorted(positions), out
     pids = json.loads((data_dir / "pids.json").read_text())
-    assert set(pids) == {"redis", "sandbox", "master", "worker"}
+    assert set(pids) == {"redis", "sandbox", "master", "worker", "web"}
     assert all(gone(pid) for pid in pids.values())
     assert chromium_of(data_dir) == []
 
@@ -122,6 +146,22 @@ def test_up_runs_until_ctrl_c_then_leaves_no_process(tmp_path: Path) -> None:
         pids = json.loads((data_dir / "pids.json").read_text())
         assert all(not gone(pid) for pid in pids.values())
 
+        # the console answers on loopback, and its first user signs in with the file
+        url, password = console_of("".join(shown), data_dir)
+        host, port = url.removeprefix("http://").rstrip("/").split(":")
+        web = http.client.HTTPConnection(host, int(port), timeout=10)
+        web.request("GET", "/signin")
+        page = web.getresponse()
+        assert page.status == 200
+        assert b'<form method="post" action="/signin"' in page.read()
+        body = urllib.parse.urlencode({"user": "admin", "password": password})
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        web.request("POST", "/signin", body, headers)
+        signed_in = web.getresponse()
+        signed_in.read()
+        assert (signed_in.status, signed_in.getheader("location")) == (303, "/")
+        web.close()
+
         # the stack is usable from another shell after `source <env file>`, as printed
         env_path = data_dir / "env"
         assert f"use it from another shell: source {shlex.quote(str(env_path))}\n" in shown
@@ -133,8 +173,10 @@ def test_up_runs_until_ctrl_c_then_leaves_no_process(tmp_path: Path) -> None:
             "HISCRM_SANDBOX_URL",
             "HISCRM_KEY_PREFIX",
             "HISCRM_HEARTBEAT_INTERVAL_S",
+            "HISCRM_DATABASE_URL",  # the Master's crawled data, for `hiscrm data`
         }
         assert values["HISCRM_KEY_PREFIX"] == "up1:"
+        assert values["HISCRM_DATABASE_URL"] == f"sqlite+aiosqlite:///{data_dir / 'hiscrm.db'}"
         assert values["HISCRM_REDIS_PASSWORD_FILE"] == str(data_dir / "redis-password")
         password = (data_dir / "redis-password").read_text().strip()
         assert password not in env_path.read_text()

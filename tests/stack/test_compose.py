@@ -397,7 +397,7 @@ def test_the_stack_plays_the_seed_scenario(tmp_path: Path) -> None:
     clock = Clock()
     pm = Podman(_cache_dir(), tmp_path)
     secrets = tmp_path / "secrets"
-    metrics_port, sandbox_port = _free_port(), _free_port()
+    metrics_port, sandbox_port, web_port = _free_port(), _free_port(), _free_port()
     site = f"http://127.0.0.1:{sandbox_port}"
     pm.env.update(
         HISCRM_IMAGE=APP_IMAGE,
@@ -406,6 +406,7 @@ def test_the_stack_plays_the_seed_scenario(tmp_path: Path) -> None:
         HISCRM_SECRETS_DIR=str(secrets),
         HISCRM_METRICS_PORT=str(metrics_port),
         HISCRM_SANDBOX_PORT=str(sandbox_port),
+        HISCRM_WEB_PORT=str(web_port),
         HISCRM_HEARTBEAT_INTERVAL_S="1",
         HISCRM_HEARTBEAT_TTL_S="4",
     )
@@ -451,11 +452,15 @@ def test_the_stack_plays_the_seed_scenario(tmp_path: Path) -> None:
             pm.wait_healthy("redis")
             anonymous = pm.podman("exec", pm.name("redis"), "redis-cli", "ping", check=False)
             assert "NOAUTH" in anonymous.stdout + anonymous.stderr, anonymous
-        with clock.phase("up: Master, worker w1, sandbox site"):
+        with clock.phase("up: Master, worker w1, web console, sandbox site"):
             pm.compose("--profile", "sandbox", "up", "-d")
-            pm.wait_healthy("master", "worker-w1")
+            pm.wait_healthy("master", "worker-w1", "web")
             poll(lambda: _get(site), 30, "the sandbox site")
-            for service in ("master", "worker-w1", "sandbox"):
+            # the console answers on the host's loopback (its sign-in page: no user yet)
+            signin = _get(f"http://127.0.0.1:{web_port}/signin")
+            assert '<form method="post" action="/signin"' in signin, signin
+            assert f"127.0.0.1:{web_port}" in pm.podman("port", pm.name("web")).stdout
+            for service in ("master", "worker-w1", "sandbox", "web"):
                 assert pm.inspect(service, "{{.Config.User}}") == "hiscrm"
             assert pm.podman("exec", pm.name("worker-w1"), "id", "-u").stdout.strip() == "10001"
             ports = pm.podman("port", pm.name("master")).stdout
@@ -552,7 +557,7 @@ def test_the_stack_plays_the_seed_scenario(tmp_path: Path) -> None:
 
         # the sandbox site stands for the platform: it keeps its logins (in memory) while
         # the hiscrm stack goes down and up, as the real platform keeps them on its servers
-        hiscrm_services = ["redis", "postgres", "master", "worker-w1", "worker-w2"]
+        hiscrm_services = ["redis", "postgres", "master", "worker-w1", "worker-w2", "web"]
         with clock.phase("stop: Redis first, then every other container by itself"):
             stops: dict[str, float] = {}
             services = ["redis", "postgres", "master", "worker-w2"]

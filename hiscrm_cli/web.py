@@ -52,6 +52,8 @@ def web(
         log_level="warning",
         access_log=False,
         server_header=False,
+        # the pages' event streams never end by themselves: a stop waits this long for them
+        timeout_graceful_shutdown=2,
     )
 
 

@@ -84,6 +84,50 @@ async def last_entry_id(redis: Redis, stream: str) -> str:
     return text(last[0][0]) if last else "0-0"
 
 
+async def trim_consumed(redis: Redis, streams: Sequence[str], group: str) -> None:
+    """Delete what ``group`` has read and acknowledged from ``streams`` (one round trip
+    to look, one to trim): everything before its oldest pending entry, or before the
+    first entry it has not read yet. What is unread or unacknowledged stays, so no
+    consumer loses anything; a stream ``group`` does not read is left alone."""
+    if not streams:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.xinfo_groups(stream)
+            pipe.xpending(stream, group)
+        replies = await call_each(pipe.execute(raise_on_error=False))
+    cuts: dict[str, str] = {}
+    for n, stream in enumerate(streams):
+        info, pending = replies[2 * n], replies[2 * n + 1]
+        if isinstance(info, Exception) or isinstance(pending, Exception):
+            continue  # no stream, or no group yet
+        groups = [g for g in info if text(g.get("name") or "") == group]
+        if len(info) != 1 or not groups:
+            continue  # another group reads it too: not ours to trim
+        last = text(groups[0].get("last-delivered-id") or "0-0")
+        cut = _next_id(last)
+        oldest = pending.get("min") if pending.get("pending") else None
+        if oldest:
+            cut = min(cut, text(oldest), key=_id_key)
+        if cut != "0-1":
+            cuts[stream] = cut
+    if cuts:
+        async with redis.pipeline(transaction=False) as pipe:
+            for stream, cut in cuts.items():
+                pipe.xtrim(stream, minid=cut, approximate=False)
+            await call_each(pipe.execute(raise_on_error=False))
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
+def _next_id(entry_id: str) -> str:
+    ms, seq = _id_key(entry_id)
+    return f"{ms}-{seq + 1}"
+
+
 class StreamFollower:
     """Follows streams from a point on without a consumer group (XREAD), as an operator
     command watches a worker's events: every entry after the cursor, in order."""

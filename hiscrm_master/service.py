@@ -43,7 +43,7 @@ from hiscrm_bus.messages import (
 )
 from hiscrm_bus.pending import PendingUpdate
 from hiscrm_bus.resilience import Episode, every
-from hiscrm_bus.streams import Received, StreamReader
+from hiscrm_bus.streams import Received, StreamReader, trim_consumed
 
 from .archive import Archive, Arrival, Stored
 from .assignment import Assigner
@@ -378,6 +378,11 @@ class Master:
         """The database's housekeeping: bring the schema up to date; move crawled items
         an older version kept in Redis (once); delete removed accounts' data; apply
         retention (every ``retention_interval_s``)."""
+        # crawl batches stored and acknowledged are of no use in Redis any more: the
+        # ingest streams keep only what no Master has stored yet
+        ids = await self.assigner.registry.ids()
+        ingest = [self.keys.worker_stream(w, "ingest") for w in ids]
+        await trim_consumed(self.redis, ingest, self.settings.consumer_group)
         await self.archive.ready()
         if not self._legacy_moved:
             moved = await move_legacy_items(self.redis, self.keys, self.archive, self.id)

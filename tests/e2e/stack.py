@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 import redis
 
 from hiscrm_bus.keys import Keys
+from tests.redis_server import free_port
 
 T = TypeVar("T")
 
@@ -105,6 +107,23 @@ class Stack:
             what=f"master {master_id} running",
         )
         return proc
+
+    def web(self, name: str = "web", **env: str) -> str:
+        """``hiscrm web`` on a free loopback port; its address, once it answers."""
+        port = free_port()
+        self._spawn(name, ["web", "--port", str(port)], **env)
+        url = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(url + "/signin", timeout=1) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return self.procs[name].poll() is not None  # exited: say so below
+
+        wait_for(answers, what=f"{name} answering on {url}")
+        assert self.procs[name].poll() is None, self.log(name)
+        return url
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(

@@ -56,6 +56,12 @@ soak: bootstrap
 demo: bootstrap
 	$(VENV)/bin/hiscrm up --demo
 
+# the README's pictures of the web console (docs/fleet.png, docs/login-modal.png), taken
+# in Debian's Chromium against a scratch `hiscrm up`
+.PHONY: screenshots
+screenshots: bootstrap
+	$(PY) docs/screenshots.py
+
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache .hypothesis
 

@@ -26,6 +26,15 @@ def web(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(envvar="HISCRM_WEB_PORT", min=0, max=65535)] = 8080,
+    trusted_proxies: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HISCRM_WEB_TRUSTED_PROXIES",
+            help="Addresses of reverse proxies (comma-separated) whose X-Forwarded-For "
+            "names the client; without it no one's is believed.",
+            show_default=False,
+        ),
+    ] = None,
     redis_url: RedisUrl = None,
 ) -> None:
     """Serve the console (loopback by default); sign in with a user from `hiscrm web adduser`."""
@@ -52,6 +61,10 @@ def web(
         log_level="warning",
         access_log=False,
         server_header=False,
+        # the sign-in limit counts per client address: a header anyone can send (uvicorn
+        # believes loopback's by default, and the console listens there) must not pick it
+        proxy_headers=trusted_proxies is not None,
+        forwarded_allow_ips=trusted_proxies,
         # the pages' event streams never end by themselves: a stop waits this long for them
         timeout_graceful_shutdown=2,
     )

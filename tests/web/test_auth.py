@@ -17,6 +17,8 @@ from hiscrm_web.app import COOKIE
 from hiscrm_web.auth import Users
 from hiscrm_web.settings import WebSettings
 from tests.cli.process import hiscrm
+from tests.e2e.stack import running_stack
+from tests.redis_server import RedisServer, free_port
 from tests.web.conftest import PASSWORD, USER, SignedIn, client_of, csrf_of, sign_in
 
 pytestmark = pytest.mark.real
@@ -273,8 +275,6 @@ async def test_adduser_without_a_password_says_how_to_give_one(
 async def test_web_with_an_unreachable_redis_says_so_in_one_sentence(
     web_settings: WebSettings,
 ) -> None:
-    from tests.redis_server import free_port
-
     dead = web_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     with anyio.fail_after(30):
         code, out, err = await hiscrm(dead, "web", "--port", str(free_port()))
@@ -284,3 +284,33 @@ async def test_web_with_an_unreachable_redis_says_so_in_one_sentence(
         f"error: Cannot reach Redis at {dead.redis_url} (is redis-server running? set "
         "HISCRM_REDIS_URL or --redis-url)"
     ]
+
+
+def test_the_sign_in_limit_is_not_escaped_by_a_forwarded_for_header(
+    redis_server: RedisServer, web_settings: WebSettings, tmp_path: Path
+) -> None:
+    """``hiscrm web`` as served (uvicorn believes X-Forwarded-For from loopback unless
+    told otherwise, and the console listens on loopback): each guess from another
+    claimed address must still count against the real one."""
+    with running_stack(redis_server.url, web_settings.key_prefix, tmp_path) as stack:
+        url = stack.web(HISCRM_WEB_MAX_ATTEMPTS="2")
+        with httpx.Client(base_url=url) as browser:
+            codes = [
+                browser.post(
+                    "/signin",
+                    data={"user": USER, "password": "a guess"},
+                    headers={"X-Forwarded-For": f"10.0.0.{n}"},
+                ).status_code
+                for n in range(3)
+            ]
+        assert codes == [401, 401, 429]
+        # a proxy the operator names is believed (the address behind it is counted)
+        url = stack.web("proxied", HISCRM_WEB_TRUSTED_PROXIES="127.0.0.1")
+        with httpx.Client(base_url=url) as browser:
+            behind = browser.post(
+                "/signin",
+                data={"user": USER, "password": "a guess"},
+                headers={"X-Forwarded-For": "10.0.0.9"},
+            )
+        assert behind.status_code == 401
+        assert stack.r.exists(stack.keys.web_attempts("10.0.0.9"))

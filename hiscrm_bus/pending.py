@@ -171,6 +171,16 @@ return 1
 )
 
 
+# KEYS: accounts' pending indexes. Returns each one's update ids, in version order.
+_INDEXES = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('ZRANGE', key, 0, -1) end
+return out
+"""
+# accounts whose indexes one script call reads (Redis runs nothing else meanwhile)
+INDEXES_PER_CALL = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class PendingUpdate:
     """One tracked update as stored in ``update:<id>``."""
@@ -259,6 +269,7 @@ class PendingTracker:
         self._resolve = redis.register_script(_RESOLVE)
         self._sweep = redis.register_script(_SWEEP)
         self._cancel = redis.register_script(_CANCEL)
+        self._indexes = redis.register_script(_INDEXES)
 
     def record_call(
         self, update: AccountConfigUpdate, worker_id: str
@@ -416,6 +427,23 @@ class PendingTracker:
     async def of_account(self, account_id: str) -> list[PendingUpdate]:
         ids: list[Any] = await call(self.redis.zrange(self.keys.account_pending(account_id), 0, -1))
         return [u for u in await self.get_many([text(i) for i in ids]) if u is not None]
+
+    async def of_accounts(self, account_ids: Sequence[str]) -> dict[str, list[PendingUpdate]]:
+        """:meth:`of_account` of many accounts: their indexes read by one script call
+        per ``INDEXES_PER_CALL`` accounts, then the records in one pipelined round trip
+        (not a round trip, nor a pipelined command, per account)."""
+        ids: dict[str, list[str]] = {}
+        for start in range(0, len(account_ids), INDEXES_PER_CALL):
+            chunk = account_ids[start : start + INDEXES_PER_CALL]
+            keys = [self.keys.account_pending(a) for a in chunk]
+            found: list[Any] = await call(self._indexes(keys=keys))
+            ids.update((a, [text(i) for i in index]) for a, index in zip(chunk, found, strict=True))
+        loaded = iter(await self.get_many([u for found in ids.values() for u in found]))
+        out: dict[str, list[PendingUpdate]] = {}
+        for account_id, found_ids in ids.items():
+            updates = [next(loaded) for _ in found_ids]
+            out[account_id] = [u for u in updates if u is not None]
+        return out
 
     async def retarget(self, update_id: str, worker_id: str) -> None:
         """The account moved: its ACK will now come from ``worker_id``."""

@@ -68,6 +68,9 @@ class Snapshot:
     dead_letters: dict[str, int] = field(default_factory=dict)
     settings: dict[str, float] = field(default_factory=dict)
     database: DatabaseView | None = None  # None: not asked
+    # the newest outcomes of the fleet's updates, newest first (what the verdicts on
+    # unsuccessful and acknowledged updates were read from)
+    outcomes: list[Outcome] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ async def collect(
     ids = [account_id] if account_id else await store.ids()
     bad_outcomes: dict[str, list[Outcome]] = {}
     acked: dict[str, int] = {}
-    for outcome in await tracker.recent_outcomes():
+    outcomes = await tracker.recent_outcomes()
+    for outcome in outcomes:
         if outcome.status != "applied":
             bad_outcomes.setdefault(outcome.account_id, []).append(outcome)
         else:
@@ -108,6 +112,7 @@ async def collect(
     recent: dict[tuple[str, str], list[CrawledItem]] = {}
     if archive is not None:
         database, counts, recent = await _database(redis, settings, archive, present, now)
+    pending = await tracker.of_accounts(present)
     accounts = []
     for aid, raw in zip(ids, raws, strict=True):
         if not raw:
@@ -128,7 +133,7 @@ async def collect(
                 config=config,
                 raw=decoded,
                 invalid=invalid,
-                pending=await tracker.of_account(aid),
+                pending=pending.get(aid, []),
                 stats=counts.get(aid),
                 unsuccessful=bad_outcomes.get(aid, [])[:RECENT],
                 acked_version=acked.get(aid, 0),
@@ -154,6 +159,7 @@ async def collect(
         master_overdue_s=await _master_overdue(redis, keys.masters, now),
         dead_letters=await _dead_letters(redis, keys.deadletter_counts),
         database=database,
+        outcomes=outcomes,
         settings={
             "ack_timeout_s": settings.ack_timeout_s,
             "heartbeat_interval_s": float(getattr(settings, "heartbeat_interval_s", 2.0)),

@@ -97,6 +97,7 @@ async def guard(request: Request, call_next: Handler) -> Response:
             form = await request.form()
             value = form.get("csrf")
             sent = value if isinstance(value, str) else None
+            await form.close()  # an upload's temporary files (the handler has its own)
         if sent is None or not hmac.compare_digest(sent, session.csrf):
             return PlainTextResponse("the form's CSRF token is missing or wrong", 403)
     response = await call_next(request)

@@ -8,11 +8,18 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute
 
+from hiscrm_bus.accounts import PLATFORMS
+from hiscrm_bus.pending import Outcome
 from hiscrm_master.diagnosis import Diagnosis, diagnose
 from hiscrm_master.snapshot import collect
 
-from . import events
+from . import accounts, actions, events
 from .app import COOKIE, console, route, session_of, set_session_cookie
+from .chart import latency_chart
+
+# the newest outcomes the latency chart is drawn from (its applied ones): as many as
+# collect() reads for the fleet page
+CHART_OUTCOMES = 1000
 
 
 def client_address(request: Request) -> str:
@@ -48,13 +55,14 @@ async def signout(request: Request) -> Response:
     return response
 
 
-async def fleet_view(request: Request) -> tuple[Diagnosis, dict[str, str]]:
-    """The fleet as ``hiscrm diagnose`` sees it, and the filters asked for."""
+async def fleet_view(request: Request) -> tuple[Diagnosis, dict[str, str], list[Outcome]]:
+    """The fleet as ``hiscrm diagnose`` sees it, the filters asked for, and the
+    newest outcomes of its updates (newest first)."""
     c = console(request)
     snap = await collect(c.redis, c.settings, archive=c.archive)
     result = diagnose(snap)
     filters = {k: str(request.query_params.get(k) or "") for k in ("q", "platform", "worker")}
-    return result, filters
+    return result, filters, snap.outcomes
 
 
 def matches(account: Any, filters: dict[str, str]) -> bool:
@@ -67,17 +75,43 @@ def matches(account: Any, filters: dict[str, str]) -> bool:
 
 
 async def fleet(request: Request) -> Response:
-    result, filters = await fleet_view(request)
-    accounts = [a for a in result.accounts if matches(a, filters)]
-    template = "_fleet_rows.html" if request.headers.get("HX-Request") else "fleet.html"
-    return console(request).render(
+    if request.headers.get("HX-Request"):
+        return await render_fleet(request, rows_only=True)
+    return await render_fleet(request)
+
+
+async def render_fleet(
+    request: Request, *, action: Any = None, status: int = 200, rows_only: bool = False
+) -> Response:
+    """The fleet page (``rows_only``: its rows, for htmx), with a fleet action's
+    result in ``#action-result``."""
+    c = console(request)
+    result, filters, outcomes = await fleet_view(request)
+    shown = [a for a in result.accounts if matches(a, filters)]
+    values: dict[str, Any] = {
+        "result": result,
+        "accounts": shown,
+        "filters": filters,
+        "platforms": sorted({a.platform for a in result.accounts if a.platform}),
+    }
+    if rows_only:
+        return c.render(request, "_fleet_rows.html", status, **values)
+    return c.render(
         request,
-        template,
-        result=result,
-        accounts=accounts,
-        filters=filters,
-        platforms=sorted({a.platform for a in result.accounts if a.platform}),
+        "fleet.html",
+        status,
+        **values,
+        action=action,
+        all_platforms=PLATFORMS,
+        chart=latency_chart(outcomes),
     )
+
+
+async def latency_part(request: Request) -> Response:
+    """The latency chart alone (the fleet page refreshes it)."""
+    c = console(request)
+    outcomes = await c.updates.tracker.recent_outcomes(CHART_OUTCOMES)
+    return c.render(request, "_latency.html", chart=latency_chart(outcomes))
 
 
 def routes() -> list[BaseRoute]:
@@ -87,4 +121,17 @@ def routes() -> list[BaseRoute]:
         route("/signout", signout, ["POST"]),
         route("/", fleet),
         route("/events/fleet", events.fleet_events),
+        route("/fleet/latency", latency_part),
+        route("/accounts", actions.add_account, ["POST"]),
+        route("/accounts/import", actions.import_accounts, ["POST"]),
+        route("/fleet/set", actions.fleet_change, ["POST"]),
+        route("/accounts/{account_id}", accounts.account_page),
+        route("/accounts/{account_id}/status", accounts.account_status),
+        route("/accounts/{account_id}/items", accounts.account_items),
+        route("/accounts/{account_id}/events", accounts.account_events),
+        route("/accounts/{account_id}/config", accounts.edit_config, ["POST"]),
+        route("/accounts/{account_id}/enable", accounts.enable, ["POST"]),
+        route("/accounts/{account_id}/disable", accounts.disable, ["POST"]),
+        route("/accounts/{account_id}/move", accounts.move, ["POST"]),
+        route("/accounts/{account_id}/remove", accounts.remove, ["POST"]),
     ]

@@ -130,13 +130,19 @@ def _task(stack: Stack, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any] 
     return task if task and task["state"] == "running" and ok(task) else None
 
 
+def _database(stack: Stack) -> Path | None:
+    """The Master's SQLite file, once it exists."""
+    url = stack.env()["HISCRM_DATABASE_URL"]
+    path = Path(url.removeprefix("sqlite+aiosqlite:///"))
+    return path if url.startswith("sqlite+aiosqlite:///") and path.exists() else None
+
+
 def _stored(stack: Stack) -> list[str]:
     """The comment ids of acc-1 in the Master's database, newest first (ids break the
     ties of one second). A cheap probe, read-only on the SQLite file; the test checks
     what ``hiscrm data`` shows at the end."""
-    url = stack.env()["HISCRM_DATABASE_URL"]
-    path = url.removeprefix("sqlite+aiosqlite:///")
-    if path == url or not Path(path).exists():
+    path = _database(stack)
+    if path is None:
         return []
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
         rows = db.execute("SELECT item_id FROM comments WHERE account_id = 'acc-1'").fetchall()
@@ -160,10 +166,24 @@ def _no_items_in_redis(stack: Stack) -> None:
 
 
 def _batches(stack: Stack) -> list[list[str]]:
-    """The comment ids of each crawl batch the worker sent, in order."""
-    entries = stack.r.xrange(stack.keys.worker_stream("w1", "ingest"))
-    batches = [json.loads(fields["msg"])["items"] for _id, fields in entries]
-    return [[i["item_id"] for i in b if i["kind"] == "comment"] for b in batches]
+    """The comment ids of each crawl batch the Master stored, in order: a batch's items
+    share the time Redis received it, and are inserted in the batch's order. (The ingest
+    stream itself keeps only what is not stored yet.)"""
+    path = _database(stack)
+    if path is None:
+        return []
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+        rows = db.execute(
+            "SELECT item_id, received_at FROM comments WHERE account_id = 'acc-1' ORDER BY id"
+        ).fetchall()
+    batches: list[list[str]] = []
+    last = None
+    for item_id, received in rows:
+        if received != last:
+            batches.append([])
+            last = received
+        batches[-1].append(item_id)
+    return batches
 
 
 def test_a_burst_of_1010_is_stored_whole_the_bound_leaving_10_to_the_next_crawl(

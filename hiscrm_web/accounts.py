@@ -301,9 +301,7 @@ async def account_status(request: Request) -> Response:
 async def account_items(request: Request) -> Response:
     c = console(request)
     account_id = request.path_params["account_id"]
-    return c.render(
-        request, "_account_items.html", items=await load_items(c, account_id), aid=account_id
-    )
+    return c.render(request, "_account_items.html", items=await load_items(c, account_id))
 
 
 async def answer(request: Request, account_id: str, said: Said, status: int) -> Response:

@@ -284,6 +284,22 @@ async def test_what_someone_else_changed_meanwhile_is_kept_or_is_a_conflict(
     assert await stored(redis, web_settings) == after
 
 
+async def test_a_stored_config_that_does_not_validate_is_shown_and_can_be_repaired(
+    signed_in: SignedIn, redis: Redis, web_settings: WebSettings
+) -> None:
+    await add(redis, web_settings)
+    # written behind the store's back
+    await redis.hset(web_settings.keys.account("acc-1"), "monitor_interval_s", "soon")
+    page = parse((await signed_in.client.get("/accounts/acc-1")).text)
+    assert "monitor_interval_s='soon'" in page.by_id("config").one("p", cls="error").text
+    assert page.by_id("findings").one("li", data_code="invalid_config")
+    async with answering(web_settings, {"w1": APPLIED}):
+        response = await edit(signed_in, {"monitor_interval_s": "20"})
+    assert outcome_of(response).text.startswith("applied version 2 by worker w1")
+    assert (await stored(redis, web_settings))["monitor_interval_s"] == "20.0"
+    assert not parse(response.text).by_id("config").all("p", cls="error")
+
+
 async def test_an_unchanged_form_writes_nothing(
     signed_in: SignedIn, redis: Redis, web_settings: WebSettings
 ) -> None:

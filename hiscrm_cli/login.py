@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from contextlib import aclosing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +18,14 @@ from hiscrm_bus.messages import (
     LoginSuccess,
     Message,
 )
-from hiscrm_bus.streams import StreamFollower, last_entry_id
-from hiscrm_master.login import LoginStarted, LoginUnavailable, resend_login, start_login
+from hiscrm_master.login import (
+    END_MARGIN_S,
+    LoginStarted,
+    LoginUnavailable,
+    follow_login,
+    start_login,
+    wait_login_applied,
+)
 from hiscrm_master.settings import MasterSettings
 from hiscrm_master.updates import Updates
 
@@ -39,7 +46,6 @@ from .qrview import qr_to_text
 from .terminal import safe
 
 SENDER = CLI_SENDER
-RESEND_S = 5.0  # re-send a login request the worker has not answered for this long
 
 
 def login(
@@ -56,13 +62,8 @@ def login(
 
     async def main() -> int:
         async with redis_client(settings) as redis:
-            updates = Updates(redis, settings, SENDER)
-            account = await updates.store.get(account_id)
-            version = account.config_version
-            # the owner's own event stream: only that worker can have written it
-            owner = account.worker_id or "-"
-            events_from = await last_entry_id(redis, settings.keys.worker_stream(owner, "events"))
-            outcomes_from = await updates.tracker.last_outcome_id()
+            # an unknown account is said as such (AccountNotFound: exit 1)
+            await Updates(redis, settings, SENDER).store.get(account_id)
             try:
                 login = await start_login(
                     redis, settings, account_id, timeout, SENDER, placement_wait_s=10
@@ -75,9 +76,8 @@ def login(
                 f"login {safe(session_id)} for {safe(account_id)}: waiting for the worker…"
             )
             result: Message | None = None
-            # the worker ends every session itself; the margin covers the event's trip
-            with anyio.move_on_after(timeout + 15), console.status("waiting for a scan…"):
-                result = await _follow(redis, settings, events_from, login, qr_dir)
+            with anyio.move_on_after(timeout + END_MARGIN_S), console.status("waiting for a scan…"):
+                result = await _follow(redis, settings, login, qr_dir)
             if result is None:
                 console.print("[red]timed out[/red]: the worker reported no end to the login")
                 return EXIT_TIMEOUT
@@ -91,9 +91,7 @@ def login(
                 f"[green]logged in[/green]: platform_user_id {safe(result.platform_user_id)}"
             )
             with console.status("waiting for the worker to apply it…"):
-                outcome = await updates.tracker.wait_account_outcome(
-                    account_id, version, outcomes_from, 30
-                )
+                outcome = await wait_login_applied(redis, settings, login)
             if outcome is None:
                 console.print("timed out waiting for the config update's outcome")
                 return EXIT_TIMEOUT
@@ -108,29 +106,19 @@ def login(
 
 
 async def _follow(
-    redis: Any, settings: MasterSettings, after: str, login: LoginStarted, qr_dir: Path
-) -> Message | None:
-    """Print the session's events until it ends. Until the worker is heard from, the
-    request is re-sent now and then: pub/sub may have lost it."""
-    session_id, account_id = login.request.session_id, login.request.account_id
-    events = StreamFollower(redis)
-    events.follow(settings.keys.worker_stream(login.worker_id, "events"), after)
-    heard = False
-    resend_at = anyio.current_time() + RESEND_S
-    while True:
-        if not heard and anyio.current_time() >= resend_at:
-            await resend_login(redis, settings, login)
-            resend_at = anyio.current_time() + RESEND_S
-        for _stream, message in await events.read():
-            if getattr(message, "session_id", None) != session_id:
-                continue
-            heard = True
+    redis: Any, settings: MasterSettings, login: LoginStarted, qr_dir: Path
+) -> LoginSuccess | LoginFailed | None:
+    """Print the session's events until it ends (re-sending the request until the
+    worker is heard from); its end, or None if the events ended without one."""
+    async with aclosing(follow_login(redis, settings, login)) as events:
+        async for message in events:
             if isinstance(message, LoginQrCode):
-                _show_qr(message, account_id, qr_dir)
+                _show_qr(message, login.request.account_id, qr_dir)
             elif isinstance(message, LoginProgress):
                 console.print(f"login: {safe(message.status.replace('_', ' '))}")
-            elif isinstance(message, LoginSuccess | LoginFailed):
+            else:
                 return message
+    return None
 
 
 def _show_qr(message: LoginQrCode, account_id: str, qr_dir: Path) -> None:

@@ -13,7 +13,7 @@ from hiscrm_bus.pending import Outcome
 from hiscrm_master.diagnosis import Diagnosis, diagnose
 from hiscrm_master.snapshot import collect
 
-from . import accounts, actions, events
+from . import accounts, actions, events, logins
 from .app import COOKIE, console, route, session_of, set_session_cookie
 from .chart import latency_chart
 
@@ -134,4 +134,7 @@ def routes() -> list[BaseRoute]:
         route("/accounts/{account_id}/disable", accounts.disable, ["POST"]),
         route("/accounts/{account_id}/move", accounts.move, ["POST"]),
         route("/accounts/{account_id}/remove", accounts.remove, ["POST"]),
+        route("/accounts/{account_id}/login", logins.login_start, ["POST"]),
+        route("/accounts/{account_id}/login/{session_id}/events", logins.login_events),
+        route("/modal/close", logins.modal_close),
     ]

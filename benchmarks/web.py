@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -150,7 +151,11 @@ async def measure(url: str, workdir: Path, accounts: int, runs: int) -> dict[str
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-            signed = await client.post("/signin", data={"user": USER, "password": PASSWORD})
+            form = await client.get("/signin")
+            token = re.search(r'name="signin_csrf" value="([^"]+)"', form.text)
+            assert token, form.text
+            fields = {"user": USER, "password": PASSWORD, "signin_csrf": token.group(1)}
+            signed = await client.post("/signin", data=fields)
             assert signed.status_code == 303, signed.text
             for n in range(runs + 3):  # the first three warm up
                 started, cpu = time.perf_counter(), time.process_time()

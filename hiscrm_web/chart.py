@@ -14,7 +14,7 @@ from hiscrm_bus.pending import Outcome
 
 WIDTH, HEIGHT = 640, 220
 # plot area inside the SVG: room on the left for the y labels, below for the x label
-LEFT, RIGHT, TOP, BOTTOM = 56, 56, 14, 34
+LEFT, RIGHT, TOP, BOTTOM = 56, 92, 14, 34
 # the newest this many applied updates are drawn
 POINTS = 300
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from typing import Any
 
 from starlette.requests import Request
@@ -26,25 +28,53 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+# the sign-in form's own CSRF token (double submit: a cookie only this site can set, and
+# the same value in the form), so another site cannot sign an operator in as someone else
+SIGNIN_COOKIE = "hiscrm_signin"
+
+
+def _signin_form(request: Request, status: int = 200, **values: Any) -> Response:
+    token = request.cookies.get(SIGNIN_COOKIE) or secrets.token_urlsafe(32)
+    values.setdefault("error", None)
+    values.setdefault("user", "")
+    response = console(request).render(request, "signin.html", status, signin_csrf=token, **values)
+    response.set_cookie(
+        SIGNIN_COOKIE,
+        token,
+        max_age=3600,
+        httponly=True,
+        samesite="strict",
+        secure=console(request).settings.web_secure_cookies,
+        path="/signin",
+    )
+    return response
+
+
 async def signin_page(request: Request) -> Response:
-    return console(request).render(request, "signin.html", error=None, user="")
+    return _signin_form(request)
 
 
 async def signin(request: Request) -> Response:
     c = console(request)
     form = await request.form()
     user, password = str(form.get("user") or ""), str(form.get("password") or "")
+    sent, kept = str(form.get("signin_csrf") or ""), request.cookies.get(SIGNIN_COOKIE) or ""
+    if not kept or not hmac.compare_digest(sent, kept):
+        return _signin_form(
+            request, 403, error="the sign-in form expired or came from elsewhere: try again"
+        )
     who = client_address(request)
     s = c.settings
     if await c.users.too_many_attempts(who, s.web_max_attempts):
         message = f"too many failed sign-ins: wait up to {s.web_attempts_window_s} s"
-        return c.render(request, "signin.html", 429, error=message, user=user)
+        return _signin_form(request, 429, error=message, user=user)
     if not await c.users.check(user, password):
         await c.users.failed(who, s.web_attempts_window_s)
-        return c.render(request, "signin.html", 401, error="wrong user or password", user=user)
+        return _signin_form(request, 401, error="wrong user or password", user=user)
     token, _session = await c.users.start(user)
     response = RedirectResponse("/", status_code=303)
     set_session_cookie(response, token, s)
+    response.delete_cookie(SIGNIN_COOKIE, path="/signin")
     return response
 
 

@@ -153,9 +153,14 @@ def test_up_runs_until_ctrl_c_then_leaves_no_process(tmp_path: Path) -> None:
         web.request("GET", "/signin")
         page = web.getresponse()
         assert page.status == 200
-        assert b'<form method="post" action="/signin"' in page.read()
-        body = urllib.parse.urlencode({"user": "admin", "password": password})
-        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        form = page.read().decode()
+        assert '<form method="post" action="/signin"' in form
+        token = re.search(r'name="signin_csrf" value="([^"]+)"', form)
+        cookie = (page.getheader("set-cookie") or "").split(";")[0]
+        assert token and cookie.startswith("hiscrm_signin=")
+        fields = {"user": "admin", "password": password, "signin_csrf": token.group(1)}
+        body = urllib.parse.urlencode(fields)
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie}
         web.request("POST", "/signin", body, headers)
         signed_in = web.getresponse()
         signed_in.read()

@@ -86,7 +86,18 @@ class SignedIn:
 async def sign_in(
     client: httpx.AsyncClient, user: str = USER, password: str = PASSWORD
 ) -> httpx.Response:
-    return await client.post("/signin", data={"user": user, "password": password})
+    form = await client.get("/signin")  # its token, in the form and a cookie
+    token = signin_token(form.text)
+    return await client.post(
+        "/signin", data={"user": user, "password": password, "signin_csrf": token}
+    )
+
+
+def signin_token(page: str) -> str:
+    """The sign-in form's CSRF token."""
+    found = re.search(r'name="signin_csrf" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
 
 
 @pytest.fixture

@@ -19,7 +19,15 @@ from hiscrm_web.settings import WebSettings
 from tests.cli.process import hiscrm
 from tests.e2e.stack import running_stack
 from tests.redis_server import RedisServer, free_port
-from tests.web.conftest import PASSWORD, USER, SignedIn, client_of, csrf_of, sign_in
+from tests.web.conftest import (
+    PASSWORD,
+    USER,
+    SignedIn,
+    client_of,
+    csrf_of,
+    sign_in,
+    signin_token,
+)
 
 pytestmark = pytest.mark.real
 
@@ -77,6 +85,23 @@ async def test_a_right_password_signs_in_and_a_wrong_one_says_so(
     assert f'<span class="who">{USER}</span>' in page.text
 
 
+async def test_a_sign_in_posted_from_another_site_is_refused(
+    client: httpx.AsyncClient, app: Starlette, users: Users
+) -> None:
+    """Login CSRF: a page elsewhere cannot sign the operator's browser in as the
+    attacker's user: it can post the form, but neither read nor set its cookie."""
+    token = signin_token((await client.get("/signin")).text)
+    async with client_of(app, "10.0.0.9") as elsewhere:  # no cookie from our form
+        fields = {"user": USER, "password": PASSWORD, "signin_csrf": token}
+        forged = await elsewhere.post("/signin", data=fields)
+        assert forged.status_code == 403
+        assert "the sign-in form expired or came from elsewhere" in forged.text
+        assert COOKIE not in forged.cookies
+        no_token = await client.post("/signin", data={"user": USER, "password": PASSWORD})
+        assert no_token.status_code == 403
+    assert (await sign_in(client)).status_code == 303  # the form itself works
+
+
 async def test_the_name_typed_at_sign_in_is_shown_as_text(
     client: httpx.AsyncClient, users: Users
 ) -> None:
@@ -108,7 +133,7 @@ async def test_the_session_cookie_is_http_only_and_same_site_strict(
     client: httpx.AsyncClient, users: Users, web_settings: WebSettings
 ) -> None:
     response = await sign_in(client)
-    cookie = response.headers["set-cookie"]
+    (cookie,) = [c for c in response.headers.get_list("set-cookie") if c.startswith(f"{COOKIE}=")]
     parts = [p.strip().lower() for p in cookie.split(";")]
     assert parts[0].startswith(f"{COOKIE}=")
     assert "httponly" in parts
@@ -286,6 +311,13 @@ async def test_web_with_an_unreachable_redis_says_so_in_one_sentence(
     ]
 
 
+def _guess(browser: httpx.Client, headers: dict[str, str]) -> httpx.Response:
+    """A wrong password through the sign-in form, as a browser posts it."""
+    token = signin_token(browser.get("/signin").text)
+    fields = {"user": USER, "password": "a guess", "signin_csrf": token}
+    return browser.post("/signin", data=fields, headers=headers)
+
+
 def test_the_sign_in_limit_is_not_escaped_by_a_forwarded_for_header(
     redis_server: RedisServer, web_settings: WebSettings, tmp_path: Path
 ) -> None:
@@ -296,21 +328,12 @@ def test_the_sign_in_limit_is_not_escaped_by_a_forwarded_for_header(
         url = stack.web(HISCRM_WEB_MAX_ATTEMPTS="2")
         with httpx.Client(base_url=url) as browser:
             codes = [
-                browser.post(
-                    "/signin",
-                    data={"user": USER, "password": "a guess"},
-                    headers={"X-Forwarded-For": f"10.0.0.{n}"},
-                ).status_code
-                for n in range(3)
+                _guess(browser, {"X-Forwarded-For": f"10.0.0.{n}"}).status_code for n in range(3)
             ]
         assert codes == [401, 401, 429]
         # a proxy the operator names is believed (the address behind it is counted)
         url = stack.web("proxied", HISCRM_WEB_TRUSTED_PROXIES="127.0.0.1")
         with httpx.Client(base_url=url) as browser:
-            behind = browser.post(
-                "/signin",
-                data={"user": USER, "password": "a guess"},
-                headers={"X-Forwarded-For": "10.0.0.9"},
-            )
+            behind = _guess(browser, {"X-Forwarded-For": "10.0.0.9"})
         assert behind.status_code == 401
         assert stack.r.exists(stack.keys.web_attempts("10.0.0.9"))

@@ -74,9 +74,11 @@ clean:
 BENCH_ARGS ?=
 bench: bootstrap
 	$(PY) -m benchmarks.delivery $(BENCH_ARGS)
+	$(PY) -m benchmarks.web
 
 bench-smoke: bootstrap
 	$(PY) -m benchmarks.delivery --smoke
+	$(PY) -m benchmarks.web --accounts 20 --runs 3
 
 # The compose stack (compose.yaml, Dockerfile, deploy/). stack-test builds the images
 # with podman from a Debian base made here (no container registry needed) and plays the

@@ -95,6 +95,7 @@ def worker_reports(snap: Snapshot) -> list[dict[str, Any]]:
                 "accounts": sorted(owned.get(wid, [])),
                 "platforms": list(worker.info.platforms) if worker.info else [],
                 "capacity": worker.info.capacity if worker.info else None,
+                "version": (worker.info.version or None) if worker.info else None,
             }
         )
     return out

@@ -73,6 +73,7 @@ def test_healthy_fleet_is_all_green() -> None:
         "accounts": ["acc-1"],
         "platforms": ["douyin"],
         "capacity": 50,
+        "version": None,  # a worker that did not say which hiscrm it runs
     }
 
 

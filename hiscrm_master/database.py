@@ -225,9 +225,12 @@ _TRANSIENT_DRIVER_ERRORS = frozenset(
 @contextlib.asynccontextmanager
 async def guarded(shown: str, what: str) -> AsyncIterator[None]:
     """Turn the errors that mean "down for now" into DatabaseUnavailable, naming the
-    database (password masked) and what was being done."""
+    database (password masked) and what was being done. The work inside is shielded
+    from cancellation: a process told to stop lets a transaction finish (or fail)
+    rather than leave the driver mid-statement, which hung aiosqlite's shutdown."""
     try:
-        yield
+        with anyio.CancelScope(shield=True):
+            yield
     except DatabaseUnavailable:
         raise
     except Exception as error:

@@ -67,6 +67,29 @@ _ABOUT_ACCOUNT = (
 )
 
 
+# the most items one ingest transaction writes: a read of many busy workers' streams is
+# split, so SQLite's write lock is held for a fraction of a second at a time (the
+# entries are acknowledged after the last part's commit; a part stored twice is a no-op)
+TRANSACTION_ITEMS = 5000
+
+
+def _parts(
+    accepted: list[tuple[Received, Arrival]], limit: int
+) -> list[list[tuple[Received, Arrival]]]:
+    """``accepted`` in order, cut into runs of at most ``limit`` items (a batch is never
+    cut: one bigger than ``limit`` is a run of its own)."""
+    parts: list[list[tuple[Received, Arrival]]] = []
+    size = limit
+    for pair in accepted:
+        items = len(pair[1].batch.items)
+        if size + items > limit or not parts:
+            parts.append([])
+            size = 0
+        parts[-1].append(pair)
+        size += items
+    return parts
+
+
 # KEYS: removals; ARGV: account id, the removal time the data was deleted up to
 _DONE_REMOVAL = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -335,28 +358,32 @@ class Master:
                 accepted.append((r, Arrival(message, r.added_ms)))
         if not accepted:
             return
+        for part in _parts(accepted, TRANSACTION_ITEMS):
+            for result in await self._store(part):
+                self._log_stored(result)
+
+    async def _store(self, accepted: list[tuple[Received, Arrival]]) -> list[Stored]:
+        """Store batches in one transaction; when the database refuses something in
+        them, store them one by one and dead-letter (keep) only the one it refuses."""
         try:
-            stored = await self.archive.store([a for _r, a in accepted])
+            return await self.archive.store([a for _r, a in accepted])
         except DatabaseUnavailable:
             raise
         except Exception as exc:
             if transient(exc):
                 raise
-            # the database refused something in this read: store the batches one by
-            # one, and dead-letter (keep) only the one it refuses
             log.warning("master %s: the database refused a read's batches (%s)", self.id, exc)
-            stored = []
-            for r, arrival in accepted:
-                try:
-                    stored += await self.archive.store([arrival])
-                except DatabaseUnavailable:
+        stored: list[Stored] = []
+        for r, arrival in accepted:
+            try:
+                stored += await self.archive.store([arrival])
+            except DatabaseUnavailable:
+                raise
+            except Exception as one:
+                if transient(one):
                     raise
-                except Exception as one:
-                    if transient(one):
-                        raise
-                    await self.reject(r, f"database_refused: {str(one).splitlines()[0][:300]}")
-        for result in stored:
-            self._log_stored(result)
+                await self.reject(r, f"database_refused: {str(one).splitlines()[0][:300]}")
+        return stored
 
     def _log_stored(self, result: Stored) -> None:
         if result.refused:

@@ -12,7 +12,8 @@ from hiscrm_bus.accounts import AccountConfig, AccountStore
 from hiscrm_bus.messages import CrawlBatch, CrawledItem, TaskStatus, utcnow
 from hiscrm_bus.settings import BusSettings
 from hiscrm_bus.streams import Received
-from hiscrm_master.service import Master
+from hiscrm_master.archive import Arrival
+from hiscrm_master.service import TRANSACTION_ITEMS, Master, _parts
 from hiscrm_master.settings import MasterSettings
 
 Bus = tuple[Redis, BusSettings]
@@ -54,3 +55,32 @@ async def test_batches_and_crawl_errors_are_crawl_runs(master: Master) -> None:
     assert (counts.comments, counts.crawl_runs, counts.errors) == (1, 2, 1)
     # the last crawl is the last one that found something, not the error
     assert counts.last_crawl_at == batch.crawled_at
+
+
+def comments(first: int, count: int) -> tuple[CrawledItem, ...]:
+    now = utcnow()
+    return tuple(
+        CrawledItem(kind="comment", item_id=f"c{n}", text=f"评论 {n}", created_at=now)
+        for n in range(first, first + count)
+    )
+
+
+async def test_a_big_read_is_stored_in_parts_and_whole(master: Master) -> None:
+    """A read of 9,000 items over three batches goes in transactions of at most 5,000
+    items (never cutting a batch), and every item and run is stored once."""
+    read = [
+        received(
+            CrawlBatch(
+                sender="w1", account_id="acc-1", worker_id="w1", items=comments(n * 3000, 3000)
+            ),
+            "ingest",
+        )
+        for n in range(3)
+    ]
+    pairs = [(r, Arrival(r.message)) for r in read]  # type: ignore[arg-type]
+    assert [len(p) for p in _parts(pairs, TRANSACTION_ITEMS)] == [1, 1, 1]
+    assert [len(p) for p in _parts(pairs, 6000)] == [2, 1]
+    assert [len(p) for p in _parts(pairs, 100)] == [1, 1, 1]  # a big batch stays whole
+    await master.on_batches(read)
+    counts = (await master.archive.counts(["acc-1"]))["acc-1"]
+    assert (counts.comments, counts.crawl_runs) == (9000, 3)

@@ -130,7 +130,7 @@ class BusSettings(BaseSettings):
             raise ValueError(msg)
         password = self.redis_password
         if self.redis_password_file is not None:
-            password = SecretStr(_read_password(self.redis_password_file))
+            password = SecretStr(read_password_file(self.redis_password_file))
         if password is not None and url_password(self.redis_url) is not None:
             msg = (
                 f"the Redis URL {masked_url(self.redis_url)} carries a password and "
@@ -200,16 +200,21 @@ class BusSettings(BaseSettings):
         return options
 
 
-def _read_password(path: Path) -> str:
+def read_password_file(
+    path: Path, what: str = "Redis", setting: str = "HISCRM_REDIS_PASSWORD_FILE"
+) -> str:
+    """The password in ``path`` (its trailing newline stripped); ValueError, in one
+    sentence naming ``what`` it is for and the ``setting`` that named the file, when the
+    file cannot be read or is empty."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        msg = f"cannot read the Redis password file {path} (HISCRM_REDIS_PASSWORD_FILE): {reason}"
+        msg = f"cannot read the {what} password file {path} ({setting}): {reason}"
         raise ValueError(msg) from None
     password = text.removesuffix("\n").removesuffix("\r")
     if not password:
-        msg = f"the Redis password file {path} (HISCRM_REDIS_PASSWORD_FILE) is empty"
+        msg = f"the {what} password file {path} ({setting}) is empty"
         raise ValueError(msg)
     return password
 

@@ -38,13 +38,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hiscrm_bus.messages import CrawlBatch, CrawledItem
+from hiscrm_bus.settings import masked_url
 
 from .database import (
     DatabaseUnavailable,
     guarded,
     is_sqlite,
     make_engine,
-    masked,
     migrate,
     missing_file,
 )
@@ -173,7 +173,7 @@ class Archive:
         SQLite file (DatabaseUnavailable says so instead)."""
         archive = cls(
             make_engine(url, password=password, create=create),
-            masked(url),
+            masked_url(url),
             retention_days=retention_days,
         )
         if not create and (path := missing_file(url)) is not None:

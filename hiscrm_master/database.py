@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,8 @@ import anyio
 from pydantic import SecretStr
 
 from hiscrm_bus.errors import ConfigurationError, Unavailable
+from hiscrm_bus.settings import masked_url, url_password
+from hiscrm_bus.settings import read_password_file as bus_password_file
 
 if TYPE_CHECKING:  # SQLAlchemy loads when a command uses the database, not at start
     from sqlalchemy.engine import Connection
@@ -47,18 +48,19 @@ def database_url(url: str) -> str:
     backend = scheme.partition("+")[0].lower()
     if not sep or backend not in DRIVERS:
         raise ConfigurationError(
-            f"database URL {masked(url)!r}: hiscrm stores crawled data in SQLite or "
+            f"database URL {masked_url(url)!r}: hiscrm stores crawled data in SQLite or "
             "PostgreSQL (sqlite+aiosqlite:///path/to/file.db or "
             "postgresql+asyncpg://user@host/db)"
         )
     driver = DRIVERS[backend]
     if scheme.lower() not in (backend, driver):
         raise ConfigurationError(
-            f"database URL {masked(url)!r}: use the {driver} driver (the async one hiscrm ships)"
+            f"database URL {masked_url(url)!r}: use the {driver} driver "
+            "(the async one hiscrm ships)"
         )
     if backend == "sqlite" and not rest.lstrip("/"):
         raise ConfigurationError(
-            f"database URL {masked(url)!r} names no file (sqlite+aiosqlite:///var/hiscrm.db)"
+            f"database URL {masked_url(url)!r} names no file (sqlite+aiosqlite:///var/hiscrm.db)"
         )
     if backend == "postgresql":
         try:
@@ -66,34 +68,17 @@ def database_url(url: str) -> str:
             parts.port  # noqa: B018 -- it raises on a port that is not a number
         except ValueError:
             raise ConfigurationError(
-                f"database URL {masked(url)!r} has no valid host and port (a password with "
+                f"database URL {masked_url(url)!r} has no valid host and port (a password with "
                 "/ ? # @ in it must be percent-encoded)"
             ) from None
         if not parts.hostname and "host=" not in parts.query:
-            raise ConfigurationError(f"database URL {masked(url)!r} names no host")
+            raise ConfigurationError(f"database URL {masked_url(url)!r} names no host")
     return f"{driver}://{rest}"
-
-
-def masked(url: str) -> str:
-    """``url`` as it may be shown: its password replaced by ``***`` (the user name
-    stays). Never raises, whatever the string."""
-    url = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at:
-        return url
-    user, colon, _password = userinfo.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
-
-
-def _has_password(url: str) -> bool:
-    userinfo = url.partition("://")[2].rpartition("@")[0]
-    return ":" in userinfo or re.search(r"(?i)[?&]password=", url) is not None
 
 
 def _both_set(url: str) -> ConfigurationError:
     return ConfigurationError(
-        f"the database URL {masked(url)!r} carries a password and "
+        f"the database URL {masked_url(url)!r} carries a password and "
         "HISCRM_DATABASE_PASSWORD_FILE gives one too: set one, not both"
     )
 
@@ -104,24 +89,15 @@ def read_password_file(url: str, path: Path) -> SecretStr:
     empty, when the URL carries a password too, or names SQLite (which has none)."""
     if database_url(url).startswith("sqlite"):
         raise ConfigurationError(
-            f"HISCRM_DATABASE_PASSWORD_FILE is set but the database URL {masked(url)!r} "
+            f"HISCRM_DATABASE_PASSWORD_FILE is set but the database URL {masked_url(url)!r} "
             "names SQLite, which has no password: unset it, or use a PostgreSQL URL"
         )
-    if _has_password(url):
+    if url_password(url) is not None:
         raise _both_set(url)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigurationError(
-            f"cannot read the database password file {path} "
-            f"(HISCRM_DATABASE_PASSWORD_FILE): {reason}"
-        ) from None
-    password = text.removesuffix("\n").removesuffix("\r")
-    if not password:
-        raise ConfigurationError(
-            f"the database password file {path} (HISCRM_DATABASE_PASSWORD_FILE) is empty"
-        )
+        password = bus_password_file(path, "database", "HISCRM_DATABASE_PASSWORD_FILE")
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
     return SecretStr(password)
 
 
@@ -164,7 +140,7 @@ def make_engine(url: str, *, password: SecretStr | None = None, create: bool = T
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     if password is not None:
-        if _has_password(url):
+        if url_password(url) is not None:
             raise _both_set(url)
         parsed = parsed.set(password=password.get_secret_value())
     return create_async_engine(

@@ -11,9 +11,9 @@ from typing import Any, Self
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from hiscrm_bus.errors import ConfigurationError
-from hiscrm_bus.settings import BusSettings
+from hiscrm_bus.settings import BusSettings, masked_url
 
-from .database import DEFAULT_URL, database_url, masked, read_password_file
+from .database import DEFAULT_URL, database_url, read_password_file
 
 
 def _default_id() -> str:
@@ -65,7 +65,7 @@ class MasterSettings(BusSettings):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield name, masked(value) if name == "database_url" else value
+            yield name, masked_url(value) if name == "database_url" else value
 
     def database_password(self) -> SecretStr | None:
         """The password from HISCRM_DATABASE_PASSWORD_FILE, not the URL's."""
@@ -74,4 +74,4 @@ class MasterSettings(BusSettings):
     @property
     def shown_database_url(self) -> str:
         """``database_url`` as it may be shown: password masked."""
-        return masked(self.database_url)
+        return masked_url(self.database_url)

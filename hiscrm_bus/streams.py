@@ -42,8 +42,7 @@ class Received:
     @property
     def added_ms(self) -> int:
         """When Redis added the entry (epoch ms), 0 when unknown."""
-        head = self.entry_id.partition("-")[0]
-        return int(head) if head.isdigit() else 0
+        return entry_parts(self.entry_id)[0]
 
 
 Entry = tuple[str, Any, Any]  # (stream, entry id, fields)
@@ -108,7 +107,7 @@ async def trim_consumed(redis: Redis, streams: Sequence[str], group: str) -> Non
         cut = _next_id(last)
         oldest = pending.get("min") if pending.get("pending") else None
         if oldest:
-            cut = min(cut, text(oldest), key=_id_key)
+            cut = min(cut, text(oldest), key=entry_parts)
         if cut != "0-1":
             cuts[stream] = cut
     if cuts:
@@ -118,13 +117,15 @@ async def trim_consumed(redis: Redis, streams: Sequence[str], group: str) -> Non
             await call_each(pipe.execute(raise_on_error=False))
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
+def entry_parts(entry_id: str) -> tuple[int, int]:
+    """(ms, sequence) of a stream entry id: its order, and Redis' clock when it was
+    added; (0, 0) for a string that is no entry id."""
     ms, _, seq = entry_id.partition("-")
-    return int(ms or 0), int(seq or 0)
+    return (int(ms), int(seq or 0)) if ms.isdigit() and (not seq or seq.isdigit()) else (0, 0)
 
 
 def _next_id(entry_id: str) -> str:
-    ms, seq = _id_key(entry_id)
+    ms, seq = entry_parts(entry_id)
     return f"{ms}-{seq + 1}"
 
 

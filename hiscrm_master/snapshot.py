@@ -17,6 +17,7 @@ from hiscrm_bus.keys import Keys
 from hiscrm_bus.messages import CrawledItem
 from hiscrm_bus.pending import Outcome, PendingTracker, PendingUpdate
 from hiscrm_bus.settings import BusSettings
+from hiscrm_bus.streams import entry_parts
 from hiscrm_bus.workers import TaskReport, WorkerInfo, WorkerRegistry
 
 from .database import DatabaseUnavailable
@@ -255,7 +256,7 @@ async def ingest_backlog(redis: Redis, settings: BusSettings, now: float) -> tup
             continue
         first = reply.get("min") if kind == "pending" else reply[0][0]
         if first:
-            ms = int(text(first).partition("-")[0])
+            ms = entry_parts(text(first))[0]
             oldest = ms if oldest is None else min(oldest, ms)
     age = max(0.0, now - oldest / 1000) if oldest is not None else 0.0
     return total, age

@@ -68,9 +68,11 @@ def check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> Any:
 def loads(raw: str | bytes, *, max_bytes: int = MAX_FIELD_BYTES) -> Any:
     """Parse JSON within the size and depth bounds; ValueError (TooLarge for a bound)
     with a short reason otherwise. Never RecursionError."""
-    size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
-    if size > max_bytes:
-        raise TooLarge(f"{size} bytes (limit {max_bytes})")
+    # a str of n characters is at most 4n bytes: a short one needs no encoding to tell
+    if not (isinstance(raw, str) and len(raw) * 4 <= max_bytes):
+        size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
+        if size > max_bytes:
+            raise TooLarge(f"{size} bytes (limit {max_bytes})")
     try:
         value = from_json(raw)
     except ValueError as exc:

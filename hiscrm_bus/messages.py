@@ -28,6 +28,10 @@ from .limits import MAX_MESSAGE_BYTES, check_depth, clip
 
 CONFIG_UPDATE: Final = "master:account:config_update"
 CONFIG_UPDATE_ACK: Final = "master:account:config_update:ack"
+CONFIG_UPDATE_ACKS: Final = "master:account:config_update:acks"
+# ACKs one AccountConfigAcks carries: 1,000 at their largest (every error at its 2,000
+# characters) stay well under the message bound
+MAX_ACKS_PER_MESSAGE: Final = 1000
 
 UpdateReason = Literal[
     "login_success",
@@ -96,6 +100,51 @@ class AccountConfigUpdateAck(Envelope):
     ok: bool
     error: str | None = Field(None, max_length=2000)
     applied_at: datetime = Field(default_factory=utcnow)
+
+
+class AckEntry(BaseModel):
+    """One account's ACK inside :class:`AccountConfigAcks` (the fields of
+    :class:`AccountConfigUpdateAck` that differ from account to account)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    account_id: str = Field(min_length=1, max_length=200)
+    applied_version: int = Field(ge=0, le=MAX_VERSION)
+    seen_version: int = Field(ge=0, le=MAX_VERSION)
+    ok: bool
+    error: str | None = Field(None, max_length=2000)
+
+
+class AccountConfigAcks(Envelope):
+    """Worker → Master: many accounts' ACKs in one message, as a reconcile sends them
+    (10,000 accounts taken over are ten of these, not 10,000 stream entries). Each entry
+    is resolved exactly as an :class:`AccountConfigUpdateAck` without an ``update_id``."""
+
+    type: Literal["master:account:config_update:acks"] = CONFIG_UPDATE_ACKS
+    worker_id: str = Field(min_length=1, max_length=200)
+    acks: tuple[AckEntry, ...] = Field(min_length=1, max_length=MAX_ACKS_PER_MESSAGE)
+    applied_at: datetime = Field(default_factory=utcnow)
+
+    def each(self) -> list[AccountConfigUpdateAck]:
+        """The entries as single ACKs (already validated here, so not validated again)."""
+        return [
+            AccountConfigUpdateAck.model_construct(
+                message_id=self.message_id,
+                sent_at=self.sent_at,
+                sender=self.sender,
+                protocol=self.protocol,
+                type=CONFIG_UPDATE_ACK,
+                update_id="",
+                account_id=a.account_id,
+                worker_id=self.worker_id,
+                applied_version=a.applied_version,
+                seen_version=a.seen_version,
+                ok=a.ok,
+                error=a.error,
+                applied_at=self.applied_at,
+            )
+            for a in self.acks
+        ]
 
 
 class LoginRequest(Envelope):
@@ -219,6 +268,7 @@ class DeadLetterReport(Envelope):
 Message = Annotated[
     AccountConfigUpdate
     | AccountConfigUpdateAck
+    | AccountConfigAcks
     | LoginRequest
     | LoginQrCode
     | LoginProgress

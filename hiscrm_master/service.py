@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -24,6 +25,7 @@ from hiscrm_bus.deadletter import DeadLetters
 from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig, NotOwner
 from hiscrm_bus.keys import StreamKind
 from hiscrm_bus.messages import (
+    AccountConfigAcks,
     AccountConfigUpdate,
     AccountConfigUpdateAck,
     CrawlBatch,
@@ -215,10 +217,13 @@ class Master:
         can resolve its updates, and only as itself."""
         acks: list[tuple[Received, AccountConfigUpdateAck]] = []
         for r in received:
-            if not isinstance(r.message, AccountConfigUpdateAck):
+            if not isinstance(r.message, AccountConfigUpdateAck | AccountConfigAcks):
                 await self.reject(r, "wrong_stream")
             elif not self._sender_ok(r):
                 await self.reject(r, "wrong_sender")
+            elif isinstance(r.message, AccountConfigAcks):
+                # each of a batch's ACKs judged (and, refused, dead-lettered) on its own
+                acks.extend((replace(r, message=ack), ack) for ack in r.message.each())
             else:
                 acks.append((r, r.message))
         results = await self.tracker.resolve_many([a for _r, a in acks])

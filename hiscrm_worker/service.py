@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,8 +29,11 @@ from hiscrm_bus.errors import InvalidAccountConfig, WorkerIdInUse
 from hiscrm_bus.keys import StreamKind
 from hiscrm_bus.limits import clip
 from hiscrm_bus.messages import (
+    MAX_ACKS_PER_MESSAGE,
+    AccountConfigAcks,
     AccountConfigUpdate,
     AccountConfigUpdateAck,
+    AckEntry,
     CrawlBatch,
     LoginExpired,
     LoginRequest,
@@ -65,6 +68,8 @@ class Applied:
     error: str | None = None
     # ACK it: the account is ours (a removed or moved one is not ours to speak for)
     mine: bool = True
+    # what applying did, for a reconcile's one summary line ("" when nothing)
+    did: str = ""
 
 
 class Worker:
@@ -225,6 +230,17 @@ class Worker:
         if result.mine:
             await self._ack(account_id, result, update.update_id)
 
+    def _ack_entry(self, account_id: str, result: Applied) -> AckEntry:
+        # built from checked values (ids, versions, a clipped error): the Master
+        # validates the message it decodes
+        return AckEntry(
+            account_id=account_id,
+            applied_version=result.applied_version,
+            seen_version=result.seen_version,
+            ok=result.ok,
+            error=clip(result.error) if result.error else None,
+        )
+
     def _ack_message(
         self, account_id: str, result: Applied, update_id: str = ""
     ) -> AccountConfigUpdateAck:
@@ -248,15 +264,20 @@ class Worker:
             log.warning("worker %s: ACK for %s queued (%s)", self.id, account_id, exc)
             self.send("acks", ack)
 
-    def _apply(self, account_id: str, raw: dict[Any, Any] | Exception) -> Applied:
+    def _apply(
+        self, account_id: str, raw: dict[Any, Any] | Exception, *, quiet: bool = False
+    ) -> Applied:
         """Bring one account to the version in ``raw`` (its HGETALL, or the error reply
-        that read got). Never raises: whatever is stored is this account's problem."""
+        that read got). Never raises: whatever is stored is this account's problem.
+        ``quiet``: the routine outcomes are not logged one by one (a reconcile logs them
+        in one line); errors always are."""
         try:
-            return self._apply_unguarded(account_id, raw)
+            return self._apply_unguarded(account_id, raw, quiet)
         except Exception as exc:
             log.exception("account %s: applying its configuration failed", account_id)
             applied = self.applied.get(account_id, 0)
-            return Applied(False, applied, applied, clip(f"{type(exc).__name__}: {exc}"))
+            reason = clip(f"{type(exc).__name__}: {exc}")
+            return Applied(False, applied, applied, reason, did="rejected")
 
     def _forget(self, account_id: str) -> None:
         self.runner.stop(account_id)
@@ -264,7 +285,9 @@ class Worker:
         self.rejected.pop(account_id, None)
         self._locks.pop(account_id, None)
 
-    def _apply_unguarded(self, account_id: str, raw: dict[Any, Any] | Exception) -> Applied:
+    def _apply_unguarded(
+        self, account_id: str, raw: dict[Any, Any] | Exception, quiet: bool
+    ) -> Applied:
         applied = self.applied.get(account_id, 0)
         if isinstance(raw, rexc.NoPermissionError) and account_id in self._assigned:
             # still ours, but not readable yet: a restarted Redis forgot the grant until
@@ -276,8 +299,9 @@ class Worker:
         if isinstance(raw, rexc.NoPermissionError):
             # the Master revoked our read access: the account moved or was removed
             self._forget(account_id)
-            log.info("account %s: no longer readable by us; task stopped", account_id)
-            return Applied(True, applied, applied, mine=False)
+            if not quiet:
+                log.info("account %s: no longer readable by us; task stopped", account_id)
+            return Applied(True, applied, applied, mine=False, did="stopped")
         if isinstance(raw, Exception):
             self.rejected[account_id] = applied + 1
             log.error(
@@ -286,11 +310,13 @@ class Worker:
                 raw,
                 applied,
             )
-            return Applied(False, applied, applied, clip(f"account hash unreadable: {raw}"))
+            error = clip(f"account hash unreadable: {raw}")
+            return Applied(False, applied, applied, error, did="rejected")
         if not raw:  # removed
             self._forget(account_id)
-            log.info("account %s: removed; task stopped", account_id)
-            return Applied(True, applied, applied, mine=False)
+            if not quiet:
+                log.info("account %s: removed; task stopped", account_id)
+            return Applied(True, applied, applied, mine=False, did="stopped")
         owner = _field(raw, "worker_id")
         try:
             config = from_hash(raw)
@@ -305,7 +331,7 @@ class Worker:
                 exc,
             )
             error = clip(f"invalid config: {exc}")
-            return Applied(False, applied, seen, error, mine=owner == self.id)
+            return Applied(False, applied, seen, error, mine=owner == self.id, did="rejected")
         version = config.config_version
         if version <= applied:
             return Applied(True, applied, version, mine=owner == self.id)
@@ -313,19 +339,23 @@ class Worker:
             self.runner.stop(account_id)
             self.applied[account_id] = version
             self.rejected.pop(account_id, None)
-            log.info("account %s: now owned by %s; task stopped here", account_id, config.worker_id)
-            return Applied(True, version, version, mine=False)
-        elif config.platform not in self.platforms:
+            if not quiet:
+                log.info(
+                    "account %s: now owned by %s; task stopped here", account_id, config.worker_id
+                )
+            return Applied(True, version, version, mine=False, did="moved away")
+        if config.platform not in self.platforms:
             error = f"platform {config.platform!r} is not supported by worker {self.id}"
             self.rejected[account_id] = version
             log.error("account %s: %s", account_id, error)
-            return Applied(False, applied, version, error)
-        else:
-            self.runner.apply(config)
+            return Applied(False, applied, version, error, did="rejected")
+        did = "swapped" if account_id in self.runner else "started"
+        self.runner.apply(config, quiet=quiet)
+        if not quiet:
             log.info("account config reloaded for %s: version %d", account_id, version)
         self.applied[account_id] = version
         self.rejected.pop(account_id, None)
-        return Applied(True, version, version)
+        return Applied(True, version, version, did=did)
 
     # reconcile
 
@@ -347,23 +377,41 @@ class Worker:
         ]
         if not behind:
             return
-        log.info("worker %s: reconcile found %d account(s) behind", self.id, len(behind))
         raws = await self.store.get_each(behind)
-        results: list[tuple[str, Applied]] = []
-        for account_id, raw in zip(behind, raws, strict=True):
-            # no await in this loop, so no update handler can interleave; one that is
-            # mid-way (holding the account's lock) reads the hash itself and ACKs
-            lock = self._locks.get(account_id)
-            if lock is None or not lock.locked():
-                results.append((account_id, self._apply(account_id, raw)))
-        if self._grant_wait and self.tg is not None:
-            self._grant_wait = False
-            self.tg.start_soon(self._reconcile_soon)
-        acks = [self._ack_message(a, result) for a, result in results if result.mine]
+        entries: list[AckEntry] = []
+        done: Counter[str] = Counter()
+        with self.runner.deferred():  # new tasks start once the ACKs are written
+            for account_id, raw in zip(behind, raws, strict=True):
+                # no await in this loop, so no update handler can interleave; one that is
+                # mid-way (holding the account's lock) reads the hash itself and ACKs
+                lock = self._locks.get(account_id)
+                if lock is None or not lock.locked():
+                    result = self._apply(account_id, raw, quiet=True)
+                    done[result.did or "already applied"] += 1
+                    if result.mine:
+                        entries.append(self._ack_entry(account_id, result))
+            if self._grant_wait and self.tg is not None:
+                self._grant_wait = False
+                self.tg.start_soon(self._reconcile_soon)
+            await self._ack_many(entries)
+        log.info(
+            "worker %s: reconcile brought %d account(s) up to date: %s",
+            self.id,
+            len(behind),
+            ", ".join(f"{n} {what}" for what, n in sorted(done.items())) or "none free",
+        )
+
+    async def _ack_many(self, entries: list[AckEntry]) -> None:
+        """ACK many accounts in one round trip, a stream entry per thousand of them."""
+        per = MAX_ACKS_PER_MESSAGE
+        acks = [
+            AccountConfigAcks(sender=self.id, worker_id=self.id, acks=tuple(entries[n : n + per]))
+            for n in range(0, len(entries), per)
+        ]
         try:
             await append_many(self.redis, self.streams["acks"], acks, self.settings.stream_maxlen)
         except Exception as exc:
-            log.warning("worker %s: %d reconcile ACK(s) queued (%s)", self.id, len(acks), exc)
+            log.warning("worker %s: %d ACK(s) queued (%s)", self.id, len(entries), exc)
             for ack in acks:
                 self.send("acks", ack)
 

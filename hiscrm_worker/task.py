@@ -53,16 +53,20 @@ class MonitorTask:
         self.items = 0
         self.items_left = 0  # what the last crawl had to leave (see platforms.paging)
         self.last_crawl_at: datetime | None = None
-        self._changed = anyio.Event()
+        # set (and replaced) by swap; made when the loop first waits on it
+        self._changed: anyio.Event | None = None
 
     @property
     def account_id(self) -> str:
         return self.config.id
 
-    def swap(self, config: AccountConfig) -> None:
+    def swap(self, config: AccountConfig, *, quiet: bool = False) -> None:
         old, self.config = self.config, config
-        changed, self._changed = self._changed, anyio.Event()
-        changed.set()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
+        if quiet:
+            return
         log.info(
             "updated account config in MonitorTask for %s (version %d -> %d)",
             config.id,
@@ -102,6 +106,8 @@ class MonitorTask:
         last_crawl: float | None = None  # monotonic time of the last crawl
         try:
             while True:
+                if self._changed is None:
+                    self._changed = anyio.Event()
                 config, changed = self.config, self._changed
                 if not config.enabled:
                     self._set_state("disabled")

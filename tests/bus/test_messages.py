@@ -111,7 +111,8 @@ def _strategy(annotation: Any, bounds: dict[str, Any]) -> st.SearchStrategy[Any]
         item, dots = get_args(annotation)
         assert dots is Ellipsis, annotation
         size = min(bounds.get("max_len", 3), 3)
-        return st.lists(_strategy(item, {}), max_size=size).map(tuple)
+        low = bounds.get("min_len", 0)
+        return st.lists(_strategy(item, {}), min_size=low, max_size=max(size, low)).map(tuple)
     if origin is dict and get_args(annotation) == (str, Any):
         return json_objects
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):

@@ -15,7 +15,13 @@ import pytest
 from redis.asyncio import Redis
 
 from hiscrm_bus.accounts import AccountConfig
-from hiscrm_bus.messages import DecodeError, decode
+from hiscrm_bus.messages import (
+    MAX_ACKS_PER_MESSAGE,
+    AccountConfigAcks,
+    AckEntry,
+    DecodeError,
+    decode,
+)
 from hiscrm_bus.settings import BusSettings
 from hiscrm_bus.streams import FIELD, Received
 from hiscrm_master.service import Master
@@ -81,11 +87,54 @@ async def test_reconcile_starts_every_owned_account_and_acks_it(fleet, bus: Bus)
     await add(master, "other", "w2")
     await w1.reconcile()
     assert sorted(w1.runner.ids()) == ["acc-0", "acc-1", "acc-2"]
-    acks = await acks_of(redis, w1)
-    assert sorted(r.message.account_id for r in acks) == ["acc-0", "acc-1", "acc-2"]  # type: ignore[union-attr]
+    # the reconcile's ACKs travel as one stream entry
+    (entry,) = await acks_of(redis, w1)
+    assert isinstance(entry.message, AccountConfigAcks)
+    assert sorted(a.account_id for a in entry.message.acks) == ["acc-0", "acc-1", "acc-2"]
+    assert all(a.ok and a.applied_version == 1 for a in entry.message.acks)
     # a second pass finds nothing behind and says nothing
     await w1.reconcile()
-    assert len(await acks_of(redis, w1)) == 3
+    assert len(await acks_of(redis, w1)) == 1
+
+
+async def test_a_reconcile_of_many_accounts_acks_them_a_thousand_per_entry(fleet, bus: Bus) -> None:
+    master, w1, _w2 = fleet
+    redis, _settings = bus
+    count = MAX_ACKS_PER_MESSAGE + 5
+    for n in range(count):
+        await add(master, f"acc-{n:04d}", "w1")
+    await w1.reconcile()
+    entries = await acks_of(redis, w1)
+    assert [len(r.message.acks) for r in entries] == [MAX_ACKS_PER_MESSAGE, 5]  # type: ignore[union-attr]
+    # every task is started right behind the reconcile, none lost to the bulk start
+    await anyio.wait_all_tasks_blocked()
+    states = {w1.runner.get(a).state for a in w1.runner.ids()}  # type: ignore[union-attr]
+    assert (len(w1.runner.ids()), states) == (count, {"waiting_login"})
+    # the Master resolves them all: each account's pending assignment is closed
+    assert await master.tracker.count() == 0  # created behind the tracker's back
+    await master.on_acks(entries)
+    assert await master.deadletters.counts() == {}
+
+
+async def test_a_batch_ack_for_an_account_not_its_own_is_refused_alone(fleet, bus: Bus) -> None:
+    """A worker's batch is judged entry by entry: the ACK about another worker's account
+    is dead-lettered, the rest resolve."""
+    master, w1, _w2 = fleet
+    redis, _settings = bus
+    await add(master, "mine", None)
+    await add(master, "theirs", "w2")
+    await master.updates.change("mine", {"worker_id": "w1"}, "assignment")
+    (pending,) = await master.tracker.of_account("mine")
+    entry = AckEntry(
+        account_id="mine", applied_version=pending.version, seen_version=pending.version, ok=True
+    )
+    forged = AckEntry(account_id="theirs", applied_version=9, seen_version=9, ok=True)
+    batch = AccountConfigAcks(sender="w1", worker_id="w1", acks=(entry, forged))
+    await master.on_acks([Received("w1", w1.streams["acks"], batch)])
+    assert await master.tracker.count() == 0
+    assert await master.deadletters.counts() == {w1.streams["acks"]: 1}
+    ((_id, fields),) = await redis.xrange(master.keys.deadletter)
+    assert fields[b"reason"] == b"not_owner" and b'"theirs"' in fields[b"raw"]
 
 
 async def test_an_update_is_applied_acked_and_resolved(fleet, bus: Bus) -> None:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ import anyio
 import redis
 
 from hiscrm_bus.accounts import AccountConfig
+from hiscrm_bus.messages import MAX_ACKS_PER_MESSAGE
 from hiscrm_master.updates import Updates
 
 if TYPE_CHECKING:
@@ -173,6 +174,13 @@ class LogTally(logging.Handler):
 
 def matching(counts: Counter[tuple[str, str]], needle: str) -> int:
     return sum(n for (_name, msg), n in counts.items() if needle in msg)
+
+
+def start_up_acks(owner: Mapping[str, str]) -> int:
+    """The ACK stream entries the Master reads once every worker has reconciled the
+    accounts ``owner`` gives it (account -> worker): one per 1,000 of a worker's accounts."""
+    per_worker = Counter(owner.values())
+    return sum(-(-n // MAX_ACKS_PER_MESSAGE) for n in per_worker.values())
 
 
 async def create_accounts(updates: Updates, ids: Sequence[str], worker_id: str) -> None:

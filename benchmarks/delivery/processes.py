@@ -27,7 +27,7 @@ from hiscrm_master.service import Master
 from hiscrm_master.settings import MasterSettings
 from hiscrm_master.updates import Updates
 
-from .infra import ROOT, aclose_all, now, prefix, wait_until
+from .infra import ROOT, aclose_all, now, prefix, start_up_acks, wait_until
 
 
 @asynccontextmanager
@@ -116,7 +116,9 @@ async def bench_processes(  # noqa: PLR0915 - one measurement, read top to botto
             groups = split(worker_ids, processes)
             async with worker_hosts(url, p, workdir / "procs", groups) as start_s:
                 await wait_until(
-                    lambda: master.acks.processed >= len(accounts), 60, "the Master to hear them"
+                    lambda: master.acks.processed >= start_up_acks(owner),
+                    60,
+                    "the Master to hear them",
                 )
                 raws = await updates.store.get_raw(accounts)
                 current = {a: decode_hash(r) for a, r in zip(accounts, raws, strict=True)}
@@ -192,7 +194,9 @@ async def bench_fleet(
             groups = [[w] for w in worker_ids]
             async with worker_hosts(url, p, workdir / "fleet", groups) as start_s:
                 await wait_until(
-                    lambda: master.acks.processed >= accounts, 60, "the Master to hear them"
+                    lambda: master.acks.processed >= start_up_acks(owner),
+                    60,
+                    "the Master to hear them",
                 )
                 for rnd in range(reps):
                     # as `hiscrm account set --all name=… --wait`

@@ -21,7 +21,7 @@ from hiscrm_master.updates import Updates
 from hiscrm_worker.service import Worker
 from hiscrm_worker.settings import WorkerSettings
 
-from .infra import aclose_all, create_accounts, now, prefix, wait_until
+from .infra import aclose_all, create_accounts, now, prefix, start_up_acks, wait_until
 
 # ----------------------------------------------------------------------------- 2. throughput
 
@@ -158,7 +158,9 @@ async def bench_throughput(  # noqa: PLR0915 - one measurement, read top to bott
             # steady state: the Master reads every worker's stream (it has read the ACK
             # each worker sent for its accounts on start)
             await wait_until(
-                lambda: master.acks.processed >= len(accounts), 60, "the Master to hear the fleet"
+                lambda: master.acks.processed >= start_up_acks(owner),
+                60,
+                "the Master to hear the fleet",
             )
             master_caught_up_s = now() - t_start
             raws = await updates.store.get_raw(accounts)

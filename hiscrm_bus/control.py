@@ -26,6 +26,10 @@ from .settings import BusSettings
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Message], Awaitable[None]]
+BurstHandler = Callable[[list[Message]], Awaitable[None]]
+# messages taken off the connection's buffer at once when they arrive faster than
+# they are handled (a fleet-wide change sends a worker hundreds together)
+MAX_BURST = 500
 Hook = Callable[[], Awaitable[None]]
 
 
@@ -49,10 +53,16 @@ class ControlSubscription:
         handler: Handler,
         on_subscribed: Hook,
         deadletters: DeadLetterWriter,
+        *,
+        burst: BurstHandler | None = None,
     ) -> None:
+        """``handler`` gets each message; with ``burst``, the messages that arrived
+        together (already waiting in the connection's buffer, up to MAX_BURST) go to
+        ``burst`` in one call instead, in order, so it can answer them in bulk."""
         self.settings = settings
         self.channel = settings.keys.control(worker_id)
         self.handler = handler
+        self.burst = burst
         self.on_subscribed = on_subscribed
         self.deadletters = deadletters
         self.subscriptions = 0  # how many times we (re)subscribed; for status and tests
@@ -138,19 +148,43 @@ class ControlSubscription:
             last_heard = anyio.current_time()
             if reply["type"] == "pong":
                 ping_sent = None
+            elif reply["type"] == "message" and self.burst is None:
+                await self._dispatch([reply["data"]])
             elif reply["type"] == "message":
-                await self._dispatch(reply["data"])
+                burst = [reply["data"]]
+                while len(burst) < MAX_BURST:
+                    more = await call(pubsub.get_message(timeout=0))  # never waits
+                    if more is None:
+                        break
+                    if more["type"] == "pong":
+                        ping_sent = None
+                    elif more["type"] == "message":
+                        burst.append(more["data"])
+                await self._dispatch(burst)
 
-    async def _dispatch(self, data: bytes) -> None:
-        message = decode(data)
-        if isinstance(message, DecodeError):
-            await self.deadletters.write(self.channel, message)
-            return
+    async def _dispatch(self, burst: list[bytes]) -> None:
+        messages: list[Message] = []
+        for data in burst:
+            message = decode(data)
+            if isinstance(message, DecodeError):
+                await self.deadletters.write(self.channel, message)
+            else:
+                messages.append(message)
+        if self.burst is None:
+            for message in messages:
+                await self._handle(self.handler(message), [message])
+        elif messages:
+            await self._handle(self.burst(messages), messages)
+
+    async def _handle(self, handling: Awaitable[None], messages: list[Message]) -> None:
         try:
-            await self.handler(message)
+            await handling
         except Exception:
-            # never let one message end the subscription; the sender retries
-            log.exception("handling %s on %s failed", message.type, self.channel)
+            # never let a message end the subscription; the sender retries
+            kinds = ", ".join(sorted({m.type for m in messages}))
+            log.exception(
+                "handling %d message(s) (%s) on %s failed", len(messages), kinds, self.channel
+            )
 
 
 async def _close(pubsub: PubSub, client: Redis) -> None:

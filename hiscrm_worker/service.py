@@ -13,7 +13,8 @@ import os
 import socket
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,7 @@ from hiscrm_bus.messages import (
 )
 from hiscrm_bus.messages import TaskStatus as TaskStatusEvent
 from hiscrm_bus.resilience import Episode, every
-from hiscrm_bus.streams import append, append_many
+from hiscrm_bus.streams import append_many
 from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
 
 from .browser import BrowserPool, check_chromium
@@ -97,7 +98,12 @@ class Worker:
         )
         self.logins = LoginRunner(self.store, self.platforms, self.id, self.outbox)
         self.subscription = ControlSubscription(
-            settings, self.id, self.handle, self.reconcile, DeadLettersToMaster(self.outbox)
+            settings,
+            self.id,
+            self.handle,
+            self.reconcile,
+            DeadLettersToMaster(self.outbox),
+            burst=self.handle_burst,
         )
         # the version in force per account (also for accounts stopped here), and the
         # newest version we rejected, so reconcile does not reject it again and again
@@ -202,33 +208,68 @@ class Worker:
         else:
             log.warning("worker %s: ignoring unexpected %s", self.id, message.type)
 
+    async def handle_burst(self, messages: list[Message]) -> None:
+        """Messages that arrived together: the config updates among them are answered
+        in bulk (see on_config_updates), the rest one by one, in order."""
+        updates = [m for m in messages if isinstance(m, AccountConfigUpdate)]
+        if len(updates) <= 1:
+            for message in messages:
+                await self.handle(message)
+            return
+        await self.on_config_updates(updates)
+        for message in messages:
+            if not isinstance(message, AccountConfigUpdate):
+                await self.handle(message)
+
     async def on_config_update(self, update: AccountConfigUpdate) -> None:
-        account_id = update.account_id
-        log.info(
-            "received account config update for %s: version %d, reason %s, fields %s, update %s",
-            account_id,
-            update.config_version,
-            update.reason,
-            ",".join(update.updated_fields) or "-",
-            update.update_id,
-        )
-        async with self._locks[account_id]:
-            applied = self.applied.get(account_id, 0)
-            if update.config_version <= applied:
+        await self.on_config_updates([update])
+
+    async def on_config_updates(self, updates: list[AccountConfigUpdate]) -> None:
+        """Apply updates and ACK each: every hash that needs reading is read in one
+        round trip and every ACK written in another, however many updates there are."""
+        for update in updates:
+            log.info(
+                "received account config update for %s: version %d, reason %s, fields %s, "
+                "update %s",
+                update.account_id,
+                update.config_version,
+                update.reason,
+                ",".join(update.updated_fields) or "-",
+                update.update_id,
+            )
+        results: dict[str, Applied] = {}
+        async with AsyncExitStack() as held:
+            # in one order, so two bursts never wait for each other crosswise
+            for account_id in sorted({u.account_id for u in updates}):
+                await held.enter_async_context(self._locks[account_id])
+            behind = sorted(
+                {
+                    u.account_id
+                    for u in updates
+                    if u.config_version > self.applied.get(u.account_id, 0)
+                }
+            )
+            for account_id in behind:
+                log.info("reloading configuration for account %s", account_id)
+            raws = await self.store.get_each(behind) if behind else []
+            for account_id, raw in zip(behind, raws, strict=True):
+                results[account_id] = self._apply(account_id, raw)
+        acks: list[AccountConfigUpdateAck] = []
+        for update in updates:
+            result = results.get(update.account_id)
+            if result is None:
+                applied = self.applied.get(update.account_id, 0)
                 log.info(
                     "account %s: version %d already applied (have %d); update %s ignored",
-                    account_id,
+                    update.account_id,
                     update.config_version,
                     applied,
                     update.update_id,
                 )
                 result = Applied(True, applied, update.config_version)
-            else:
-                log.info("reloading configuration for account %s", account_id)
-                (raw,) = await self.store.get_each([account_id])
-                result = self._apply(account_id, raw)
-        if result.mine:
-            await self._ack(account_id, result, update.update_id)
+            if result.mine:
+                acks.append(self._ack_message(update.account_id, result, update.update_id))
+        await self._send_acks(acks)
 
     def _ack_entry(self, account_id: str, result: Applied) -> AckEntry:
         # built from checked values (ids, versions, a clipped error): the Master
@@ -254,15 +295,6 @@ class Worker:
             ok=result.ok,
             error=clip(result.error) if result.error else None,
         )
-
-    async def _ack(self, account_id: str, result: Applied, update_id: str = "") -> None:
-        ack = self._ack_message(account_id, result, update_id)
-        try:
-            await append(self.redis, self.streams["acks"], ack, self.settings.stream_maxlen)
-        except Exception as exc:
-            # not lost: the outbox writes it once Redis takes writes again
-            log.warning("worker %s: ACK for %s queued (%s)", self.id, account_id, exc)
-            self.send("acks", ack)
 
     def _apply(
         self, account_id: str, raw: dict[Any, Any] | Exception, *, quiet: bool = False
@@ -402,16 +434,26 @@ class Worker:
         )
 
     async def _ack_many(self, entries: list[AckEntry]) -> None:
-        """ACK many accounts in one round trip, a stream entry per thousand of them."""
+        """ACK many accounts at once, a stream entry per thousand of them."""
         per = MAX_ACKS_PER_MESSAGE
-        acks = [
-            AccountConfigAcks(sender=self.id, worker_id=self.id, acks=tuple(entries[n : n + per]))
-            for n in range(0, len(entries), per)
-        ]
+        await self._send_acks(
+            [
+                AccountConfigAcks(
+                    sender=self.id, worker_id=self.id, acks=tuple(entries[n : n + per])
+                )
+                for n in range(0, len(entries), per)
+            ]
+        )
+
+    async def _send_acks(self, acks: Sequence[AccountConfigUpdateAck | AccountConfigAcks]) -> None:
+        """Write ACKs to our stream in one round trip; what Redis does not take now,
+        the outbox writes once it does (never lost)."""
+        if not acks:
+            return
         try:
             await append_many(self.redis, self.streams["acks"], acks, self.settings.stream_maxlen)
         except Exception as exc:
-            log.warning("worker %s: %d ACK(s) queued (%s)", self.id, len(entries), exc)
+            log.warning("worker %s: %d ACK message(s) queued (%s)", self.id, len(acks), exc)
             for ack in acks:
                 self.send("acks", ack)
 

@@ -270,3 +270,46 @@ async def test_starting_on_a_dead_path_waits_until_it_comes_back(real: Bus) -> N
         await publish(redis, settings, "w1", note(1))
         assert (await probe.next()).config_version == 1
         tg.cancel_scope.cancel()
+
+
+async def test_messages_that_arrive_together_reach_the_burst_handler_in_one_call(
+    real: Bus,
+) -> None:
+    """While one message is being handled, what arrives meanwhile waits in the
+    connection's buffer and is handed over in one call, in order, bad ones dead-lettered."""
+    redis, settings = real
+    calls: list[list[int]] = []
+    first_in, release = anyio.Event(), anyio.Event()
+    got_all = anyio.Event()
+
+    async def burst(messages: list[Message]) -> None:
+        calls.append([m.config_version for m in messages])  # type: ignore[union-attr]
+        if len(calls) == 1:
+            first_in.set()
+            await release.wait()
+        if sum(map(len, calls)) == 6:
+            got_all.set()
+
+    async def never(_message: Message) -> None:
+        raise AssertionError("with a burst handler, the single handler is not called")
+
+    async def nothing() -> None:
+        return None
+
+    sub = ControlSubscription(
+        settings, "w1", never, nothing, DeadLetters(redis, settings), burst=burst
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(sub.run)
+        await publish(redis, settings, "w1", note(1))
+        with anyio.fail_after(5):
+            await first_in.wait()
+        for n in range(2, 7):
+            await publish(redis, settings, "w1", note(n))
+        await redis.publish(settings.keys.control("w1"), b"not a message")
+        release.set()
+        with anyio.fail_after(5):
+            await got_all.wait()
+        tg.cancel_scope.cancel()
+    assert calls == [[1], [2, 3, 4, 5, 6]]
+    assert await DeadLetters(redis, settings).counts() == {settings.keys.control("w1"): 1}

@@ -227,3 +227,40 @@ async def test_racing_changes_each_land_once_tracked_and_published(fleet, bus: B
     pending = await master.tracker.of_account("acc-1")
     assert sorted(p.version for p in pending) == list(range(2, 22))
     assert int((await redis.hgetall(settings.keys.stats))[b"sent"]) == 20
+
+
+async def test_a_burst_of_updates_is_read_and_acked_in_bulk_and_each_resolves(
+    fleet, bus: Bus
+) -> None:
+    """A fleet-wide change reaches a worker as a burst: each update is ACKed with its own
+    id (an account changed twice in the burst is read once), and the Master closes all."""
+    master, w1, _w2 = fleet
+    redis, _settings = bus
+    for n in range(3):
+        await add(master, f"acc-{n}", "w1")
+    await w1.reconcile()
+    await master.on_acks(await acks_of(redis, w1))
+    sent = []
+    for account_id, name in (("acc-0", "a"), ("acc-1", "b"), ("acc-0", "c"), ("acc-2", "d")):
+        _result, message = await master.updates.change(account_id, {"name": name}, "admin_update")
+        assert message is not None
+        sent.append(message)
+    assert await master.tracker.count() == 4
+    reads = 0
+    get_each = w1.store.get_each
+
+    async def counted(ids: list[str]) -> list[Any]:
+        nonlocal reads
+        reads += 1
+        return await get_each(ids)
+
+    w1.store.get_each = counted  # type: ignore[method-assign]
+    await w1.handle_burst(sent)
+    assert reads == 1
+    assert [w1.runner.get(a).config.name for a in ("acc-0", "acc-1", "acc-2")] == ["c", "b", "d"]  # type: ignore[union-attr]
+    acks = (await acks_of(redis, w1))[1:]  # after the reconcile's batch
+    assert [r.message.update_id for r in acks] == [m.update_id for m in sent]  # type: ignore[union-attr]
+    await master.on_acks(acks)
+    assert await master.tracker.count() == 0
+    outcomes = await master.tracker.recent_outcomes()
+    assert {o.update_id for o in outcomes if o.status == "applied"} >= {m.update_id for m in sent}

@@ -228,18 +228,78 @@ class Updates:
         batch: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]],
         reason: UpdateReason,
     ) -> tuple[list[AccountUpdate | Exception], list[AccountConfigUpdate | None]]:
-        """Fleet-wide change: pipelined writes, pending records and publishes in batches
-        of ``BATCH``; never one round trip per account."""
+        """Fleet-wide change, in batches of ``BATCH``, never one round trip per account.
+        Returns each account's write (or why not, in ``batch``'s order) and the updates
+        sent. An account whose owner stays costs one atomic call, as in :meth:`change`,
+        pipelined with the rest of its batch; a change of owner, or an account someone
+        wrote since ``batch`` was read, takes the longer way (versioned write; grants,
+        records and publishes), in one more round trip for all of them."""
         items = list(batch.items())
         results: list[AccountUpdate | Exception] = []
         sent: list[AccountConfigUpdate | None] = []
         for start in range(0, len(items), BATCH):
             chunk = dict(items[start : start + BATCH])
-            written = await self.store.update_many(chunk)
-            results += written
-            ok = [r for r in written if isinstance(r, AccountUpdate)]
-            sent += await self.notify(ok, reason)
+            done, messages, rest = await self._change_in_place(chunk, reason)
+            sent += messages
+            if rest:
+                written = await self.store.update_many(rest)
+                done.update(zip(rest, written, strict=True))
+                sent += await self.notify(
+                    [r for r in written if isinstance(r, AccountUpdate)], reason
+                )
+            results += [done[account_id] for account_id in chunk]
         return results, sent
+
+    async def _change_in_place(
+        self,
+        chunk: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]],
+        reason: UpdateReason,
+    ) -> tuple[
+        dict[str, AccountUpdate | Exception],
+        list[AccountConfigUpdate],
+        dict[str, tuple[Mapping[str, Any], Mapping[str, Any]]],
+    ]:
+        """The one-call path of :meth:`change` for many accounts in one pipeline: what it
+        did per account, the updates sent, and the accounts left for the longer way."""
+        done: dict[str, AccountUpdate | Exception] = {}
+        rest: dict[str, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
+        calls: list[tuple[AccountUpdate, AccountConfigUpdate, str]] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for account_id, (current, changes) in chunk.items():
+                version = _version(current)
+                try:
+                    write = self.store.write_call(account_id, current, changes, version)
+                except InvalidAccountConfig as exc:
+                    done[account_id] = exc
+                    continue
+                owner = write.new.worker_id
+                if owner is None or owner != current.get("worker_id"):
+                    rest[account_id] = (current, changes)
+                    continue
+                result = AccountUpdate(account_id, version + 1, write.fields, owner, owner)
+                message = self.message(result, reason)
+                record_keys, record_args = self.tracker.record_call(message, owner)
+                await self._change(
+                    keys=[*write.keys, *record_keys],
+                    args=[*write.args, *record_args, self.keys.control(owner), encode(message)],
+                    client=pipe,
+                )
+                calls.append((result, message, owner))
+            replies = await call(pipe.execute()) if calls else []
+        sent: list[tuple[AccountConfigUpdate, str]] = []
+        receivers: list[int] = []
+        for (result, message, owner), reply in zip(calls, replies, strict=True):
+            code = int(reply[0])
+            if code == -2:
+                rest[result.account_id] = chunk[result.account_id]  # written meanwhile
+            elif code < 0:
+                done[result.account_id] = write_failure(code, result.account_id, None)
+            else:
+                done[result.account_id] = result
+                sent.append((message, owner))
+                receivers.append(int(reply[1]))
+        self._log_sent(sent, receivers)
+        return done, [m for m, _w in sent], rest
 
     async def selection(
         self,

@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from hiscrm_bus.accounts import AccountConfig
+from hiscrm_bus.errors import InvalidAccountConfig
 from hiscrm_bus.messages import (
     MAX_ACKS_PER_MESSAGE,
     AccountConfigAcks,
@@ -264,3 +265,35 @@ async def test_a_burst_of_updates_is_read_and_acked_in_bulk_and_each_resolves(
     assert await master.tracker.count() == 0
     outcomes = await master.tracker.recent_outcomes()
     assert {o.update_id for o in outcomes if o.status == "applied"} >= {m.update_id for m in sent}
+
+
+async def test_a_fleet_change_writes_tracks_and_sends_each_account_once(fleet, bus: Bus) -> None:
+    """change_many over a mix: owners that stay (one atomic call each), a move, an
+    account written since the batch was read, an invalid value and an unowned account;
+    results in the batch's order, one tracked update per owned account written."""
+    master, _w1, _w2 = fleet
+    for account_id, owner in (("stay", "w1"), ("move", "w1"), ("raced", "w2"), ("bad", "w1")):
+        await add(master, account_id, owner)
+    await add(master, "loose", None)
+    selection = await master.updates.selection({"name": "fleet"})
+    await master.updates.change("raced", {"name": "someone else"}, "admin_update")
+    batch = dict(selection)
+    batch["move"] = (selection["move"][0], {"name": "fleet", "worker_id": "w2"})
+    batch["bad"] = (selection["bad"][0], {"monitor_interval_s": -1})
+    results, sent = await master.updates.change_many(batch, "admin_update")
+    by_id = dict(zip(batch, results, strict=True))
+    assert isinstance(by_id["bad"], InvalidAccountConfig)
+    written = {a: r for a, r in by_id.items() if not isinstance(r, Exception)}
+    assert {a: (r.version, r.worker_id) for a, r in written.items()} == {
+        "stay": (2, "w1"),
+        "move": (2, "w2"),
+        "raced": (3, "w2"),
+        "loose": (2, None),
+    }
+    assert sorted(m.account_id for m in sent if m is not None) == ["move", "raced", "stay"]
+    for account_id in ("stay", "move", "raced"):
+        pending = await master.tracker.of_account(account_id)
+        earlier = [2] if account_id == "raced" else []  # someone else's change is tracked too
+        assert sorted(p.version for p in pending) == [*earlier, written[account_id].version]
+        assert (await master.store.get(account_id)).name == "fleet"
+    assert (await master.store.get("bad")).monitor_interval_s == 60

@@ -7,8 +7,6 @@ import logging
 import math
 import os
 import platform
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -43,43 +41,20 @@ _prefixes = itertools.count()
 # ----------------------------------------------------------------------------- helpers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def redis_server(workdir: Path) -> Iterator[str]:
-    """A private, non-persistent redis-server on a free loopback port; yields its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
-    args += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
-    with (workdir / "redis.log").open("ab") as log:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+    """A private, non-persistent redis-server on a free loopback port for the run,
+    started by the tests' own starter (tests/redis_server.py); yields its URL."""
     try:
-        client = redis.Redis(port=port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if client.ping():
-                    break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"redis-server did not start on port {port}") from None
-                time.sleep(0.02)  # polling a process we just started
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        from tests.redis_server import RedisServer, running
+    except ImportError as exc:
+        raise SystemExit(f"tests/redis_server.py is not importable ({exc})") from None
+    try:
+        server = RedisServer(workdir)
+    except RuntimeError as exc:  # not installed
+        raise SystemExit(str(exc)) from None
+    with running(server):
+        yield server.url
 
 
 # PostgreSQL as Debian installs it runs durably: the tests' throwaway settings (no

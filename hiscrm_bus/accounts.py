@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError, to_json
+from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from .connection import call, call_each, text
@@ -575,6 +576,12 @@ class AccountStore:
         """HGETALL of many accounts in one round trip, where one account's error reply
         (NOPERM once access was revoked, WRONGTYPE for a key overwritten by something
         else) is that account's result instead of the whole call's exception."""
+        if len(account_ids) == 1:  # a pipeline costs redis-py a fifth more than a call
+            try:
+                raw: Any = await call(self.redis.hgetall(self.keys.account(account_ids[0])))
+                return [raw]
+            except rexc.ResponseError as exc:  # not an outage: call() raised those
+                return [exc]
         async with self.redis.pipeline(transaction=False) as pipe:
             for account_id in account_ids:
                 pipe.hgetall(self.keys.account(account_id))

@@ -69,6 +69,10 @@ async def append_many_to(
     redis: Redis, messages: Sequence[tuple[str, Message]], maxlen: int
 ) -> None:
     """XADD many (stream, message) pairs in one round trip, in order."""
+    if len(messages) == 1:  # a pipeline costs redis-py a fifth more than a call
+        ((stream, message),) = messages
+        await append(redis, stream, message, maxlen)
+        return
     if not messages:
         return
     async with redis.pipeline(transaction=False) as pipe:

@@ -151,6 +151,13 @@ def matching(counts: Counter[tuple[str, str]], needle: str) -> int:
     return sum(n for (_name, msg), n in counts.items() if needle in msg)
 
 
+async def redis_cpu_s(client: Any) -> float:
+    """CPU seconds the redis-server has used so far (user + system, INFO cpu): a run's
+    difference is what its work cost Redis, the one part no added process can share."""
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def start_up_acks(owner: Mapping[str, str]) -> int:
     """The ACK stream entries the Master reads once every worker has reconciled the
     accounts ``owner`` gives it (account -> worker): one per 1,000 of a worker's accounts."""

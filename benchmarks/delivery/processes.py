@@ -13,9 +13,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +29,36 @@ from hiscrm_master.service import Master
 from hiscrm_master.settings import MasterSettings
 from hiscrm_master.updates import Updates
 
-from .infra import ROOT, aclose_all, now, prefix, start_up_acks, wait_until
+from .infra import ROOT, aclose_all, now, prefix, redis_cpu_s, start_up_acks, wait_until
+
+
+@dataclass
+class Hosts:
+    """The worker host processes, once every one is ready."""
+
+    start_s: float  # how long they took to be ready
+    pids: list[int]
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the hosts have used so far."""
+        return sum(process_cpu_s(pid) for pid in self.pids)
+
+
+def process_cpu_s(pid: int) -> float:
+    """A live process's CPU seconds so far, from /proc (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @asynccontextmanager
 async def worker_hosts(
     url: str, key_prefix: str, workdir: Path, groups: Sequence[Sequence[str]]
-) -> AsyncIterator[float]:
-    """One host process per group of worker ids; yields once every one printed ``ready``
-    (the seconds that took), terminates them on exit."""
+) -> AsyncIterator[Hosts]:
+    """One host process per group of worker ids; yields once every one printed ``ready``,
+    terminates them on exit."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     procs: list[subprocess.Popen[str]] = []
@@ -61,7 +84,7 @@ async def worker_hosts(
             async with anyio.create_task_group() as tg:
                 for proc in procs:
                     tg.start_soon(ready, proc)
-        yield now() - t0
+        yield Hosts(now() - t0, [proc.pid for proc in procs])
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -114,7 +137,7 @@ async def bench_processes(  # noqa: PLR0915 - one measurement, read top to botto
         async with anyio.create_task_group() as tg:
             await tg.start(master.run)
             groups = split(worker_ids, processes)
-            async with worker_hosts(url, p, workdir / "procs", groups) as start_s:
+            async with worker_hosts(url, p, workdir / "procs", groups) as hosts:
                 await wait_until(
                     lambda: master.acks.processed >= start_up_acks(owner),
                     60,
@@ -137,6 +160,8 @@ async def bench_processes(  # noqa: PLR0915 - one measurement, read top to botto
 
                 async with anyio.create_task_group() as run:
                     await run.start(count)
+                    cpu0 = await redis_cpu_s(admin)
+                    hosts0, here0 = hosts.cpu_s(), time.process_time()
                     t0 = now()
                     sent = rnd = 0
                     while sent < total:
@@ -151,6 +176,8 @@ async def bench_processes(  # noqa: PLR0915 - one measurement, read top to botto
                     t_sent = now()
                     with anyio.move_on_after(max(60, total / 20)):
                         await done.wait()
+                    cpu = await redis_cpu_s(admin) - cpu0
+                    hosts_cpu, here_cpu = hosts.cpu_s() - hosts0, time.process_time() - here0
                     run.cancel_scope.cancel()
                 stats_after = await updates.tracker.stats()
             tg.cancel_scope.cancel()
@@ -167,8 +194,11 @@ async def bench_processes(  # noqa: PLR0915 - one measurement, read top to botto
         "seconds": end - t0,
         "per_s": statuses.get("applied", 0) / (end - t0),
         "send_s": t_sent - t0,
+        "redis_cpu_s": cpu,
+        "hosts_cpu_s": hosts_cpu,
+        "here_cpu_s": here_cpu,
         "retried": stats_after.get("retried", 0) - stats_before.get("retried", 0),
-        "start_s": start_s,
+        "start_s": hosts.start_s,
     }
 
 
@@ -192,7 +222,7 @@ async def bench_fleet(
         async with anyio.create_task_group() as tg:
             await tg.start(master.run)
             groups = [[w] for w in worker_ids]
-            async with worker_hosts(url, p, workdir / "fleet", groups) as start_s:
+            async with worker_hosts(url, p, workdir / "fleet", groups) as hosts:
                 await wait_until(
                     lambda: master.acks.processed >= start_up_acks(owner),
                     60,
@@ -236,6 +266,6 @@ async def bench_fleet(
         "reps": reps,
         "runs": runs,
         "last_ack_ms": best["last_ack_ms"],
-        "start_s": start_s,
+        "start_s": hosts.start_s,
         "complete": all(r["applied"] == r["tracked"] == accounts for r in runs),
     }

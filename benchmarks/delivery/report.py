@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +140,12 @@ def report_throughput(r: dict[str, Any], t: Table, notes: list[str], says: list[
         )
 
 
+def us_per(run: Mapping[str, Any], cpu: str = "redis_cpu_s") -> str:
+    """CPU seconds ``run[cpu]`` per completed update of a throughput run, in µs."""
+    done = run.get("applied", run.get("completed", 0))
+    return f"{run[cpu] / done * 1e6:.0f} µs" if done else "-"
+
+
 def report_processes(r: dict[str, Any], t: Table, notes: list[str], says: list[str]) -> None:
     pt = r.get("processes")
     if pt:
@@ -156,7 +164,10 @@ def report_processes(r: dict[str, Any], t: Table, notes: list[str], says: list[s
             f"the Master and the caller here; outcomes {pt['statuses']}, {pt['retried']} "
             f"retries; all sent after {pt['send_s']:.2f} s, last outcome after "
             f"{pt['seconds']:.2f} s (floor, in one process: sent {fl['send_s']:.2f} s, done "
-            f"{fl['seconds']:.2f} s); the hosts were ready after {pt['start_s']:.2f} s."
+            f"{fl['seconds']:.2f} s); the hosts were ready after {pt['start_s']:.2f} s. "
+            f"CPU per applied update: redis-server {us_per(pt)} (floor {us_per(fl)}), the "
+            f"worker hosts {us_per(pt, 'hosts_cpu_s')}, the Master and the caller "
+            f"{us_per(pt, 'here_cpu_s')}; on {os.cpu_count()} cores."
         )
         says.append(
             f"With the {pt['workers']} workers spread over {pt['processes']} processes hiscrm "

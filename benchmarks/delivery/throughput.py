@@ -21,7 +21,15 @@ from hiscrm_master.updates import Updates
 from hiscrm_worker.service import Worker
 from hiscrm_worker.settings import WorkerSettings
 
-from .infra import aclose_all, create_accounts, now, prefix, start_up_acks, wait_until
+from .infra import (
+    aclose_all,
+    create_accounts,
+    now,
+    prefix,
+    redis_cpu_s,
+    start_up_acks,
+    wait_until,
+)
 
 # ----------------------------------------------------------------------------- 2. throughput
 
@@ -83,6 +91,7 @@ async def floor_throughput(url: str, workers: int, total: int, batch: int) -> di
             await wait_until(lambda: ready == workers, 30, "floor subscribers")
             async with anyio.create_task_group() as run:
                 await run.start(consume)
+                cpu0 = await redis_cpu_s(producer)
                 t0 = now()
                 version = 0
                 sent = 0
@@ -100,6 +109,7 @@ async def floor_throughput(url: str, workers: int, total: int, batch: int) -> di
                 t_sent = now()
                 with anyio.fail_after(max(60, total / 50)):
                     await done.wait()
+                cpu = await redis_cpu_s(producer) - cpu0
             tg.cancel_scope.cancel()
     finally:
         await aclose_all(producer, reader, *subs, *clients)
@@ -109,6 +119,7 @@ async def floor_throughput(url: str, workers: int, total: int, batch: int) -> di
         "seconds": done_at - t0,
         "per_s": got / (done_at - t0),
         "send_s": t_sent - t0,
+        "redis_cpu_s": cpu,
     }
 
 

@@ -23,9 +23,11 @@ def _alive(stack: Stack) -> None:
 
 
 def _rejected_acks(stack: Stack, worker: str, account: str) -> list[dict[str, object]]:
-    acks = (
-        json.loads(f["msg"]) for _id, f in stack.r.xrange(stack.keys.worker_stream(worker, "acks"))
-    )
+    """The worker's rejecting ACKs about ``account``, sent alone or in a reconcile's batch."""
+    acks: list[dict[str, object]] = []
+    for _id, f in stack.r.xrange(stack.keys.worker_stream(worker, "acks")):
+        message = json.loads(f["msg"])
+        acks += message["acks"] if message["type"].endswith(":acks") else [message]
     return [a for a in acks if a["account_id"] == account and a["ok"] is False]
 
 

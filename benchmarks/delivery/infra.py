@@ -158,6 +158,29 @@ async def redis_cpu_s(client: Any) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+async def send_rounds(
+    updates: Updates, current: dict[str, dict[str, Any]], accounts: Sequence[str], total: int
+) -> None:
+    """``total`` updates in rounds of one ``change_many`` over ``accounts`` (a new name each
+    round), as a caller that knows the version it wrote: ``current`` (each account's
+    decoded hash) is kept up to date from the results. Raises if any write is refused."""
+    sent = rnd = 0
+    while sent < total:
+        chunk = accounts[: min(len(accounts), total - sent)]
+        batch = {a: (current[a], {"name": f"r{rnd}"}) for a in chunk}
+        results, notices = await updates.change_many(batch, "admin_update")
+        for account_id, result in zip(chunk, results, strict=True):
+            if isinstance(result, Exception):
+                raise RuntimeError(f"change_many refused: {result}")  # noqa: TRY004
+            current[account_id] = {
+                **current[account_id],
+                "name": f"r{rnd}",
+                "config_version": str(result.version),
+            }
+        sent += sum(1 for m in notices if m is not None)
+        rnd += 1
+
+
 def start_up_acks(owner: Mapping[str, str]) -> int:
     """The ACK stream entries the Master reads once every worker has reconciled the
     accounts ``owner`` gives it (account -> worker): one per 1,000 of a worker's accounts."""

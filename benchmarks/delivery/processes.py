@@ -29,7 +29,16 @@ from hiscrm_master.service import Master
 from hiscrm_master.settings import MasterSettings
 from hiscrm_master.updates import Updates
 
-from .infra import ROOT, aclose_all, now, prefix, redis_cpu_s, start_up_acks, wait_until
+from .infra import (
+    ROOT,
+    aclose_all,
+    now,
+    prefix,
+    redis_cpu_s,
+    send_rounds,
+    start_up_acks,
+    wait_until,
+)
 
 
 @dataclass
@@ -115,7 +124,7 @@ def split(ids: Sequence[str], parts: int) -> list[list[str]]:
     return [list(ids[k::parts]) for k in range(parts) if ids[k::parts]]
 
 
-async def bench_processes(  # noqa: PLR0915 - one measurement, read top to bottom
+async def bench_processes(
     url: str, processes: int, workers: int, total: int, workdir: Path
 ) -> dict[str, Any]:
     """Applied updates/s with ``workers`` workers (one account each) in ``processes``
@@ -163,16 +172,7 @@ async def bench_processes(  # noqa: PLR0915 - one measurement, read top to botto
                     cpu0 = await redis_cpu_s(admin)
                     hosts0, here0 = hosts.cpu_s(), time.process_time()
                     t0 = now()
-                    sent = rnd = 0
-                    while sent < total:
-                        chunk = accounts[: min(len(accounts), total - sent)]
-                        batch = {a: (current[a], {"name": f"r{rnd}"}) for a in chunk}
-                        results, notices = await updates.change_many(batch, "admin_update")
-                        errors = [r for r in results if isinstance(r, Exception)]
-                        if errors:
-                            raise RuntimeError(f"change_many refused: {errors[0]}")
-                        sent += sum(1 for m in notices if m is not None)
-                        rnd += 1
+                    await send_rounds(updates, current, accounts, total)
                     t_sent = now()
                     with anyio.move_on_after(max(60, total / 20)):
                         await done.wait()

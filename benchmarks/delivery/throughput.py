@@ -27,6 +27,7 @@ from .infra import (
     now,
     prefix,
     redis_cpu_s,
+    send_rounds,
     start_up_acks,
     wait_until,
 )
@@ -193,17 +194,7 @@ async def bench_throughput(  # noqa: PLR0915 - one measurement, read top to bott
             async with anyio.create_task_group() as run:
                 await run.start(count_outcomes)
                 t0 = now()
-                sent = 0
-                rnd = 0
-                while sent < total:
-                    chunk = accounts[: min(len(accounts), total - sent)]
-                    batch = {a: (current[a], {"name": f"r{rnd}"}) for a in chunk}
-                    results, notices = await updates.change_many(batch, "admin_update")
-                    errors = [r for r in results if isinstance(r, Exception)]
-                    if errors:
-                        raise RuntimeError(f"change_many refused: {errors[0]}")
-                    sent += sum(1 for m in notices if m is not None)
-                    rnd += 1
+                await send_rounds(updates, current, accounts, total)
                 t_sent = now()
                 with anyio.move_on_after(max(60, total / 20)):
                     await done.wait()

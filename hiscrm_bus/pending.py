@@ -328,37 +328,44 @@ class PendingTracker:
     ) -> list[list[tuple[str, Status, float]] | None]:
         """:meth:`resolve` for many ACKs in one round trip, in order. None for an ACK
         whose worker does not own the account (it resolves nothing)."""
-        head, tail = self.keys.split(self.keys.update)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for ack in acks:
-                version = (
-                    ack.applied_version if ack.ok else max(ack.seen_version, ack.applied_version)
-                )
-                keys = [
-                    self.keys.pending,
-                    self.keys.account_pending(ack.account_id),
-                    self.keys.outcomes,
-                    self.keys.stats,
-                    self.keys.account(ack.account_id),
-                ]
-                args: list[Any] = [
-                    version,
-                    "1" if ack.ok else "0",
-                    ack.error or "",
-                    head,
-                    tail,
-                    ack.worker_id,
-                    self.settings.stream_maxlen,
-                    OUTCOME_TTL_S,
-                ]
-                await self._resolve(keys=keys, args=args, client=pipe)
-            replies = await call(pipe.execute()) if acks else []
+        calls = [self._resolve_call(ack) for ack in acks]
+        if len(calls) == 1:  # one ACK (the usual case at low rates): no pipeline
+            keys, args = calls[0]
+            replies = [await call(self._resolve(keys=keys, args=args))]
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    await self._resolve(keys=keys, args=args, client=pipe)
+                replies = await call(pipe.execute()) if calls else []
         return [
             None
             if isinstance(reply, bytes | str)
             else [(text(r[0]), text(r[1]), float(text(r[2]))) for r in reply]  # type: ignore[misc]
             for reply in replies
         ]
+
+    def _resolve_call(self, ack: AccountConfigUpdateAck) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the resolve script for one ACK."""
+        head, tail = self.keys.split(self.keys.update)
+        version = ack.applied_version if ack.ok else max(ack.seen_version, ack.applied_version)
+        keys = [
+            self.keys.pending,
+            self.keys.account_pending(ack.account_id),
+            self.keys.outcomes,
+            self.keys.stats,
+            self.keys.account(ack.account_id),
+        ]
+        args: list[Any] = [
+            version,
+            "1" if ack.ok else "0",
+            ack.error or "",
+            head,
+            tail,
+            ack.worker_id,
+            self.settings.stream_maxlen,
+            OUTCOME_TTL_S,
+        ]
+        return keys, args
 
     async def sweep(self, limit: int = 500) -> Sweep:
         """Take the updates whose deadline passed: the ones to retry now (their attempt

@@ -383,11 +383,14 @@ class StreamReader:
                 raise  # entries stay pending; re-read after reconnect
             except Exception:
                 log.exception("%s: batch handler failed", self.episode.what)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for stream in per_stream:
-                ids = [e[1] for e in entries if e[0] == stream]
-                pipe.xack(stream, self.group, *ids)
-            await call(pipe.execute())
+        acks = [(s, [e[1] for e in entries if e[0] == s]) for s in per_stream]
+        if len(acks) == 1:  # the usual case: no pipeline for one command
+            await call(self.redis.xack(acks[0][0], self.group, *acks[0][1]))
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream, ids in acks:
+                    pipe.xack(stream, self.group, *ids)
+                await call(pipe.execute())
         self.processed += len(entries)
 
 

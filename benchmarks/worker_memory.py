@@ -1,49 +1,41 @@
 """Worker memory with 1 and with 10 logged-in sandbox accounts (a benchmark, not a test).
 
-Starts a private redis-server, the sandbox site, a Master and one worker; logs accounts
-in through the real QR flow; waits until every task is running; then sums the PSS of
-the worker process and its Chromium processes (from /proc/*/smaps_rollup).
+Starts a private redis-server (the tests' starter, tests/redis_server.py), the sandbox
+site (as the browser tests start it, tests/browser/conftest.py), a Master and one worker
+(the tests' process stack, tests/e2e/stack.py); logs accounts in through the real QR
+flow (``hiscrm login`` and ``hiscrm sandbox scan``, tests/browser/flows.py); waits until
+the worker reports every task running and crawled at least once; then sums the PSS of
+the worker process and its Chromium processes (from /proc/*/smaps_rollup). Chromium is
+the one the settings find (Debian's /usr/bin/chromium, or HISCRM_CHROMIUM).
 
-    .venv/bin/python benchmarks/worker_memory.py [--accounts 1 10]
+Run from the repository's root, so that ``tests`` is importable:
+
+    .venv/bin/python -m benchmarks.worker_memory [--accounts 1 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
-import redis
+try:
+    from tests.browser.conftest import Site, _start_site
+    from tests.browser.flows import log_in
+    from tests.e2e.stack import Stack, running_stack, wait_for
+    from tests.redis_server import RedisServer, running
+except ImportError as exc:
+    raise SystemExit(
+        f"the tests' helpers are not importable ({exc}): run from the repository's root as "
+        ".venv/bin/python -m benchmarks.worker_memory"
+    ) from None
 
-T = TypeVar("T")
-
-PY = [sys.executable, "-m", "hiscrm_cli", "--log-level", "warning"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait(probe: Callable[[], T], timeout: float = 60, what: str = "it") -> T:
-    deadline = time.monotonic() + timeout
-    while not (value := probe()):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
+WORKER = "w1"
+INTERVAL = "5"  # seconds between a task's crawls
 
 
 def pss_kib(pid: int) -> int:
@@ -73,73 +65,46 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def run(accounts: int, workdir: Path) -> dict[str, float]:
-    port, site_port = free_port(), free_port()
-    env = dict(
-        os.environ,
-        HISCRM_REDIS_URL=f"redis://127.0.0.1:{port}/0",
-        HISCRM_SANDBOX_URL=f"http://127.0.0.1:{site_port}",
-        HISCRM_DATA_DIR=str(workdir / "worker"),
-        HISCRM_HEARTBEAT_INTERVAL_S="0.5",
-    )
-    procs = [
-        subprocess.Popen(
-            ["redis-server", "--port", str(port), "--save", "", "--dir", str(workdir)],
-            stdout=subprocess.DEVNULL,
-        ),
-    ]
-    r = redis.Redis(port=port, decode_responses=True)
-    wait(lambda: _ping(r), what="redis")
-    procs.append(
-        subprocess.Popen(
-            [*PY, "sandbox", "serve", "--port", str(site_port)], env=env, stdout=subprocess.DEVNULL
-        )
-    )
-    procs.append(subprocess.Popen([*PY, "master"], env=env, stderr=subprocess.DEVNULL))
-    worker = subprocess.Popen([*PY, "worker", "--id", "w1"], env=env, stderr=subprocess.DEVNULL)
-    procs.append(worker)
+@contextmanager
+def sandbox_site(workdir: Path) -> Iterator[Site]:
+    """``hiscrm sandbox serve`` with its default QR settings, started as the browser
+    tests start it; stopped after the block."""
+    site = _start_site(workdir, qr_ttl=60, max_refresh=3)
     try:
-        wait(lambda: r.exists("hiscrm:worker:w1"), what="worker")
-        wait(lambda: _up(f"http://127.0.0.1:{site_port}/login"), what="site")
-        for n in range(accounts):
-            acc = f"acc-{n}"
-            subprocess.run(
-                [
-                    *PY,
-                    "account",
-                    "add",
-                    acc,
-                    "--platform",
-                    "sandbox",
-                    "--worker",
-                    "w1",
-                    "--interval",
-                    "5",
-                ],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-            login = subprocess.Popen(
-                [*PY, "login", acc, "--qr-dir", str(workdir / "qr")],
-                env=env,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert login.stdout is not None
-            for line in login.stdout:
-                if "QR code" in line:
-                    break
-            subprocess.run(
-                [*PY, "sandbox", "scan", "--user-id", f"9{n:04d}"],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-            login.communicate(timeout=60)
-            assert login.returncode == 0, f"login of {acc} failed"
-        wait(lambda: _all_running(r, accounts), what="all tasks running")
-        time.sleep(6)  # let every task crawl at least once at its 5 s interval
+        yield site
+    finally:
+        site.proc.terminate()
+        site.proc.wait(10)
+
+
+def all_crawled(stack: Stack, accounts: list[str]) -> bool:
+    """The worker reports every account's task running and crawled at least once."""
+    for account in accounts:
+        task = stack.task(WORKER, account)
+        if not (task and task["state"] == "running" and task["crawls"] > 0):
+            return False
+    return True
+
+
+def run(accounts: int, workdir: Path) -> dict[str, float]:
+    names = [f"acc-{n}" for n in range(accounts)]
+    with (
+        running(RedisServer(workdir / "redis")) as server,
+        sandbox_site(workdir) as site,
+        running_stack(server.url, "mem:", workdir) as stack,
+    ):
+        stack.extra_env["HISCRM_DATA_DIR"] = str(workdir / "worker")
+        stack.extra_env["HISCRM_SANDBOX_URL"] = site.url
+        stack.master()
+        worker = stack.worker(WORKER)
+        for n, account in enumerate(names):
+            stack.add(account, worker=WORKER, interval=INTERVAL, platform="sandbox")
+            log_in(stack, site, account, user=f"9{n:04d}")
+        wait_for(
+            lambda: all_crawled(stack, names),
+            timeout=60,
+            what="every task running and crawled once",
+        )
         pids = tree(worker.pid)
         total = sum(pss_kib(p) for p in pids)
         return {
@@ -148,31 +113,6 @@ def run(accounts: int, workdir: Path) -> dict[str, float]:
             "pss_mib": round(total / 1024, 1),
             "worker_python_pss_mib": round(pss_kib(worker.pid) / 1024, 1),
         }
-    finally:
-        for p in reversed(procs):
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(20)
-
-
-def _ping(r: redis.Redis) -> bool:
-    try:
-        return bool(r.ping())
-    except redis.ConnectionError:
-        return False
-
-
-def _up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _all_running(r: redis.Redis, n: int) -> bool:
-    tasks = json.loads(r.hget("hiscrm:worker:w1", "tasks") or "{}")
-    return sum(1 for t in tasks.values() if t["state"] == "running" and t["crawls"] > 0) == n
 
 
 def main() -> None:

@@ -75,10 +75,12 @@ BENCH_ARGS ?=
 bench: bootstrap
 	$(PY) -m benchmarks.delivery $(BENCH_ARGS)
 	$(PY) -m benchmarks.web
+	$(PY) -m benchmarks.startup
 
 bench-smoke: bootstrap
 	$(PY) -m benchmarks.delivery --smoke
 	$(PY) -m benchmarks.web --accounts 20 --runs 3
+	$(PY) -m benchmarks.startup --smoke
 
 # The compose stack (compose.yaml, Dockerfile, deploy/). stack-test builds the images
 # with podman from a Debian base made here (no container registry needed) and plays the

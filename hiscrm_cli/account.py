@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -26,13 +26,8 @@ from hiscrm_bus.accounts import (
     validate,
 )
 from hiscrm_bus.errors import AccountExists, AccountNotFound, InvalidAccountConfig
-from hiscrm_bus.messages import AccountConfigUpdate, LoginSuccess
-from hiscrm_bus.pending import Outcome
-from hiscrm_bus.workers import WorkerRegistry
-from hiscrm_master.login import on_login_success
-from hiscrm_master.updates import TALLY_STATUSES, Updates, check_batch, tally
+from hiscrm_bus.messages import LoginSuccess
 
-from . import bulk
 from .common import (
     CLI_SENDER,
     EXIT_FAILED,
@@ -47,6 +42,14 @@ from .common import (
     run,
 )
 from .terminal import json_text, safe
+
+if TYPE_CHECKING:
+    from hiscrm_bus.messages import AccountConfigUpdate
+    from hiscrm_bus.pending import Outcome
+
+# The Master's update machinery (hiscrm_master.updates and what it pulls in: pending
+# updates, streams, ACLs) is imported by the commands that use it, not here, so that
+# `hiscrm account list` starts fast (issue 11)
 
 app = typer.Typer(help="Manage accounts and change their configuration.", no_args_is_help=True)
 SENDER = CLI_SENDER
@@ -67,6 +70,8 @@ def add(
     redis_url: RedisUrl = None,
 ) -> None:
     """Add an account."""
+    from hiscrm_master.updates import Updates
+
     settings = command_settings(redis_url)
     data: dict[str, Any] = {"id": account_id, "platform": platform, "name": name}
     if worker:
@@ -149,6 +154,9 @@ def show(
     redis_url: RedisUrl = None,
 ) -> None:
     """Show one account: its config, its pending updates and its task on the worker."""
+    from hiscrm_bus.workers import WorkerRegistry
+    from hiscrm_master.updates import Updates
+
     settings = command_settings(redis_url)
 
     async def main() -> None:
@@ -209,6 +217,8 @@ def remove(
     redis_url: RedisUrl = None,
 ) -> None:
     """Remove an account and everything of it; its worker stops the task."""
+    from hiscrm_master.updates import Updates
+
     settings = command_settings(redis_url)
 
     async def main() -> None:
@@ -239,6 +249,8 @@ def set_(
     redis_url: RedisUrl = None,
 ) -> None:
     """Change fields of one account, or of a selection (--all, --platform, --worker)."""
+    from hiscrm_master.updates import Updates, check_batch
+
     settings = command_settings(redis_url)
     account_id = args[0] if args and "=" not in args[0] else None
     pairs = args[1:] if account_id else args
@@ -305,6 +317,8 @@ def _report(
     *,
     single: bool,
 ) -> int:
+    from hiscrm_master.updates import TALLY_STATUSES, tally
+
     if single:
         if not tracked:
             console.print("no worker owns the account: nothing to wait for")
@@ -343,6 +357,9 @@ def login_success(
     redis_url: RedisUrl = None,
 ) -> None:
     """Inject a login success as a worker would send it (no browser needed)."""
+    from hiscrm_master.login import on_login_success
+    from hiscrm_master.updates import Updates
+
     settings = command_settings(redis_url)
     try:
         info = limits.loads(user_info)
@@ -411,6 +428,10 @@ def import_(
     """Add and update many accounts from a file (columns: id, platform, worker, name,
     interval, any settable field). Every row is checked first: one bad row and nothing
     is written."""
+    from hiscrm_master.updates import Updates
+
+    from . import bulk
+
     settings = command_settings(redis_url)
     try:
         text = bulk.read_source(file)
@@ -464,6 +485,8 @@ def export(
 ) -> None:
     """Write every account (or those of --platform, --worker) as a file that import
     takes back."""
+    from . import bulk
+
     settings = command_settings(redis_url)
     if platform is not None and platform not in PLATFORMS:
         fail(f"--platform {unknown_platform(platform)}")

@@ -12,28 +12,30 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import anyio
 import typer
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings
 from redis import exceptions as rexc
-from redis.asyncio import Redis
 from rich.console import Console
 
-from hiscrm_bus.connection import connect
 from hiscrm_bus.errors import AccountNotFound, BusUnavailable, ConfigurationError, HiscrmError
-from hiscrm_bus.settings import BusSettings, url_password
-from hiscrm_master.settings import MasterSettings
 
 from .terminal import safe
 
+# Settings (pydantic-settings), the connection and the Master's settings are imported
+# where they are used: every command imports this module, and `hiscrm session` and
+# `hiscrm sandbox` read no settings and talk to no Redis (issue 11: start-up time)
 if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
+    from redis.asyncio import Redis
+
+    from hiscrm_bus.settings import BusSettings
     from hiscrm_master.archive import Archive
+    from hiscrm_master.settings import MasterSettings
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the operation ran and failed (rejected, failed, problems found)
 EXIT_USAGE = 2  # bad input or Redis unreachable; nothing was done
 EXIT_TIMEOUT = 3
 
-S = TypeVar("S", bound=BaseSettings)
+S = TypeVar("S", bound="BaseSettings")
 T = TypeVar("T")
 # no :emoji: codes: what others wrote is shown as typed (see terminal.py)
 console = Console(soft_wrap=True, emoji=False)
@@ -77,6 +79,10 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 def build(cls: type[S], **options: Any) -> S:
     """Settings from env, overridden by the options that were given."""
+    from pydantic import ValidationError
+
+    from hiscrm_bus.settings import BusSettings
+
     given = {k: v for k, v in options.items() if v is not None}
     try:
         settings = cls(**given)
@@ -98,6 +104,8 @@ _warned = False
 
 def _warn_of_url_password(settings: BusSettings) -> None:
     """Once per process: a password in the URL shows where a file would not."""
+    from hiscrm_bus.settings import url_password
+
     global _warned  # noqa: PLW0603 -- one warning per process, however many settings
     if _warned or url_password(settings.redis_url) is None:
         return
@@ -118,6 +126,8 @@ CLI_SENDER = "cli"  # the sender name of what operator commands write
 
 def command_settings(redis_url: str | None) -> MasterSettings:
     """Settings of a one-shot operator command (it acts on the Master's behalf)."""
+    from hiscrm_master.settings import MasterSettings
+
     return build(MasterSettings, redis_url=redis_url, master_id=CLI_SENDER)
 
 
@@ -153,6 +163,8 @@ async def archive_of(settings: MasterSettings) -> AsyncIterator[Archive]:
 
 @asynccontextmanager
 async def redis_client(settings: Any) -> AsyncIterator[Redis]:
+    from hiscrm_bus.connection import connect
+
     client = await connect(settings)
     try:
         yield client

@@ -79,7 +79,7 @@ bench: bootstrap
 
 bench-smoke: bootstrap
 	$(PY) -m benchmarks.delivery --smoke
-	$(PY) -m benchmarks.web --accounts 20 --runs 3
+	$(PY) -m benchmarks.web --smoke
 	$(PY) -m benchmarks.startup --smoke
 
 # The compose stack (compose.yaml, Dockerfile, deploy/). stack-test builds the images

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.delivery.figures import figure
+from benchmarks.delivery.figures import figure, write_figures
 from benchmarks.delivery.infra import RESULTS, describe_machine, describe_revision, redis_server
 from benchmarks.delivery.report import Table, write_results
 
@@ -158,9 +158,6 @@ def main() -> None:
     if args.smoke:
         print("smoke: every command ran (too few rounds for the numbers to mean much)")
         return
-    # results.json: figures_of gives its entry's figures, but figures.write_json builds
-    # an entry only from the delivery benchmark's results; it needs a variant that takes
-    # figures, so this run writes its RESULTS.md section only
     if not args.no_results:
         command = " ".join([".venv/bin/python", "-m", "benchmarks.startup", *sys.argv[1:]])
         env = f"{describe_machine()}; {describe_revision(MEASURED)}"
@@ -174,7 +171,9 @@ def main() -> None:
             says=says,
             intro="Ratios are each command's best ÷ the floor's best.",
         )
-        print(f"results written to {args.results}")
+        results_json = args.results.parent / "results.json"
+        write_figures(results_json, title=SECTION, command=command, env=env, figures=figures)
+        print(f"results written to {args.results} and {results_json}")
 
 
 if __name__ == "__main__":

@@ -195,7 +195,15 @@ def collect(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def write_json(path: Path, *, title: str, command: str, env: str, r: dict[str, Any]) -> None:
-    """Replace this run's entry (keyed by the RESULTS.md section title) in ``path``."""
+    """Replace the delivery run's entry (keyed by the RESULTS.md section title) in ``path``."""
+    write_figures(path, title=title, command=command, env=env, figures=collect(r))
+
+
+def write_figures(
+    path: Path, *, title: str, command: str, env: str, figures: list[dict[str, Any]]
+) -> None:
+    """Replace one benchmark run's entry (keyed by its RESULTS.md section title) in
+    ``path``: each figure as :func:`figure` made it."""
     data: dict[str, Any] = {}
     if path.exists():
         try:
@@ -206,6 +214,6 @@ def write_json(path: Path, *, title: str, command: str, env: str, r: dict[str, A
         "command": command,
         "env": env,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "figures": collect(r),
+        "figures": figures,
     }
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 STARTS_PER_STEP = 500
 
 
-@dataclass
+@dataclass(slots=True)
 class _Running:
     task: MonitorTask
     # made when its coroutine starts (a task stopped before that never needs one)

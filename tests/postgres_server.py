@@ -93,11 +93,15 @@ def _server_user() -> pwd.struct_passwd:
             return pwd.getpwnam(name)
         except KeyError:
             continue
-    subprocess.run(
+    made = subprocess.run(
         ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", _FALLBACK_USER],
-        check=True,
+        check=False,
         capture_output=True,
     )
+    # 9: it exists, made meanwhile by another test process (pytest-xdist's workers start
+    # their servers at the same time)
+    if made.returncode not in (0, 9):
+        raise subprocess.CalledProcessError(made.returncode, made.args, made.stdout, made.stderr)
     return pwd.getpwnam(_FALLBACK_USER)
 
 

@@ -8,13 +8,14 @@ pipelined round trip, and reloads what is behind.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -412,7 +413,7 @@ class Worker:
         raws = await self.store.get_each(behind)
         entries: list[AckEntry] = []
         done: Counter[str] = Counter()
-        with self.runner.deferred():  # new tasks start once the ACKs are written
+        with self.runner.deferred(), _collector_paused():
             for account_id, raw in zip(behind, raws, strict=True):
                 # no await in this loop, so no update handler can interleave; one that is
                 # mid-way (holding the account's lock) reads the hash itself and ACKs
@@ -503,6 +504,23 @@ class Worker:
                 items=tuple(items[start : start + INGEST_BATCH]),
             )
             self.send("ingest", batch)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector paused for a block that allocates much and frees nothing:
+    a reconcile of 10,000 accounts makes ~100,000 objects (configs, tasks, ACK entries)
+    that all live on, so the collector's passes over them during the loop (a quarter to a
+    third of its time, measured) find nothing. The block has no await; collection
+    resumes after it."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -252,9 +252,9 @@ def report_reconcile(r: dict[str, Any], t: Table, notes: list[str], says: list[s
             f"{ms(ph.get('ids_of_worker', 0) * 1000)}, pipelined HGET of every version "
             f"{ms(ph.get('versions', 0) * 1000)}, pipelined HGETALL of every hash "
             f"{ms(ph.get('get_each', 0) * 1000)}; the remaining {ms(best - reads * 1000)} is the "
-            "per-account apply loop (decode, validate, start a task), the ACK pipeline and, "
-            "while that pipeline is awaited, the first steps of the 10,000 tasks it has "
-            "just started (each logs that it waits for a login)."
+            "per-account apply loop (decode, validate, register a task) and writing the ACKs "
+            "(one stream entry per 1,000 accounts); the tasks start in bulk right after "
+            "(the 'out of starting' time above)."
         )
         verdict = "well under" if best < 500 else "under" if best < 1000 else "over"
         says.append(

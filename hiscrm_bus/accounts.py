@@ -29,7 +29,7 @@ from .errors import (
 )
 from .keys import Keys
 from .limits import MAX_FIELD_BYTES, MAX_REASON_CHARS, check_depth, clip, loads
-from .messages import dumps, utcnow
+from .messages import MAX_VERSION, dumps, utcnow
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
 LoginStatus = Literal["not_logged_in", "logged_in", "expired", "failed"]
@@ -63,7 +63,7 @@ class AccountConfig(BaseModel):
     crawl_dms: bool = True
     max_items_per_crawl: int = Field(50, ge=1, le=1000)
     proxy: str | None = Field(None, max_length=500)
-    config_version: int = Field(0, ge=0)
+    config_version: int = Field(0, ge=0, le=MAX_VERSION)
     updated_at: datetime | None = None
     # status, not configuration: set when an update to this account was given up
     config_stale: bool = False

@@ -23,9 +23,9 @@ from hiscrm_bus.accounts import (
     write_failure,
 )
 from hiscrm_bus.acl import Grants
-from hiscrm_bus.connection import call
+from hiscrm_bus.connection import call, call_each
 from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig, VersionConflict
-from hiscrm_bus.messages import AccountConfigUpdate, UpdateReason, encode, new_id
+from hiscrm_bus.messages import MAX_VERSION, AccountConfigUpdate, UpdateReason, encode, new_id
 from hiscrm_bus.pending import NOW_LUA, RECORD_LUA, Outcome, PendingTracker
 from hiscrm_bus.settings import BusSettings
 
@@ -267,6 +267,9 @@ class Updates:
         async with self.redis.pipeline(transaction=False) as pipe:
             for account_id, (current, changes) in chunk.items():
                 version = _version(current)
+                if version >= MAX_VERSION:  # what Redis' HINCRBY could not bump either
+                    done[account_id] = InvalidAccountConfig(f"config_version {version} is final")
+                    continue
                 try:
                     write = self.store.write_call(account_id, current, changes, version)
                 except InvalidAccountConfig as exc:
@@ -285,10 +288,14 @@ class Updates:
                     client=pipe,
                 )
                 calls.append((result, message, owner))
-            replies = await call(pipe.execute()) if calls else []
+            # one account's error reply is its own result; an outage is everyone's
+            replies = await call_each(pipe.execute(raise_on_error=False)) if calls else []
         sent: list[tuple[AccountConfigUpdate, str]] = []
         receivers: list[int] = []
         for (result, message, owner), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, Exception):
+                done[result.account_id] = reply
+                continue
             code = int(reply[0])
             if code == -2:
                 rest[result.account_id] = chunk[result.account_id]  # written meanwhile

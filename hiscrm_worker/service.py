@@ -32,6 +32,7 @@ from hiscrm_bus.keys import StreamKind
 from hiscrm_bus.limits import clip
 from hiscrm_bus.messages import (
     MAX_ACKS_PER_MESSAGE,
+    MAX_VERSION,
     AccountConfigAcks,
     AccountConfigUpdate,
     AccountConfigUpdateAck,
@@ -211,16 +212,14 @@ class Worker:
 
     async def handle_burst(self, messages: list[Message]) -> None:
         """Messages that arrived together: the config updates among them are answered
-        in bulk (see on_config_updates), the rest one by one, in order."""
+        in bulk (see on_config_updates), then the rest one by one, in order; what fails
+        costs only itself (the Master re-sends what it did not hear back about)."""
         updates = [m for m in messages if isinstance(m, AccountConfigUpdate)]
-        if len(updates) <= 1:
-            for message in messages:
-                await self.handle(message)
-            return
-        await self.on_config_updates(updates)
+        if updates:
+            await self._safe(self.on_config_updates(updates))
         for message in messages:
             if not isinstance(message, AccountConfigUpdate):
-                await self.handle(message)
+                await self._safe(self.handle(message))
 
     async def on_config_update(self, update: AccountConfigUpdate) -> None:
         await self.on_config_updates([update])
@@ -239,25 +238,29 @@ class Worker:
                 update.update_id,
             )
         results: dict[str, Applied] = {}
+        applied_now = self.applied
+        behind = sorted(
+            {u.account_id for u in updates if u.config_version > applied_now.get(u.account_id, 0)}
+        )
+        unread: Exception | None = None
         async with AsyncExitStack() as held:
-            # in one order, so two bursts never wait for each other crosswise
-            for account_id in sorted({u.account_id for u in updates}):
-                await held.enter_async_context(self._locks[account_id])
-            behind = sorted(
-                {
-                    u.account_id
-                    for u in updates
-                    if u.config_version > self.applied.get(u.account_id, 0)
-                }
-            )
+            # only the accounts read are locked (a reconcile skips locked ones), in one
+            # order, so two bursts never wait for each other crosswise
             for account_id in behind:
+                await held.enter_async_context(self._locks[account_id])
                 log.info("reloading configuration for account %s", account_id)
-            raws = await self.store.get_each(behind) if behind else []
-            for account_id, raw in zip(behind, raws, strict=True):
-                results[account_id] = self._apply(account_id, raw)
+            try:
+                raws = await self.store.get_each(behind) if behind else []
+            except Exception as exc:
+                unread = exc  # the ones already applied are still ACKed below
+            else:
+                for account_id, raw in zip(behind, raws, strict=True):
+                    results[account_id] = self._apply(account_id, raw)
         acks: list[AccountConfigUpdateAck] = []
         for update in updates:
             result = results.get(update.account_id)
+            if result is None and unread is not None and update.account_id in behind:
+                continue  # not read: no answer; the Master re-sends it
             if result is None:
                 applied = self.applied.get(update.account_id, 0)
                 log.info(
@@ -271,6 +274,8 @@ class Worker:
             if result.mine:
                 acks.append(self._ack_message(update.account_id, result, update.update_id))
         await self._send_acks(acks)
+        if unread is not None:
+            raise unread
 
     def _ack_entry(self, account_id: str, result: Applied) -> AckEntry:
         # built from checked values (ids, versions, a clipped error): the Master
@@ -413,16 +418,9 @@ class Worker:
         raws = await self.store.get_each(behind)
         entries: list[AckEntry] = []
         done: Counter[str] = Counter()
-        with self.runner.deferred(), _collector_paused():
-            for account_id, raw in zip(behind, raws, strict=True):
-                # no await in this loop, so no update handler can interleave; one that is
-                # mid-way (holding the account's lock) reads the hash itself and ACKs
-                lock = self._locks.get(account_id)
-                if lock is None or not lock.locked():
-                    result = self._apply(account_id, raw, quiet=True)
-                    done[result.did or "already applied"] += 1
-                    if result.mine:
-                        entries.append(self._ack_entry(account_id, result))
+        with self.runner.deferred():
+            with _collector_paused():
+                self._apply_all(behind, raws, entries, done)
             if self._grant_wait and self.tg is not None:
                 self._grant_wait = False
                 self.tg.start_soon(self._reconcile_soon)
@@ -434,15 +432,40 @@ class Worker:
             ", ".join(f"{n} {what}" for what, n in sorted(done.items())) or "none free",
         )
 
+    def _apply_all(
+        self,
+        behind: list[str],
+        raws: list[dict[Any, Any] | Exception],
+        entries: list[AckEntry],
+        done: Counter[str],
+    ) -> None:
+        """A reconcile's apply loop: no await in it, so no update handler can interleave;
+        one that is mid-way (holding the account's lock) reads the hash itself and ACKs."""
+        for account_id, raw in zip(behind, raws, strict=True):
+            lock = self._locks.get(account_id)
+            if lock is None or not lock.locked():
+                result = self._apply(account_id, raw, quiet=True)
+                done[result.did or "already applied"] += 1
+                if result.mine:
+                    entries.append(self._ack_entry(account_id, result))
+
     async def _ack_many(self, entries: list[AckEntry]) -> None:
-        """ACK many accounts at once, a stream entry per thousand of them."""
-        per = MAX_ACKS_PER_MESSAGE
+        """ACK many accounts at once: a stream entry per thousand of them, fewer when
+        their errors are long (an entry must stay under the message bound)."""
+        chunks: list[list[AckEntry]] = [[]]
+        chars = 0
+        for entry in entries:
+            size = len(entry.error or "")
+            if len(chunks[-1]) >= MAX_ACKS_PER_MESSAGE or chars + size > MAX_ACK_ERROR_CHARS:
+                chunks.append([])
+                chars = 0
+            chunks[-1].append(entry)
+            chars += size
         await self._send_acks(
             [
-                AccountConfigAcks(
-                    sender=self.id, worker_id=self.id, acks=tuple(entries[n : n + per])
-                )
-                for n in range(0, len(entries), per)
+                AccountConfigAcks(sender=self.id, worker_id=self.id, acks=tuple(chunk))
+                for chunk in chunks
+                if chunk
             ]
         )
 
@@ -506,6 +529,11 @@ class Worker:
             self.send("ingest", batch)
 
 
+# error text per batched ACK message: at up to 6 bytes a character as JSON (an escaped
+# control character), well under the 4 MiB message bound with 1,000 entries' other fields
+MAX_ACK_ERROR_CHARS = 500_000
+
+
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """Python's cycle collector paused for a block that allocates much and frees nothing:
@@ -539,8 +567,10 @@ def _field(raw: dict[Any, Any], name: str) -> str | None:
 
 
 def _version_of(raw: dict[Any, Any]) -> int:
+    """The version a hash claims, within what an ACK can carry (a poisoned value such as
+    -1 or 2**64 must not make the rejecting ACK itself invalid)."""
     value = raw.get(b"config_version", raw.get("config_version", b"0"))
     try:
-        return int(value)
+        return min(max(int(value), 0), MAX_VERSION)
     except (TypeError, ValueError):
         return 0

@@ -15,10 +15,12 @@ import pytest
 from redis.asyncio import Redis
 
 from hiscrm_bus.accounts import AccountConfig
-from hiscrm_bus.errors import InvalidAccountConfig
+from hiscrm_bus.errors import BusUnavailable, InvalidAccountConfig
+from hiscrm_bus.limits import MAX_MESSAGE_BYTES
 from hiscrm_bus.messages import (
     MAX_ACKS_PER_MESSAGE,
     AccountConfigAcks,
+    AccountConfigUpdateAck,
     AckEntry,
     DecodeError,
     decode,
@@ -297,3 +299,85 @@ async def test_a_fleet_change_writes_tracks_and_sends_each_account_once(fleet, b
         assert sorted(p.version for p in pending) == [*earlier, written[account_id].version]
         assert (await master.store.get(account_id)).name == "fleet"
     assert (await master.store.get("bad")).monitor_interval_s == 60
+
+
+async def test_a_poisoned_version_in_a_burst_costs_only_its_own_account(fleet, bus: Bus) -> None:
+    """Versions an ACK cannot carry (-1, 2**64) are rejected in a valid ACK; the other
+    updates of the burst are applied and ACKed all the same (review finding)."""
+    master, w1, _w2 = fleet
+    redis, settings = bus
+    for n in range(3):
+        await add(master, f"acc-{n}", "w1")
+    await w1.reconcile()
+    await master.on_acks(await acks_of(redis, w1))
+    sent = []
+    for n in range(3):
+        _r, message = await master.updates.change(f"acc-{n}", {"name": "new"}, "admin_update")
+        assert message is not None
+        sent.append(message)
+    await redis.hset(settings.keys.account("acc-1"), "config_version", str(2**64))
+    await w1.handle_burst(sent)
+    acks = [r.message for r in (await acks_of(redis, w1))[1:]]
+    assert [a.update_id for a in acks] == [m.update_id for m in sent]  # type: ignore[union-attr]
+    assert [a.ok for a in acks] == [True, False, True]  # type: ignore[union-attr]
+    assert w1.runner.get("acc-0").config.name == "new"  # type: ignore[union-attr]
+    await redis.hset(settings.keys.account("acc-1"), "config_version", "-1")
+    await w1.handle_burst([sent[1]])  # a negative one is rejected in a valid ACK too
+    last = (await acks_of(redis, w1))[-1].message
+    assert isinstance(last, AccountConfigUpdateAck)
+    assert (last.update_id, last.ok, last.seen_version) == (sent[1].update_id, False, 0)
+
+
+async def test_a_burst_whose_read_fails_still_acks_what_needed_no_read(fleet, bus: Bus) -> None:
+    master, w1, _w2 = fleet
+    redis, _settings = bus
+    for n in range(2):
+        await add(master, f"acc-{n}", "w1")
+    await w1.reconcile()
+    _r, stale = await master.updates.change("acc-0", {"name": "a"}, "admin_update")
+    assert stale is not None
+    await w1.on_config_updates([stale])  # applied: the resend below needs no read
+    _r, fresh = await master.updates.change("acc-1", {"name": "b"}, "admin_update")
+    assert fresh is not None
+
+    async def unreachable(_ids: list[str]) -> list[Any]:
+        raise BusUnavailable("Redis is unreachable: test")
+
+    w1.store.get_each = unreachable  # type: ignore[method-assign]
+    await w1.handle_burst([stale, fresh])  # does not raise: the Master re-sends
+    acks = [r.message for r in await acks_of(redis, w1)]
+    assert [a.update_id for a in acks if isinstance(a, AccountConfigUpdateAck)] == [
+        stale.update_id,
+        stale.update_id,
+    ]
+
+
+async def test_long_errors_split_a_batch_of_acks_under_the_message_bound(fleet, bus: Bus) -> None:
+    _master, w1, _w2 = fleet
+    redis, _settings = bus
+    entries = [
+        AckEntry(
+            account_id=f"acc-{n}", applied_version=1, seen_version=2, ok=False, error="\\x01" * 500
+        )
+        for n in range(1000)
+    ]
+    await w1._ack_many(entries)
+    raw = await redis.xrange(w1.streams["acks"])
+    assert len(raw) > 1
+    assert all(len(fields[FIELD.encode()]) < MAX_MESSAGE_BYTES for _id, fields in raw)
+    decoded = [decode(fields[FIELD.encode()]) for _id, fields in raw]
+    assert sum(len(m.acks) for m in decoded) == 1000  # type: ignore[union-attr]
+
+
+async def test_a_fleet_change_refuses_a_final_version_alone(fleet, bus: Bus) -> None:
+    master, _w1, _w2 = fleet
+    redis, settings = bus
+    for account_id in ("ok", "final"):
+        await add(master, account_id, "w1")
+    await redis.hset(settings.keys.account("final"), "config_version", str(2**63 - 1))
+    batch = await master.updates.selection({"name": "fleet"})
+    results, sent = await master.updates.change_many(batch, "admin_update")
+    by_id = dict(zip(batch, results, strict=True))
+    assert isinstance(by_id["final"], InvalidAccountConfig)
+    assert not isinstance(by_id["ok"], Exception) and by_id["ok"].version == 2
+    assert [m.account_id for m in sent if m is not None] == ["ok"]

@@ -56,9 +56,10 @@ class ControlSubscription:
         *,
         burst: BurstHandler | None = None,
     ) -> None:
-        """``handler`` gets each message; with ``burst``, the messages that arrived
-        together (already waiting in the connection's buffer, up to MAX_BURST) go to
-        ``burst`` in one call instead, in order, so it can answer them in bulk."""
+        """``handler`` gets each message; with ``burst``, every message goes to
+        ``burst`` instead: one that arrives alone at once, and those that arrived while
+        it was being handled (waiting in the connection's buffer, up to MAX_BURST) in
+        one call, in order, so it can answer them in bulk."""
         self.settings = settings
         self.channel = settings.keys.control(worker_id)
         self.handler = handler
@@ -148,19 +149,32 @@ class ControlSubscription:
             last_heard = anyio.current_time()
             if reply["type"] == "pong":
                 ping_sent = None
-            elif reply["type"] == "message" and self.burst is None:
-                await self._dispatch([reply["data"]])
             elif reply["type"] == "message":
-                burst = [reply["data"]]
-                while len(burst) < MAX_BURST:
-                    more = await call(pubsub.get_message(timeout=0))  # never waits
-                    if more is None:
-                        break
-                    if more["type"] == "pong":
+                # a lone message is handled at once (no look for more first: that look
+                # would sit on every update's path); what arrived meanwhile, in bursts
+                await self._dispatch([reply["data"]])
+                while self.burst is not None:
+                    burst, ponged = await self._waiting(pubsub)
+                    if ponged:
                         ping_sent = None
-                    elif more["type"] == "message":
-                        burst.append(more["data"])
-                await self._dispatch(burst)
+                    if not burst:
+                        break
+                    await self._dispatch(burst)
+
+    async def _waiting(self, pubsub: PubSub) -> tuple[list[bytes], bool]:
+        """The messages already in the connection's buffer (up to MAX_BURST), without
+        waiting; and whether a PONG was among the replies."""
+        burst: list[bytes] = []
+        ponged = False
+        while len(burst) < MAX_BURST:
+            more = await call(pubsub.get_message(timeout=0))  # never waits
+            if more is None:
+                break
+            if more["type"] == "pong":
+                ponged = True
+            elif more["type"] == "message":
+                burst.append(more["data"])
+        return burst, ponged
 
     async def _dispatch(self, burst: list[bytes]) -> None:
         messages: list[Message] = []

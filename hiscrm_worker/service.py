@@ -372,8 +372,19 @@ class Worker:
             error = clip(f"invalid config: {exc}")
             return Applied(False, applied, seen, error, mine=owner == self.id, did="rejected")
         version = config.config_version
-        if version <= applied:
+        if version == applied:
             return Applied(True, applied, version, mine=owner == self.id)
+        if version < applied:
+            # the hash went back: Redis lost writes we had applied (it restarted from an
+            # older copy, or a replica without them took over). What is stored is the
+            # truth, and the next write will reuse the versions we saw: run it now
+            log.warning(
+                "account %s: stored version %d is below the applied %d (Redis lost "
+                "writes); running what is stored",
+                account_id,
+                version,
+                applied,
+            )
         if config.worker_id != self.id:
             self.runner.stop(account_id)
             self.applied[account_id] = version
@@ -412,7 +423,8 @@ class Worker:
             a
             for a, v in versions.items()
             if (v is None and a in self.runner)
-            or (v is not None and v > self.applied.get(a, 0) and v != self.rejected.get(a))
+            # != rather than >: a version that went back (Redis lost writes) is reloaded
+            or (v is not None and v != self.applied.get(a, 0) and v != self.rejected.get(a))
         ]
         if not behind:
             return

@@ -381,3 +381,27 @@ async def test_a_fleet_change_refuses_a_final_version_alone(fleet, bus: Bus) -> 
     assert isinstance(by_id["final"], InvalidAccountConfig)
     assert not isinstance(by_id["ok"], Exception) and by_id["ok"].version == 2
     assert [m.account_id for m in sent if m is not None] == ["ok"]
+
+
+async def test_a_version_that_went_back_is_reloaded_not_ignored(fleet, bus: Bus) -> None:
+    """Redis lost writes the worker had applied (restarted from an older copy): the
+    stored config runs again, and the next write, reusing a version the worker had
+    seen, is applied rather than taken for a duplicate."""
+    master, w1, _w2 = fleet
+    redis, settings = bus
+    await add(master, "acc-1", "w1")
+    await w1.reconcile()
+    for name in ("b", "c"):
+        _r, sent = await master.updates.change("acc-1", {"name": name}, "admin_update")
+        assert sent is not None
+        await w1.on_config_update(sent)
+    assert w1.applied["acc-1"] == 3
+    # what an older copy of the hash says: version 1, the first name
+    key = settings.keys.account("acc-1")
+    await redis.hset(key, mapping={"config_version": "1", "name": ""})
+    await w1.reconcile()
+    assert (w1.applied["acc-1"], w1.runner.get("acc-1").config.name) == (1, "")  # type: ignore[union-attr]
+    _r, sent = await master.updates.change("acc-1", {"name": "after"}, "admin_update")
+    assert sent is not None and sent.config_version == 2  # a version the worker had seen
+    await w1.on_config_update(sent)
+    assert w1.runner.get("acc-1").config.name == "after"  # type: ignore[union-attr]

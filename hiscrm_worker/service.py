@@ -428,12 +428,13 @@ class Worker:
         ]
         if not behind:
             return
+        before = {a: self.applied.get(a) for a in behind}
         raws = await self.store.get_each(behind)
         entries: list[dict[str, Any]] = []
         done: Counter[str] = Counter()
         with self.runner.deferred():
             with _collector_paused():
-                self._apply_all(behind, raws, entries, done)
+                self._apply_all(behind, raws, before, entries, done)
             if self._grant_wait and self.tg is not None:
                 self._grant_wait = False
                 self.tg.start_soon(self._reconcile_soon)
@@ -449,14 +450,19 @@ class Worker:
         self,
         behind: list[str],
         raws: list[dict[Any, Any] | Exception],
+        before: dict[str, int | None],
         entries: list[dict[str, Any]],
         done: Counter[str],
     ) -> None:
         """A reconcile's apply loop: no await in it, so no update handler can interleave;
-        one that is mid-way (holding the account's lock) reads the hash itself and ACKs."""
+        one that is mid-way (holding the account's lock) reads the hash itself and ACKs,
+        and one that applied (or forgot) the account while our read was on its way read
+        it after us: ``before`` tells, and ours is then too old to use."""
         for account_id, raw in zip(behind, raws, strict=True):
             lock = self._locks.get(account_id)
-            if lock is None or not lock.locked():
+            if self.applied.get(account_id) != before[account_id]:
+                done["handled meanwhile"] += 1
+            elif lock is None or not lock.locked():
                 result = self._apply(account_id, raw, quiet=True)
                 done[result.did or "already applied"] += 1
                 if result.mine:

@@ -405,3 +405,31 @@ async def test_a_version_that_went_back_is_reloaded_not_ignored(fleet, bus: Bus)
     assert sent is not None and sent.config_version == 2  # a version the worker had seen
     await w1.on_config_update(sent)
     assert w1.runner.get("acc-1").config.name == "after"  # type: ignore[union-attr]
+
+
+async def test_a_reconcile_read_overtaken_by_an_update_does_not_roll_it_back(
+    fleet, bus: Bus
+) -> None:
+    """An update applied while a reconcile's read was on its way is newer than that
+    read: the reconcile leaves it alone (it must not take its older read for lost writes)."""
+    master, w1, _w2 = fleet
+    await add(master, "acc-1", "w1")
+    await w1.reconcile()
+    await master.updates.change("acc-1", {"name": "v2"}, "admin_update")  # not delivered
+    get_each = w1.store.get_each
+    overtaken = False
+
+    async def read_then_overtaken(ids: list[str]) -> list[Any]:
+        nonlocal overtaken
+        raws = await get_each(ids)
+        if not overtaken:  # the reconcile's read is back; an update lands before it is used
+            overtaken = True
+            _r, sent = await master.updates.change("acc-1", {"name": "v3"}, "admin_update")
+            assert sent is not None
+            await w1.on_config_update(sent)
+        return raws
+
+    w1.store.get_each = read_then_overtaken  # type: ignore[method-assign]
+    await w1.reconcile()
+    assert overtaken
+    assert (w1.applied["acc-1"], w1.runner.get("acc-1").config.name) == (3, "v3")  # type: ignore[union-attr]

@@ -29,9 +29,11 @@ from .limits import MAX_MESSAGE_BYTES, check_depth, clip
 CONFIG_UPDATE: Final = "master:account:config_update"
 CONFIG_UPDATE_ACK: Final = "master:account:config_update:ack"
 CONFIG_UPDATE_ACKS: Final = "master:account:config_update:acks"
-# ACKs one AccountConfigAcks carries: 1,000 at their largest (every error at its 2,000
-# characters) stay well under the message bound
+# what one AccountConfigAcks carries: at most 1,000 entries, and at most this much error
+# text in all (at up to 6 bytes a character as JSON, an escaped control character, well
+# under the 4 MiB message bound with the entries' other fields); a sender cuts by both
 MAX_ACKS_PER_MESSAGE: Final = 1000
+MAX_ACK_ERROR_CHARS: Final = 500_000
 
 UpdateReason = Literal[
     "login_success",

@@ -31,6 +31,7 @@ from hiscrm_bus.errors import InvalidAccountConfig, WorkerIdInUse
 from hiscrm_bus.keys import StreamKind
 from hiscrm_bus.limits import clip
 from hiscrm_bus.messages import (
+    MAX_ACK_ERROR_CHARS,
     MAX_ACKS_PER_MESSAGE,
     MAX_VERSION,
     AccountConfigAcks,
@@ -549,11 +550,6 @@ class Worker:
                 items=tuple(items[start : start + INGEST_BATCH]),
             )
             self.send("ingest", batch)
-
-
-# error text per batched ACK message: at up to 6 bytes a character as JSON (an escaped
-# control character), well under the 4 MiB message bound with 1,000 entries' other fields
-MAX_ACK_ERROR_CHARS = 500_000
 
 
 @contextmanager

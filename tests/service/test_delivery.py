@@ -82,6 +82,15 @@ async def add(master: Master, account_id: str, worker_id: str | None) -> None:
     await master.store.create(config)
 
 
+async def settled(master: Master, worker: Worker, count: int) -> None:
+    """Accounts acc-0 … acc-<count-1> owned by ``worker``, reconciled there and its ACKs
+    resolved by ``master``: nothing pending, every task running its version 1."""
+    for n in range(count):
+        await add(master, f"acc-{n}", worker.id)
+    await worker.reconcile()
+    await master.on_acks(await acks_of(worker.redis, worker))
+
+
 async def test_reconcile_starts_every_owned_account_and_acks_it(fleet, bus: Bus) -> None:
     master, w1, _w2 = fleet
     redis, _settings = bus
@@ -239,10 +248,7 @@ async def test_a_burst_of_updates_is_read_and_acked_in_bulk_and_each_resolves(
     id (an account changed twice in the burst is read once), and the Master closes all."""
     master, w1, _w2 = fleet
     redis, _settings = bus
-    for n in range(3):
-        await add(master, f"acc-{n}", "w1")
-    await w1.reconcile()
-    await master.on_acks(await acks_of(redis, w1))
+    await settled(master, w1, 3)
     sent = []
     for account_id, name in (("acc-0", "a"), ("acc-1", "b"), ("acc-0", "c"), ("acc-2", "d")):
         _result, message = await master.updates.change(account_id, {"name": name}, "admin_update")
@@ -306,10 +312,7 @@ async def test_a_poisoned_version_in_a_burst_costs_only_its_own_account(fleet, b
     updates of the burst are applied and ACKed all the same (review finding)."""
     master, w1, _w2 = fleet
     redis, settings = bus
-    for n in range(3):
-        await add(master, f"acc-{n}", "w1")
-    await w1.reconcile()
-    await master.on_acks(await acks_of(redis, w1))
+    await settled(master, w1, 3)
     sent = []
     for n in range(3):
         _r, message = await master.updates.change(f"acc-{n}", {"name": "new"}, "admin_update")

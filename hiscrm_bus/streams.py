@@ -5,19 +5,30 @@ entries a dead consumer left idle (XAUTOCLAIM), and dead-letters what does not d
 A handler that fails on Redis leaves its entry pending for the next pass; any other
 handler failure is logged and the entry acknowledged, so one bad entry cannot wedge
 the group. One reader can follow many streams (one per worker) in one XREADGROUP.
+
+On a Redis Cluster one command may only name keys of one slot (CROSSSLOT otherwise),
+so the streams are read in *lanes*, one per slot: a task per lane blocks in its own
+XREADGROUP, and the lanes take turns handling what they read, so the handler still
+sees one batch at a time. The workers of one worker group share a slot (the hash tag
+of ``keys.worker_stream``), so a Master blocks in at most ``WORKER_GROUPS`` reads per
+kind of stream. On one Redis everything is one lane, read as before in one loop.
+Pipelines spanning slots stay: redis-py's cluster pipeline splits them per node.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from redis import exceptions as rexc
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from .connection import RECOVERABLE, call, call_each, text
 from .deadletter import DeadLetters
@@ -133,6 +144,42 @@ def _next_id(entry_id: str) -> str:
     return f"{ms}-{seq + 1}"
 
 
+@asynccontextmanager
+async def _side_by_side() -> AsyncIterator[TaskGroup]:
+    """A task group that fails with the first failure of its tasks itself, not an
+    exception group: its caller handles what one read raises (BusUnavailable,
+    NOGROUP), as it would without the group."""
+    try:
+        async with anyio.create_task_group() as tg:
+            yield tg
+    except BaseExceptionGroup as group:
+        raise _first(group) from None
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    cancelled = anyio.get_cancelled_exc_class()
+    found: BaseException | None = None
+    for exc in group.exceptions:
+        inner = _first(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if not isinstance(inner, cancelled):
+            return inner
+        found = found or inner
+    return found or group
+
+
+def on_cluster(redis: Redis) -> bool:
+    """True for a Redis Cluster client: one command's keys must share a slot."""
+    return isinstance(redis, RedisCluster)
+
+
+def by_slot(streams: Iterable[str]) -> dict[int, list[str]]:
+    """``streams`` grouped by their cluster slot (what one multi-key read may name)."""
+    lanes: dict[int, list[str]] = {}
+    for stream in streams:
+        lanes.setdefault(key_slot(stream.encode("utf-8", "surrogatepass")), []).append(stream)
+    return lanes
+
+
 class StreamFollower:
     """Follows streams from a point on without a consumer group (XREAD), as an operator
     command watches a worker's events: every entry after the cursor, in order."""
@@ -157,15 +204,36 @@ class StreamFollower:
         if not self.cursors:
             await anyio.sleep(self.block_ms / 1000)
             return []
-        reply: Any = await call(
-            self.redis.xread(dict(self.cursors), count=self.count, block=self.block_ms)  # type: ignore[arg-type]
-        )
+        if on_cluster(self.redis) and len(lanes := by_slot(self.cursors)) > 1:
+            entries = await self._read_lanes(list(lanes.values()))
+        else:
+            entries = await self._read(dict(self.cursors))
         out: list[tuple[str, Message | DecodeError]] = []
-        for stream, entry_id, fields in _entries(reply):  # XREAD's reply has XREADGROUP's shape
+        for stream, entry_id, fields in entries:
             self.cursors[stream] = text(entry_id)
             raw = fields.get(FIELD.encode(), b"") if fields else b""
             out.append((stream, decode(raw) if raw else DecodeError("no message", b"")))
         return out
+
+    async def _read(self, cursors: dict[str, str]) -> list[Entry]:
+        reply: Any = await call(
+            self.redis.xread(cursors, count=self.count, block=self.block_ms)  # type: ignore[arg-type]
+        )
+        return _entries(reply)  # XREAD's reply has XREADGROUP's shape
+
+    async def _read_lanes(self, lanes: list[list[str]]) -> list[Entry]:
+        """One blocking XREAD per slot, side by side; returns when all have answered
+        (an operator's view: a lane that has nothing holds the others up to
+        ``block_ms``)."""
+        entries: list[Entry] = []
+
+        async def one(streams: list[str]) -> None:
+            entries.extend(await self._read({s: self.cursors[s] for s in streams}))
+
+        async with _side_by_side() as tg:
+            for streams in lanes:
+                tg.start_soon(one, streams)
+        return entries
 
 
 class StreamReader:
@@ -201,8 +269,11 @@ class StreamReader:
         self.refresh_s = refresh_s
         self.deadletters = DeadLetters(redis, settings)
         self.processed = 0
-        # the last read filled a whole batch: more is waiting behind it
-        self.backlogged = False
+        # per lane (slot; one lane on one Redis): its last read filled a whole batch
+        self._backlogged: dict[int, bool] = {}
+        # on a cluster, lanes take turns in the handler
+        self._turn = anyio.Lock()
+        self._lanes: dict[int, list[str]] = {}  # on a cluster: the streams of each slot
         self._grouped: set[str] = set()
         self._broken: set[str] = set()
         self._next_refresh = 0.0
@@ -213,6 +284,11 @@ class StreamReader:
     def stream(self) -> str:
         """The stream of a single-stream reader."""
         return next(iter(self.streams))
+
+    @property
+    def backlogged(self) -> bool:
+        """A last read filled a whole batch: more is waiting behind it."""
+        return any(self._backlogged.values())
 
     async def ensure_group(self) -> None:
         await self._refresh(force=True)
@@ -312,6 +388,9 @@ class StreamReader:
                 await self._process(entries, handler)
 
     async def _consume(self, handler: ReceivedHandler) -> None:
+        if on_cluster(self.redis):
+            await self._consume_lanes(handler)
+            return
         claim_every = max(self.settings.claim_idle_s / 2, 0.05)
         next_claim = 0.0
         while True:
@@ -334,6 +413,47 @@ class StreamReader:
             entries = _entries(reply)
             await self._process(entries, handler)
             self.episode.ok()
+
+    async def _consume_lanes(self, handler: ReceivedHandler) -> None:
+        """The cluster's loop: keep the fleet's streams and a reading task per slot
+        (lane) up to date, and claim idle entries; a task whose slot has no stream
+        left ends. The first failure of any lane ends them all (``run_received``
+        backs off and starts over)."""
+        claim_every = max(self.settings.claim_idle_s / 2, 0.05)
+        next_claim = 0.0
+        reading: set[int] = set()
+        async with _side_by_side() as tg:
+            while True:
+                await self._refresh()
+                self._lanes = by_slot(self._grouped)
+                for slot in self._lanes.keys() - reading:
+                    reading.add(slot)
+                    tg.start_soon(self._read_lane, slot, handler, reading)
+                if anyio.current_time() >= next_claim:
+                    async with self._turn:
+                        await self._claim_idle(handler)
+                    next_claim = anyio.current_time() + claim_every
+                await anyio.sleep(self.refresh_s)
+
+    async def _read_lane(self, slot: int, handler: ReceivedHandler, reading: set[int]) -> None:
+        """Read one slot's streams (those it has now, each pass) until it has none."""
+        try:
+            while streams := self._lanes.get(slot):
+                reply = await call(
+                    self.redis.xreadgroup(
+                        self.group,
+                        self.consumer,
+                        dict.fromkeys(streams, ">"),
+                        count=self.count,
+                        block=self.block_ms,
+                    )
+                )
+                async with self._turn:
+                    await self._process(_entries(reply), handler, lane=slot)
+                self.episode.ok()
+        finally:
+            reading.discard(slot)
+            self._backlogged.pop(slot, None)
 
     async def _claim_idle(self, handler: ReceivedHandler) -> None:
         """Claim what dead consumers left idle, every stream's first page in one round
@@ -358,9 +478,14 @@ class StreamReader:
                     following[stream] = cursor
             cursors = following
 
-    async def _process(self, entries: list[Entry], handler: ReceivedHandler) -> None:
+    async def _process(
+        self, entries: list[Entry], handler: ReceivedHandler, *, lane: int = -1
+    ) -> None:
+        """Hand ``entries`` to the handler, dead-letter what does not decode, then
+        acknowledge them all. ``lane``: the slot they were read from (-1: one Redis,
+        or a drain or claim pass)."""
         if not entries:
-            self.backlogged = False
+            self._backlogged[lane] = False
             return
         per_stream: dict[str, int] = {}
         received: list[Received] = []
@@ -375,7 +500,7 @@ class StreamReader:
             else:
                 source = self.streams.get(stream, "")
                 received.append(Received(source, stream, message, text(entry_id)))
-        self.backlogged = any(n >= self.count for n in per_stream.values())
+        self._backlogged[lane] = any(n >= self.count for n in per_stream.values())
         if received:
             try:
                 await handler(received)

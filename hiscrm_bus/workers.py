@@ -2,6 +2,11 @@
 
 A worker whose hash expired is dead; its id stays in the index until the Master has
 moved its accounts elsewhere.
+
+On a Redis Cluster the hash (in its worker group's slot) and the index (untagged) live
+in different slots, so no transaction holds both: a heartbeat writes the hash and its
+TTL atomically, then the index. Reads of many hashes are plain pipelines, which
+redis-py's cluster client splits per node.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from redis.asyncio import Redis
 from .connection import call, text
 from .keys import Keys
 from .messages import TaskState, dumps, utcnow
+from .streams import on_cluster
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +117,8 @@ class WorkerRegistry:
         self.keys = keys
 
     async def heartbeat(self, info: WorkerInfo, ttl_s: float) -> None:
-        """Write the worker's hash with a fresh TTL and bump it in the index, atomically."""
+        """Write the worker's hash with a fresh TTL and bump it in the index (atomically
+        on one Redis; on a cluster the hash first, then the index)."""
         now = utcnow()
         data = info.model_dump(mode="json", exclude={"heartbeat_at"})
         fields = {
@@ -121,11 +128,17 @@ class WorkerRegistry:
         }
         fields["heartbeat_at"] = now.isoformat()
         key = self.keys.worker(info.id)
+        cluster = on_cluster(self.redis)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
             pipe.pexpire(key, int(ttl_s * 1000))
-            pipe.zadd(self.keys.workers, {info.id: now.timestamp()})
+            if not cluster:
+                pipe.zadd(self.keys.workers, {info.id: now.timestamp()})
             await call(pipe.execute())
+        if cluster:
+            # after the hash: an id in the index without a hash would read as a dead
+            # worker; a hash not yet indexed is only a worker seen one beat later
+            await call(self.redis.zadd(self.keys.workers, {info.id: now.timestamp()}))
 
     async def all(self) -> tuple[list[WorkerInfo], list[tuple[str, float]]]:
         """(alive workers, [(dead worker id, last heartbeat epoch)]) in one round trip each."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -30,6 +31,7 @@ from .errors import (
 from .keys import Keys
 from .limits import MAX_FIELD_BYTES, MAX_REASON_CHARS, check_depth, clip, loads
 from .messages import MAX_VERSION, dumps, utcnow
+from .scripts import ScriptCall, run_scripts
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
 LoginStatus = Literal["not_logged_in", "logged_in", "expired", "failed"]
@@ -457,13 +459,7 @@ class AccountStore:
     async def create(self, config: AccountConfig) -> AccountConfig:
         config = config.model_copy(update={"config_version": 1, "updated_at": utcnow()})
         flat = [item for pair in to_hash(config).items() for item in pair]
-        account_key = self.keys.account(config.id)
-        owner = (
-            self.keys.worker_accounts(config.worker_id)
-            if config.worker_id
-            else self.keys.unassigned
-        )
-        created = await call(self._create(keys=[account_key, self.keys.accounts, owner], args=flat))
+        created = await call(self._create(keys=self._create_keys(config), args=flat))
         if not created:
             raise AccountExists(f"account {config.id} exists already")
         return config
@@ -475,21 +471,26 @@ class AccountStore:
         that exists already is that account's AccountExists, and is not written."""
         now = utcnow()
         made = [c.model_copy(update={"config_version": 1, "updated_at": now}) for c in configs]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for config in made:
-                owner = (
-                    self.keys.worker_accounts(config.worker_id)
-                    if config.worker_id
-                    else self.keys.unassigned
-                )
-                keys = [self.keys.account(config.id), self.keys.accounts, owner]
-                flat = [item for pair in to_hash(config).items() for item in pair]
-                await self._create(keys=keys, args=flat, client=pipe)
-            replies = await call(pipe.execute()) if made else []
+        calls: list[ScriptCall] = [
+            (self._create, self._create_keys(c), [i for pair in to_hash(c).items() for i in pair])
+            for c in made
+        ]
+        replies = await run_scripts(self.redis, calls)
         return [
             config if created else AccountExists(f"account {config.id} exists already")
             for config, created in zip(made, replies, strict=True)
         ]
+
+    def _create_keys(self, config: AccountConfig) -> list[str]:
+        """The keys of :data:`_CREATE` for ``config``: its hash, its bucket's account
+        set, and its owner's account set or its bucket's unassigned set."""
+        bucket = self.keys.bucket(config.id)
+        owner = (
+            self.keys.worker_accounts(config.worker_id, bucket)
+            if config.worker_id
+            else self.keys.unassigned(bucket)
+        )
+        return [self.keys.account(config.id), self.keys.accounts(bucket), owner]
 
     async def plan_import(self, rows: Sequence[ImportRow], batch: int = 500) -> ImportPlan:
         """Check every row of an import file against the stored accounts (read in
@@ -609,14 +610,26 @@ class AccountStore:
         )
 
     async def ids(self) -> list[str]:
-        return sorted(text(m) for m in await call(self.redis.smembers(self.keys.accounts)))
+        """Every account id, in order."""
+        return await self._members(self.keys.accounts)
 
     async def unassigned_ids(self) -> list[str]:
-        return sorted(text(m) for m in await call(self.redis.smembers(self.keys.unassigned)))
+        """The ids of the accounts no worker owns, in order."""
+        return await self._members(self.keys.unassigned)
 
     async def ids_of_worker(self, worker_id: str) -> list[str]:
-        members = await call(self.redis.smembers(self.keys.worker_accounts(worker_id)))
-        return sorted(text(m) for m in members)
+        """The ids of the accounts ``worker_id`` owns, in order."""
+        return await self._members(partial(self.keys.worker_accounts, worker_id))
+
+    async def _members(self, name: Callable[[int], str]) -> list[str]:
+        """The members of a set kept per bucket (one set on a single Redis), in order."""
+        if not self.keys.cluster:
+            return sorted(text(m) for m in await call(self.redis.smembers(name(0))))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bucket in self.keys.buckets:
+                pipe.smembers(name(bucket))
+            found = await call(pipe.execute())
+        return sorted(text(m) for members in found for m in members)
 
     async def update(
         self,
@@ -649,7 +662,8 @@ class AccountStore:
         """The validated config and the keys and arguments of :data:`WRITE_ACCOUNT_LUA`
         for one versioned write (InvalidAccountConfig when it does not validate)."""
         new = check_changes(current, changes)
-        head, tail = self.keys.split(self.keys.worker_accounts)
+        bucket = self.keys.bucket(account_id)
+        head, tail = self._owner_sets(bucket)
         fields = tuple(sorted(changes))
         encoded = {f: encode_value(getattr(new, f)) for f in fields}
         sets = {f: v for f, v in encoded.items() if v is not None}
@@ -660,8 +674,13 @@ class AccountStore:
             *(expected, now, dumps(sets), dumps(dels), head, tail, account_id),
             expect_owner or "",
         ]
-        keys = [self.keys.account(account_id), self.keys.unassigned]
+        keys = [self.keys.account(account_id), self.keys.unassigned(bucket)]
         return WriteCall(new, fields, keys, args)
+
+    def _owner_sets(self, bucket: int) -> tuple[str, str]:
+        """(head, tail) of the worker account sets of ``bucket``, for Lua: ``head ..
+        worker .. tail``."""
+        return self.keys.split(lambda worker: self.keys.worker_accounts(worker, bucket))
 
     async def update_many(
         self,
@@ -676,19 +695,17 @@ class AccountStore:
         """
         results: list[AccountUpdate | Exception | None] = []
         sent: list[tuple[int, Mapping[str, Any], AccountConfig, tuple[str, ...]]] = []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for account_id, (current, changes) in batch.items():
-                try:
-                    write = self.write_call(
-                        account_id, current, changes, expect_version, expect_owner
-                    )
-                except InvalidAccountConfig as exc:
-                    results.append(exc)
-                    continue
-                await self._update(keys=write.keys, args=write.args, client=pipe)
-                sent.append((len(results), current, write.new, write.fields))
-                results.append(None)  # filled from the pipeline's reply below
-            replies = await call(pipe.execute()) if sent else []
+        calls: list[ScriptCall] = []
+        for account_id, (current, changes) in batch.items():
+            try:
+                write = self.write_call(account_id, current, changes, expect_version, expect_owner)
+            except InvalidAccountConfig as exc:
+                results.append(exc)
+                continue
+            calls.append((self._update, write.keys, write.args))
+            sent.append((len(results), current, write.new, write.fields))
+            results.append(None)  # filled from the reply below
+        replies = await run_scripts(self.redis, calls)
         for (index, current, new, fields), reply in zip(sent, replies, strict=True):
             version = int(reply)
             if version < 0:
@@ -701,12 +718,13 @@ class AccountStore:
 
     async def remove(self, account_id: str) -> tuple[int, str | None]:
         """Delete the account; returns its last version and its owner."""
-        head, tail = self.keys.split(self.keys.worker_accounts)
+        bucket = self.keys.bucket(account_id)
+        head, tail = self._owner_sets(bucket)
         keys = [
             self.keys.account(account_id),
-            self.keys.accounts,
+            self.keys.accounts(bucket),
             self.keys.account_pending(account_id),
-            self.keys.unassigned,
+            self.keys.unassigned(bucket),
         ]
         reply = await call(self._remove(keys=keys, args=[head, tail, account_id]))
         if reply == -1:

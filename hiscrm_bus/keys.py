@@ -1,17 +1,37 @@
 """Every Redis key, channel and stream name, under one configurable prefix.
 
-No other module builds a Redis name. Names that belong to one account or one worker
-take the id as the last part, so Redis Cluster hash tags can later be introduced here
-(e.g. ``hiscrm:{acc-1}:...``) without touching a caller.
+No other module builds a Redis name.
+
+On one Redis the names are plain (``hiscrm:account:a1``). On a Redis Cluster every
+name that a Lua call touches together with others carries a hash tag, so that the
+call's keys share one slot:
+
+- **account buckets**: an account's hash, session, pending index and update records,
+  and the indexes a write keeps beside them (``accounts``, ``unassigned``, each worker's
+  ``accounts`` set, ``pending``, ``outcomes``, ``stats``, ``policy``) live in one of
+  ``CLUSTER_BUCKETS`` buckets, ``hiscrm:{b<k>}:…`` with ``k = crc32(account id) % 64``.
+  A fleet-wide index is the union of its buckets' parts.
+- **worker groups**: a worker's registry hash, control channel and outgoing streams
+  live in ``hiscrm:{w<g>}:…`` with ``g = crc32(worker id) % WORKER_GROUPS``, so one
+  XREADGROUP per group reads every worker of the group.
+
+Names no script combines (the workers' and Masters' indexes, logins, the console, the
+dead letters, locks) carry no tag. With one Redis there is one bucket and one group,
+and every name is what it was before the cluster existed.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 _MARK = "\x00id\x00"
+# fixed for a deployment's lifetime: every process must place an account in the same
+# bucket. 64 tags spread over the slots evenly enough for up to ~20 primaries.
+CLUSTER_BUCKETS = 64
+WORKER_GROUPS = 16
 StreamKind = Literal["acks", "events", "ingest"]
 STREAM_KINDS: tuple[StreamKind, ...] = ("acks", "events", "ingest")
 
@@ -24,59 +44,92 @@ def escape_glob(text: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "hiscrm:"
+    cluster: bool = False  # names for a Redis Cluster (hash-tagged, see above)
+
+    # placement
+    def bucket(self, account_id: str) -> int:
+        """The bucket of ``account_id`` (always 0 on one Redis)."""
+        if not self.cluster:
+            return 0
+        return zlib.crc32(account_id.encode("utf-8", "surrogatepass")) % CLUSTER_BUCKETS
+
+    @property
+    def buckets(self) -> range:
+        """Every bucket: a fleet-wide index is the union of these buckets' parts."""
+        return range(CLUSTER_BUCKETS if self.cluster else 1)
+
+    def group(self, worker_id: str) -> int:
+        """The worker group of ``worker_id`` (always 0 on one Redis)."""
+        if not self.cluster:
+            return 0
+        return zlib.crc32(worker_id.encode("utf-8", "surrogatepass")) % WORKER_GROUPS
+
+    @property
+    def groups(self) -> range:
+        """Every worker group."""
+        return range(WORKER_GROUPS if self.cluster else 1)
+
+    def in_bucket(self, bucket: int) -> str:
+        """The head of every name in ``bucket`` (the prefix alone on one Redis)."""
+        return f"{self.prefix}{{b{bucket}}}:" if self.cluster else self.prefix
+
+    def _of_account(self, account_id: str) -> str:
+        return self.in_bucket(self.bucket(account_id))
+
+    def _of_worker(self, worker_id: str) -> str:
+        return f"{self.prefix}{{w{self.group(worker_id)}}}:" if self.cluster else self.prefix
 
     # accounts
     def account(self, account_id: str) -> str:
         """Hash: one account's config, ``config_version`` and login state."""
-        return f"{self.prefix}account:{account_id}"
+        return f"{self._of_account(account_id)}account:{account_id}"
 
-    @property
-    def accounts(self) -> str:
-        """Set: every account id."""
-        return f"{self.prefix}accounts"
+    def accounts(self, bucket: int = 0) -> str:
+        """Set: the id of every account in ``bucket``."""
+        return f"{self.in_bucket(bucket)}accounts"
 
-    @property
-    def unassigned(self) -> str:
-        """Set: ids of the accounts that no worker owns."""
-        return f"{self.prefix}unassigned"
+    def unassigned(self, bucket: int = 0) -> str:
+        """Set: ids of the accounts in ``bucket`` that no worker owns."""
+        return f"{self.in_bucket(bucket)}unassigned"
 
     def session(self, account_id: str) -> str:
         """Hash: the account's browser session, sealed with the workers' session key
         (``blob``), its ``version`` and the worker that wrote it (``by``)."""
-        return f"{self.prefix}account:{account_id}:session"
+        return f"{self._of_account(account_id)}account:{account_id}:session"
 
     def account_pending(self, account_id: str) -> str:
         """Sorted set: the account's pending update ids scored by config version."""
-        return f"{self.prefix}account:{account_id}:pending"
+        return f"{self._of_account(account_id)}account:{account_id}:pending"
 
     # workers
     def worker(self, worker_id: str) -> str:
         """Hash (with TTL): worker info, last heartbeat, applied versions and task states."""
-        return f"{self.prefix}worker:{worker_id}"
+        return f"{self._of_worker(worker_id)}worker:{worker_id}"
 
     @property
     def workers(self) -> str:
         """Sorted set: worker id by last heartbeat (epoch seconds)."""
         return f"{self.prefix}workers"
 
-    def worker_accounts(self, worker_id: str) -> str:
-        """Set: ids of the accounts assigned to the worker."""
-        return f"{self.prefix}worker:{worker_id}:accounts"
+    def worker_accounts(self, worker_id: str, bucket: int = 0) -> str:
+        """Set: ids of the accounts in ``bucket`` assigned to the worker."""
+        return f"{self.in_bucket(bucket)}worker:{worker_id}:accounts"
 
     def control(self, worker_id: str) -> str:
-        """Pub/sub channel: Master → worker commands and config updates."""
-        return f"{self.prefix}worker:{worker_id}:control"
+        """Pub/sub channel (a shard channel on a cluster): Master → worker commands and
+        config updates."""
+        return f"{self._of_worker(worker_id)}worker:{worker_id}:control"
 
     # what a worker sends: streams only that worker's Redis user may append to, so
     # the stream a message was read from names its sender
     def worker_stream(self, worker_id: str, kind: StreamKind) -> str:
         """Stream: worker → Master messages of one kind (``acks``, ``events``, ``ingest``),
         read by the Masters' consumer group."""
-        return f"{self.prefix}worker:{worker_id}:out:{kind}"
+        return f"{self._of_worker(worker_id)}worker:{worker_id}:out:{kind}"
 
     def worker_streams(self, worker_id: str) -> str:
         """Key pattern (for ACL rules) of every stream :meth:`worker_stream` names."""
-        return escape_glob(f"{self.prefix}worker:{worker_id}:out:") + "*"
+        return escape_glob(f"{self._of_worker(worker_id)}worker:{worker_id}:out:") + "*"
 
     @property
     def masters(self) -> str:
@@ -149,31 +202,28 @@ class Keys:
         """Hash: dead-lettered message count per source."""
         return f"{self.prefix}deadletter:counts"
 
-    # pending updates and outcomes
-    @property
-    def pending(self) -> str:
+    # pending updates and outcomes (each in the bucket of the update's account)
+    def pending(self, bucket: int = 0) -> str:
         """Sorted set: pending update ids by deadline (epoch milliseconds)."""
-        return f"{self.prefix}pending"
+        return f"{self.in_bucket(bucket)}pending"
 
-    def update(self, update_id: str) -> str:
+    def update(self, update_id: str, bucket: int = 0) -> str:
         """Hash: one config update, its attempts and, once known, its outcome."""
-        return f"{self.prefix}update:{update_id}"
+        return f"{self.in_bucket(bucket)}update:{update_id}"
 
-    @property
-    def outcomes(self) -> str:
+    def outcomes(self, bucket: int = 0) -> str:
         """Stream: one entry per update outcome (applied, rejected, failed)."""
-        return f"{self.prefix}outcomes"
+        return f"{self.in_bucket(bucket)}outcomes"
 
-    @property
-    def policy(self) -> str:
+    def policy(self, bucket: int = 0) -> str:
         """Hash: the Masters' delivery policy (``ack_timeout_ms``, ``retry_backoff``,
-        ``max_attempts``), which every writer of an update records it under."""
-        return f"{self.prefix}policy"
+        ``max_attempts``), which every writer of an update records it under (a copy in
+        every bucket)."""
+        return f"{self.in_bucket(bucket)}policy"
 
-    @property
-    def stats(self) -> str:
+    def stats(self, bucket: int = 0) -> str:
         """Hash: counters (updates sent, applied, rejected, retried, failed)."""
-        return f"{self.prefix}stats"
+        return f"{self.in_bucket(bucket)}stats"
 
     def split(self, builder: Callable[[str], str]) -> tuple[str, str]:
         """(head, tail) around the id of a per-id name, for Lua scripts that build names

@@ -7,27 +7,38 @@ hands back updates whose deadline passed, for a retry with a longer deadline, an
 the last attempt records them as failed. Every transition is one Lua call that removes
 the id from the pending set first, so two Masters sharing the tracker never resolve or
 retry one update twice, and a Master restart loses nothing. Times come from Redis' clock.
+
+On a Redis Cluster each account bucket (see hiscrm_bus.keys) has its own pending set,
+outcomes stream, counters and policy copy, so every script call stays in one slot; the
+fleet-wide views (count, stats, sweep, the outcomes followed) are the union of the
+buckets'.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections import Counter
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import anyio
+from anyio.abc import ObjectSendStream
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from .connection import call, text
+from .connection import call, is_cluster, text
 from .messages import AccountConfigUpdate, AccountConfigUpdateAck, dumps
+from .scripts import ScriptCall, run_scripts
 from .settings import BusSettings
-from .streams import last_entry_id
+from .streams import entry_parts, last_entry_id
 
 log = logging.getLogger(__name__)
+_CURSORS = ","  # between the buckets' entry ids in a cluster's outcome cursor
+CLUSTER_POLL_S = 0.2  # how often outcomes_after looks at a cluster's buckets
 Status = Literal["pending", "applied", "rejected", "failed"]
 OUTCOME_TTL_S = 7 * 24 * 3600
 
@@ -275,12 +286,13 @@ class PendingTracker:
         self, update: AccountConfigUpdate, worker_id: str
     ) -> tuple[list[str], list[Any]]:
         """Keys and arguments of :data:`RECORD_LUA` for tracking ``update``."""
+        bucket = self.keys.bucket(update.account_id)
         keys = [
-            self.keys.pending,
+            self.keys.pending(bucket),
             self.keys.account_pending(update.account_id),
-            self.keys.update(update.update_id),
-            self.keys.stats,
-            self.keys.policy,
+            self.keys.update(update.update_id, bucket),
+            self.keys.stats(bucket),
+            self.keys.policy(bucket),
         ]
         args = [
             update.update_id,
@@ -302,8 +314,16 @@ class PendingTracker:
     async def record_many(
         self, updates: Sequence[tuple[AccountConfigUpdate, str]], pipe: Pipeline | None = None
     ) -> None:
-        """Track many updates in one round trip; with ``pipe``, only queue the records
-        on it (the caller executes it, e.g. with the publishes right behind them)."""
+        """Track many updates in one round trip; with ``pipe`` (one Redis only), only
+        queue the records on it (the caller executes it, e.g. with the publishes right
+        behind them)."""
+        if pipe is None and is_cluster(self.redis):
+            calls: list[ScriptCall] = [
+                (self._record, *self.record_call(update, worker_id))
+                for update, worker_id in updates
+            ]
+            await run_scripts(self.redis, calls)
+            return
         if pipe is not None:
             for update, worker_id in updates:
                 keys, args = self.record_call(update, worker_id)
@@ -328,15 +348,8 @@ class PendingTracker:
     ) -> list[list[tuple[str, Status, float]] | None]:
         """:meth:`resolve` for many ACKs in one round trip, in order. None for an ACK
         whose worker does not own the account (it resolves nothing)."""
-        calls = [self._resolve_call(ack) for ack in acks]
-        if len(calls) == 1:  # one ACK (the usual case at low rates): no pipeline
-            keys, args = calls[0]
-            replies = [await call(self._resolve(keys=keys, args=args))]
-        else:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    await self._resolve(keys=keys, args=args, client=pipe)
-                replies = await call(pipe.execute()) if calls else []
+        calls: list[ScriptCall] = [(self._resolve, *self._resolve_call(ack)) for ack in acks]
+        replies = await run_scripts(self.redis, calls)
         return [
             None
             if isinstance(reply, bytes | str)
@@ -346,13 +359,14 @@ class PendingTracker:
 
     def _resolve_call(self, ack: AccountConfigUpdateAck) -> tuple[list[str], list[Any]]:
         """The keys and arguments of the resolve script for one ACK."""
-        head, tail = self.keys.split(self.keys.update)
+        bucket = self.keys.bucket(ack.account_id)
+        head, tail = self.keys.split(partial(self.keys.update, bucket=bucket))
         version = ack.applied_version if ack.ok else max(ack.seen_version, ack.applied_version)
         keys = [
-            self.keys.pending,
+            self.keys.pending(bucket),
             self.keys.account_pending(ack.account_id),
-            self.keys.outcomes,
-            self.keys.stats,
+            self.keys.outcomes(bucket),
+            self.keys.stats(bucket),
             self.keys.account(ack.account_id),
         ]
         args: list[Any] = [
@@ -369,33 +383,41 @@ class PendingTracker:
 
     async def sweep(self, limit: int = 500) -> Sweep:
         """Take the updates whose deadline passed: the ones to retry now (their attempt
-        count and deadline already advanced) and the ones just recorded as failed."""
-        uh, ut = self.keys.split(self.keys.update)
+        count and deadline already advanced) and the ones just recorded as failed
+        (at most ``limit`` per bucket)."""
         ph, pt = self.keys.split(self.keys.account_pending)
-        keys = [self.keys.pending, self.keys.outcomes, self.keys.stats]
-        args: list[Any] = [
-            limit,
-            self.settings.max_attempts,
-            int(self.settings.ack_timeout_s * 1000),
-            self.settings.retry_backoff,
-            uh,
-            ut,
-            ph,
-            pt,
-            self.settings.stream_maxlen,
-            OUTCOME_TTL_S,
+        calls: list[ScriptCall] = []
+        for bucket in self.keys.buckets:
+            uh, ut = self.keys.split(partial(self.keys.update, bucket=bucket))
+            keys = [self.keys.pending(bucket), self.keys.outcomes(bucket), self.keys.stats(bucket)]
+            args: list[Any] = [
+                limit,
+                self.settings.max_attempts,
+                int(self.settings.ack_timeout_s * 1000),
+                self.settings.retry_backoff,
+                uh,
+                ut,
+                ph,
+                pt,
+                self.settings.stream_maxlen,
+                OUTCOME_TTL_S,
+            ]
+            calls.append((self._sweep, keys, args))
+        replies = await run_scripts(self.redis, calls)
+        swept = [
+            (text(r[0]), text(r[1]), bucket)
+            for bucket, reply in zip(self.keys.buckets, replies, strict=True)
+            for r in reply or []
         ]
-        reply = await call(self._sweep(keys=keys, args=args))
-        if not reply:
+        if not swept:
             return Sweep([], [])
-        ids = [text(r[0]) for r in reply]
-        loaded = await self.get_many(ids)
+        loaded = await self._load([self.keys.update(u, b) for u, _what, b in swept])
         retry: list[PendingUpdate] = []
         failed: list[PendingUpdate] = []
-        for r, update in zip(reply, loaded, strict=True):
+        for (_id, what, _bucket), update in zip(swept, loaded, strict=True):
             if update is None:
                 continue
-            (retry if text(r[1]) == "retry" else failed).append(update)
+            (retry if what == "retry" else failed).append(update)
         return Sweep(retry, failed)
 
     async def publish_policy(self) -> None:
@@ -405,81 +427,178 @@ class PendingTracker:
             "retry_backoff": self.settings.retry_backoff,
             "max_attempts": self.settings.max_attempts,
         }
-        await call(self.redis.hset(self.keys.policy, mapping=policy))  # type: ignore[arg-type]
+        if not is_cluster(self.redis):
+            await call(self.redis.hset(self.keys.policy(), mapping=policy))  # type: ignore[arg-type]
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bucket in self.keys.buckets:
+                pipe.hset(self.keys.policy(bucket), mapping=policy)  # type: ignore[arg-type]
+            await call(pipe.execute())
 
     async def cancel(self, update: PendingUpdate, error: str) -> bool:
         """Record a pending update as failed now (e.g. its account was removed).
         False if it had already ended."""
+        bucket = self.keys.bucket(update.account_id)
         keys = [
-            self.keys.pending,
+            self.keys.pending(bucket),
             self.keys.account_pending(update.account_id),
-            self.keys.update(update.update_id),
-            self.keys.outcomes,
-            self.keys.stats,
+            self.keys.update(update.update_id, bucket),
+            self.keys.outcomes(bucket),
+            self.keys.stats(bucket),
         ]
         args: list[Any] = [update.update_id, error, self.settings.stream_maxlen, OUTCOME_TTL_S]
         return bool(await call(self._cancel(keys=keys, args=args)))
 
-    async def get_many(self, update_ids: Sequence[str]) -> list[PendingUpdate | None]:
+    async def _load(self, update_keys: Sequence[str]) -> list[PendingUpdate | None]:
+        """The update records at ``update_keys``, in one round trip."""
+        if not update_keys:
+            return []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for update_id in update_ids:
-                pipe.hgetall(self.keys.update(update_id))
+            for key in update_keys:
+                pipe.hgetall(key)
             raws = await call(pipe.execute())
         return [_pending_or_none(r) for r in raws]
 
-    async def get(self, update_id: str) -> PendingUpdate | None:
-        (update,) = await self.get_many([update_id])
+    async def get(self, update_id: str, account_id: str) -> PendingUpdate | None:
+        """The record of update ``update_id`` of ``account_id``, None when there is none."""
+        (update,) = await self._load([self.keys.update(update_id, self.keys.bucket(account_id))])
         return update
 
     async def of_account(self, account_id: str) -> list[PendingUpdate]:
         ids: list[Any] = await call(self.redis.zrange(self.keys.account_pending(account_id), 0, -1))
-        return [u for u in await self.get_many([text(i) for i in ids]) if u is not None]
+        bucket = self.keys.bucket(account_id)
+        return [u for u in await self._load([self.keys.update(text(i), bucket) for i in ids]) if u]
 
     async def of_accounts(self, account_ids: Sequence[str]) -> dict[str, list[PendingUpdate]]:
         """:meth:`of_account` of many accounts: their indexes read by one script call
         per ``INDEXES_PER_CALL`` accounts, then the records in one pipelined round trip
         (not a round trip, nor a pipelined command, per account)."""
         ids: dict[str, list[str]] = {}
-        for start in range(0, len(account_ids), INDEXES_PER_CALL):
-            chunk = account_ids[start : start + INDEXES_PER_CALL]
-            keys = [self.keys.account_pending(a) for a in chunk]
-            found: list[Any] = await call(self._indexes(keys=keys))
+        calls: list[ScriptCall] = []
+        chunks: list[list[str]] = []
+        by_bucket: dict[int, list[str]] = {}
+        for account_id in account_ids:  # one script call's keys must share a slot
+            by_bucket.setdefault(self.keys.bucket(account_id), []).append(account_id)
+        for in_bucket in by_bucket.values():
+            for start in range(0, len(in_bucket), INDEXES_PER_CALL):
+                chunk = in_bucket[start : start + INDEXES_PER_CALL]
+                chunks.append(chunk)
+                calls.append((self._indexes, [self.keys.account_pending(a) for a in chunk], []))
+        for chunk, found in zip(chunks, await run_scripts(self.redis, calls), strict=True):
             ids.update((a, [text(i) for i in index]) for a, index in zip(chunk, found, strict=True))
-        loaded = iter(await self.get_many([u for found in ids.values() for u in found]))
+        update_keys = [
+            self.keys.update(u, self.keys.bucket(a)) for a in account_ids for u in ids.get(a, [])
+        ]
+        loaded = iter(await self._load(update_keys))
         out: dict[str, list[PendingUpdate]] = {}
-        for account_id, found_ids in ids.items():
-            updates = [next(loaded) for _ in found_ids]
+        for account_id in account_ids:
+            updates = [next(loaded) for _ in ids.get(account_id, [])]
             out[account_id] = [u for u in updates if u is not None]
         return out
 
-    async def retarget(self, update_id: str, worker_id: str) -> None:
-        """The account moved: its ACK will now come from ``worker_id``."""
-        await call(self.redis.hset(self.keys.update(update_id), "worker_id", worker_id))
+    async def retarget(self, update: PendingUpdate, worker_id: str) -> None:
+        """The account moved: the update's ACK will now come from ``worker_id``."""
+        key = self.keys.update(update.update_id, self.keys.bucket(update.account_id))
+        await call(self.redis.hset(key, "worker_id", worker_id))
+
+    async def _each_bucket(self, command: Callable[[Pipeline, int], object]) -> list[Any]:
+        """One command per bucket (one on a single Redis), in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bucket in self.keys.buckets:
+                command(pipe, bucket)
+            return list(await call(pipe.execute()))
 
     async def count(self) -> int:
-        return int(await call(self.redis.zcard(self.keys.pending)))
+        """Updates pending now, fleet-wide."""
+        counts = await self._each_bucket(lambda p, b: p.zcard(self.keys.pending(b)))
+        return sum(int(c) for c in counts)
 
     async def stats(self) -> dict[str, int]:
-        raw = await call(self.redis.hgetall(self.keys.stats))
-        return {text(k): int(v) for k, v in raw.items()}
+        """The delivery counters, fleet-wide."""
+        total: Counter[str] = Counter()
+        for raw in await self._each_bucket(lambda p, b: p.hgetall(self.keys.stats(b))):
+            total.update({text(k): int(v) for k, v in raw.items()})
+        return dict(total)
 
     async def last_outcome_id(self) -> str:
-        """The newest outcome entry's id: wait for outcomes after it."""
-        return await last_entry_id(self.redis, self.keys.outcomes)
+        """Where the outcomes stand now: wait for outcomes after it. On one Redis the
+        newest entry's id; on a cluster one id per bucket (an opaque cursor)."""
+        if not self.keys.cluster:
+            return await last_entry_id(self.redis, self.keys.outcomes())
+        last = await self._each_bucket(lambda p, b: p.xrevrange(self.keys.outcomes(b), count=1))
+        return _CURSORS.join(text(found[0][0]) if found else "0-0" for found in last)
+
+    def _cursors(self, after: str) -> dict[str, str]:
+        """Each outcomes stream's position in a :meth:`last_outcome_id` cursor."""
+        streams = [self.keys.outcomes(b) for b in self.keys.buckets]
+        ids = after.split(_CURSORS)
+        if len(ids) != len(streams):  # e.g. "0-0" or "$" for every bucket
+            ids = [after] * len(streams)
+        return dict(zip(streams, ids, strict=True))
 
     async def watch_outcomes(self, after: str) -> AsyncGenerator[Outcome]:
-        """Every outcome recorded after entry ``after``, as it is recorded, forever."""
-        cursor = after
-        while True:
-            reply: Any = await call(
-                self.redis.xread({self.keys.outcomes: cursor}, count=1000, block=1000)
-            )
-            for _stream, entries in reply or []:
+        """Every outcome recorded after cursor ``after``, as it is recorded, forever."""
+        cursors = self._cursors(after)
+        if len(cursors) == 1:
+            while True:
+                async for outcome in self._read_outcomes(cursors, block_ms=1000):
+                    yield outcome
+        # a cluster: one blocking read per bucket (its own slot), all feeding one queue
+        send, receive = anyio.create_memory_object_stream[Outcome](1000)
+        async with anyio.create_task_group() as tg, receive:
+            for stream, cursor in cursors.items():
+                tg.start_soon(self._follow, {stream: cursor}, send.clone())
+            send.close()
+            try:
+                async for outcome in receive:
+                    yield outcome
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _follow(self, cursors: dict[str, str], send: ObjectSendStream[Outcome]) -> None:
+        async with send:
+            while True:
+                async for outcome in self._read_outcomes(cursors, block_ms=1000):
+                    await send.send(outcome)
+
+    async def _read_outcomes(
+        self, cursors: dict[str, str], block_ms: int | None
+    ) -> AsyncGenerator[Outcome]:
+        """One read of ``cursors``' streams (blocking up to ``block_ms`` on one Redis or
+        when they share a slot; None: not at all); advances the cursors."""
+        streams: dict[Any, Any] = dict(cursors)
+        if len(cursors) == 1 or not self.keys.cluster:
+            replies: Any = [await call(self.redis.xread(streams, count=1000, block=block_ms))]
+        else:  # streams in different slots: one XREAD each, in one round trip per node
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream, cursor in cursors.items():
+                    pipe.xread({stream: cursor}, count=1000)
+                replies = await call(pipe.execute())
+        for reply in replies:
+            for stream, entries in reply or []:
                 for entry_id, fields in entries:
-                    cursor = text(entry_id)
+                    cursors[text(stream)] = text(entry_id)
                     outcome = Outcome.from_fields(fields)
                     if outcome is not None:
                         yield outcome
+
+    async def outcomes_after(self, after: str, timeout_s: float) -> tuple[list[Outcome], str]:
+        """The outcomes recorded after cursor ``after``, waiting up to ``timeout_s`` for
+        the first one; and the cursor after them. (On a cluster it looks at every bucket
+        every ``CLUSTER_POLL_S`` rather than holding a blocking read per bucket: it is
+        for pages that refresh on news, not for waiting on an update.)"""
+        cursors = self._cursors(after)
+        found: list[Outcome] = []
+        if len(cursors) == 1:
+            block_ms = max(1, int(timeout_s * 1000))
+            found = [o async for o in self._read_outcomes(cursors, block_ms)]
+        else:
+            with anyio.move_on_after(timeout_s):
+                while not found:
+                    found = [o async for o in self._read_outcomes(cursors, None)]
+                    if not found:
+                        await anyio.sleep(CLUSTER_POLL_S)
+        return found, _CURSORS.join(cursors.values())
 
     async def wait_outcomes(
         self, update_ids: Sequence[str], after: str, timeout_s: float
@@ -501,8 +620,13 @@ class PendingTracker:
 
     async def recent_outcomes(self, count: int = 1000) -> list[Outcome]:
         """The newest ``count`` outcomes, newest first."""
-        entries: Any = await call(self.redis.xrevrange(self.keys.outcomes, count=count))
-        outcomes = (Outcome.from_fields(fields) for _id, fields in entries)
+        found = await self._each_bucket(
+            lambda p, b: p.xrevrange(self.keys.outcomes(b), count=count)
+        )
+        entries = [entry for in_bucket in found for entry in in_bucket]
+        if len(found) > 1:  # newest first across the buckets, by entry time
+            entries.sort(key=lambda e: entry_parts(text(e[0])), reverse=True)
+        outcomes = (Outcome.from_fields(fields) for _id, fields in entries[:count])
         return [o for o in outcomes if o is not None]
 
     async def wait_account_outcome(

@@ -496,7 +496,7 @@ class Master:
         if config.worker_id is None:
             return None  # will fail in time unless assignment sends a newer one
         if config.worker_id != update.worker_id:
-            await self.tracker.retarget(update.update_id, config.worker_id)
+            await self.tracker.retarget(update, config.worker_id)
         return config.worker_id
 
     def _resend(self, update: PendingUpdate) -> AccountConfigUpdate:

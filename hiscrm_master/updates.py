@@ -23,10 +23,11 @@ from hiscrm_bus.accounts import (
     write_failure,
 )
 from hiscrm_bus.acl import Grants
-from hiscrm_bus.connection import call, call_each
+from hiscrm_bus.connection import call, is_cluster
 from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig, VersionConflict
 from hiscrm_bus.messages import MAX_VERSION, AccountConfigUpdate, UpdateReason, encode, new_id
 from hiscrm_bus.pending import NOW_LUA, RECORD_LUA, Outcome, PendingTracker
+from hiscrm_bus.scripts import ScriptCall, publish_each, run_scripts
 from hiscrm_bus.settings import BusSettings
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ RACE_RETRIES = 5  # reads a change may take when others keep writing the same ac
 # index, update hash, stats, policy). ARGV: the versioned write's eight, the record's
 # eight, the owner's control channel, the update as published. Returns {version or
 # write_failure code, subscribers that got it}. One atomic call: the update is written,
-# tracked and published together, or not at all.
+# tracked and published together, or not at all. On a cluster the channel is '' (a
+# script may not publish to a channel in another slot): the caller publishes after.
 _CHANGE = (
     NOW_LUA
     + WRITE_ACCOUNT_LUA
@@ -48,6 +50,7 @@ local v = write_account(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], AR
 if v < 0 then return {v, 0} end
 record(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[9], ARGV[10], ARGV[11], ARGV[12],
        ARGV[13], ARGV[14], ARGV[15], ARGV[16])
+if ARGV[17] == '' then return {v, 0} end
 return {v, redis.call('PUBLISH', ARGV[17], ARGV[18])}
 """
 )
@@ -159,6 +162,7 @@ class Updates:
         self.tracker = PendingTracker(redis, settings)
         self.grants = Grants(redis, self.keys)
         self._change = redis.register_script(_CHANGE)
+        self._cluster = is_cluster(redis)
 
     def message(
         self, update: AccountUpdate, reason: UpdateReason, attempt: int = 1
@@ -203,18 +207,15 @@ class Updates:
                 break  # unowned (nobody to tell), or a move (read access goes first)
             result = AccountUpdate(account_id, version + 1, write.fields, owner, owner)
             message = self.message(result, reason)
-            record_keys, record_args = self.tracker.record_call(message, owner)
-            reply = await call(
-                self._change(
-                    keys=[*write.keys, *record_keys],
-                    args=[*write.args, *record_args, self.keys.control(owner), encode(message)],
-                )
-            )
+            keys, args = self._change_call(write.keys, write.args, message, owner)
+            reply = await call(self._change(keys=keys, args=args))
             code, receivers = int(reply[0]), int(reply[1])
             if code == -2 and expect_version is None:
                 continue  # someone wrote in between: read again
             if code < 0:
                 raise write_failure(code, account_id, expect_owner)
+            if self._cluster:  # written and recorded: now tell the owner
+                (receivers,) = await self._publish([(message, owner)])
             self._log_sent([(message, owner)], [receivers])
             return result, message
         result = await self.store.update(
@@ -264,32 +265,29 @@ class Updates:
         done: dict[str, AccountUpdate | Exception] = {}
         rest: dict[str, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
         calls: list[tuple[AccountUpdate, AccountConfigUpdate, str]] = []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for account_id, (current, changes) in chunk.items():
-                version = _version(current)
-                if version >= MAX_VERSION:  # what Redis' HINCRBY could not bump either
-                    done[account_id] = InvalidAccountConfig(f"config_version {version} is final")
-                    continue
-                try:
-                    write = self.store.write_call(account_id, current, changes, version)
-                except InvalidAccountConfig as exc:
-                    done[account_id] = exc
-                    continue
-                owner = write.new.worker_id
-                if owner is None or owner != current.get("worker_id"):
-                    rest[account_id] = (current, changes)
-                    continue
-                result = AccountUpdate(account_id, version + 1, write.fields, owner, owner)
-                message = self.message(result, reason)
-                record_keys, record_args = self.tracker.record_call(message, owner)
-                await self._change(
-                    keys=[*write.keys, *record_keys],
-                    args=[*write.args, *record_args, self.keys.control(owner), encode(message)],
-                    client=pipe,
-                )
-                calls.append((result, message, owner))
-            # one account's error reply is its own result; an outage is everyone's
-            replies = await call_each(pipe.execute(raise_on_error=False)) if calls else []
+        scripts: list[ScriptCall] = []
+        for account_id, (current, changes) in chunk.items():
+            version = _version(current)
+            if version >= MAX_VERSION:  # what Redis' HINCRBY could not bump either
+                done[account_id] = InvalidAccountConfig(f"config_version {version} is final")
+                continue
+            try:
+                write = self.store.write_call(account_id, current, changes, version)
+            except InvalidAccountConfig as exc:
+                done[account_id] = exc
+                continue
+            owner = write.new.worker_id
+            if owner is None or owner != current.get("worker_id"):
+                rest[account_id] = (current, changes)
+                continue
+            result = AccountUpdate(account_id, version + 1, write.fields, owner, owner)
+            message = self.message(result, reason)
+            scripts.append(
+                (self._change, *self._change_call(write.keys, write.args, message, owner))
+            )
+            calls.append((result, message, owner))
+        # one account's error reply is its own result; an outage is everyone's
+        replies = await run_scripts(self.redis, scripts, each_error=True)
         sent: list[tuple[AccountConfigUpdate, str]] = []
         receivers: list[int] = []
         for (result, message, owner), reply in zip(calls, replies, strict=True):
@@ -305,6 +303,8 @@ class Updates:
                 done[result.account_id] = result
                 sent.append((message, owner))
                 receivers.append(int(reply[1]))
+        if self._cluster:  # written and recorded: now tell the owners
+            receivers = await self._publish(sent)
         self._log_sent(sent, receivers)
         return done, [m for m, _w in sent], rest
 
@@ -415,7 +415,10 @@ class Updates:
         moved = [r for r in results if r.previous_worker_id != r.worker_id]
         if moved:
             await self.grants.sync(w for r in moved for w in (r.worker_id, r.previous_worker_id))
-        if sends:
+        if sends and self._cluster:  # records first, then the publishes
+            await self.tracker.record_many(owned)
+            self._log_sent(sends, await self._publish(sends))
+        elif sends:
             async with self.redis.pipeline(transaction=False) as pipe:
                 await self.tracker.record_many(owned, pipe)
                 for message, worker_id in sends:
@@ -470,11 +473,25 @@ class Updates:
         await call(self.redis.zadd(self.keys.removals, {account_id: now_ms}))
 
     async def publish_many(self, messages: Sequence[tuple[AccountConfigUpdate, str]]) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for message, worker_id in messages:
-                pipe.publish(self.keys.control(worker_id), encode(message))
-            receivers = await call(pipe.execute())
-        self._log_sent(messages, receivers)
+        self._log_sent(messages, await self._publish(messages))
+
+    async def _publish(self, messages: Sequence[tuple[AccountConfigUpdate, str]]) -> list[int]:
+        """Publish each update to its worker; how many subscribers got each."""
+        return await publish_each(
+            self.redis, [(self.keys.control(w), encode(m)) for m, w in messages]
+        )
+
+    def _change_call(
+        self,
+        write_keys: Sequence[str],
+        write_args: Sequence[Any],
+        message: AccountConfigUpdate,
+        owner: str,
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of :data:`_CHANGE` for a write and its update."""
+        record_keys, record_args = self.tracker.record_call(message, owner)
+        channel = "" if self._cluster else self.keys.control(owner)
+        return [*write_keys, *record_keys], [*write_args, *record_args, channel, encode(message)]
 
     def _log_sent(
         self, messages: Sequence[tuple[AccountConfigUpdate, str]], receivers: Sequence[int]

@@ -425,7 +425,6 @@ async def account_events(request: Request) -> Response:
     account_id = request.path_params["account_id"]
     if await current_of(c, account_id) is None:
         return not_found(request, account_id)
-    outcomes_key = c.settings.keys.outcomes
     block_ms = int(CHECK_S * 1000)
 
     async def stream() -> AsyncIterator[bytes]:
@@ -434,15 +433,8 @@ async def account_events(request: Request) -> Response:
         task = await task_marker(c, account_id)
         yield b": watching\n\n"
         while not await request.is_disconnected():
-            reply: Any = await call(
-                c.redis.xread({outcomes_key: cursor}, count=1000, block=block_ms)
-            )
-            mine = False
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    cursor = text(entry_id)
-                    outcome = Outcome.from_fields(fields)
-                    mine = mine or (outcome is not None and outcome.account_id == account_id)
+            found, cursor = await c.updates.tracker.outcomes_after(cursor, block_ms / 1000)
+            mine = any(outcome.account_id == account_id for outcome in found)
             if mine:
                 yield sse("outcome")
             now_items = await items_marker(c, account_id)

@@ -4,12 +4,10 @@ update's outcome, a worker's heartbeat) and at least every few seconds."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from hiscrm_bus.connection import call, text
 from hiscrm_bus.pending import PendingTracker
 
 from .app import console
@@ -33,12 +31,7 @@ async def fleet_events(request: Request) -> Response:
         block_ms = int(FLEET_REFRESH_S * 1000)
         while not await request.is_disconnected():
             # an outcome (or nothing for a while): refresh
-            reply: Any = await call(
-                c.redis.xread({c.settings.keys.outcomes: cursor}, count=1000, block=block_ms)
-            )
-            for _stream, entries in reply or []:
-                if entries:
-                    cursor = text(entries[-1][0])
+            _found, cursor = await tracker.outcomes_after(cursor, block_ms / 1000)
             yield sse("fleet")
 
     return StreamingResponse(

@@ -67,7 +67,7 @@ async def sweep_until(tracker: PendingTracker, done: Any, timeout_s: float = 5) 
 
 
 async def all_outcomes(redis: Redis, settings: BusSettings) -> list[Outcome]:
-    entries = await redis.xrange(settings.keys.outcomes)
+    entries = await redis.xrange(settings.keys.outcomes())
     return [Outcome.from_fields(fields) for _id, fields in entries]
 
 
@@ -86,7 +86,7 @@ async def test_record_then_ack_resolves_as_applied_with_latency(bus: Bus) -> Non
     update = make_update(version=3)
     await tracker.record(update, "w1")
 
-    pending = await tracker.get(update.update_id)
+    pending = await tracker.get(update.update_id, update.account_id)
     assert pending is not None
     assert (pending.status, pending.attempts, pending.worker_id, pending.version) == (
         "pending",
@@ -105,7 +105,7 @@ async def test_record_then_ack_resolves_as_applied_with_latency(bus: Bus) -> Non
     assert (update_id, status) == (update.update_id, "applied")
     assert latency >= 0
 
-    done = await tracker.get(update.update_id)
+    done = await tracker.get(update.update_id, update.account_id)
     assert done is not None
     assert (done.status, done.latency_ms, done.error) == ("applied", latency, "")
     assert await tracker.count() == 0
@@ -160,7 +160,7 @@ async def test_one_ack_resolves_every_covered_version_and_no_newer(bus: Bus) -> 
     assert {c[1] for c in closed} == {"applied"}
 
     assert [u.update_id for u in await tracker.of_account("acc-1")] == [updates[6].update_id]
-    still = await tracker.get(updates[6].update_id)
+    still = await tracker.get(updates[6].update_id, updates[6].account_id)
     assert still is not None
     assert still.status == "pending"
     assert await tracker.count() == 1
@@ -187,13 +187,13 @@ async def test_ack_from_another_worker_does_not_resolve_until_retargeted(bus: Bu
     await tracker.record(update, "w1")
 
     assert await tracker.resolve(make_ack(worker="w2", applied=2)) == []
-    pending = await tracker.get(update.update_id)
+    pending = await tracker.get(update.update_id, update.account_id)
     assert pending is not None
     assert pending.status == "pending"
     assert await tracker.count() == 1
 
     # the account moved to w2: now w2's ACK is the one that counts, and w1's is not
-    await tracker.retarget(update.update_id, "w2")
+    await tracker.retarget(pending, "w2")
     assert await tracker.resolve(make_ack(worker="w1", applied=2)) == []
     [(update_id, status, _latency)] = await tracker.resolve(make_ack(worker="w2", applied=2))
     assert (update_id, status) == (update.update_id, "applied")
@@ -212,7 +212,7 @@ async def test_rejecting_ack_resolves_as_rejected_with_the_error(bus: Bus) -> No
     [(update_id, status, _latency)] = await tracker.resolve(ack)
     assert (update_id, status) == (rejected.update_id, "rejected")
 
-    done = await tracker.get(rejected.update_id)
+    done = await tracker.get(rejected.update_id, rejected.account_id)
     assert done is not None
     assert (done.status, done.error) == ("rejected", "monitor_interval_s: must be > 0")
     outcome = (await tracker.wait_outcomes([rejected.update_id], before, 2))[rejected.update_id]
@@ -240,7 +240,7 @@ async def test_unacked_update_is_retried_then_failed_with_one_outcome(bus: Bus) 
     before = await tracker.last_outcome_id()
     update = make_update(version=2)
     await tracker.record(update, "w1")
-    first = await tracker.get(update.update_id)
+    first = await tracker.get(update.update_id, update.account_id)
     assert first is not None
 
     retry = await sweep_until(tracker, lambda s: s.retry or s.failed)
@@ -296,13 +296,13 @@ async def test_retry_deadline_grows_by_the_backoff_factor(bus: Bus) -> None:
     await tracker.record(update, "w1")
     for attempts, wait_ms in ((2, 4000), (3, 8000)):
         # expire the deadline now instead of waiting seconds for it
-        await redis.zadd(settings.keys.pending, {update.update_id: 0})
+        await redis.zadd(settings.keys.pending(), {update.update_id: 0})
         swept = await tracker.sweep()
         now = await redis_now_ms(redis)
         [again] = swept.retry
         assert again.attempts == attempts
         assert wait_ms - 1000 <= again.deadline_ms - now <= wait_ms
-        assert await redis.zscore(settings.keys.pending, update.update_id) == again.deadline_ms
+        assert await redis.zscore(settings.keys.pending(), update.update_id) == again.deadline_ms
 
 
 async def test_sweep_takes_at_most_limit_updates(bus: Bus) -> None:
@@ -310,7 +310,7 @@ async def test_sweep_takes_at_most_limit_updates(bus: Bus) -> None:
     tracker = PendingTracker(redis, tuned(settings, ack_timeout_s=30))
     updates = [make_update(account=f"a{i}") for i in range(7)]
     await tracker.record_many([(u, "w1") for u in updates])
-    await redis.zadd(settings.keys.pending, {u.update_id: 0 for u in updates})
+    await redis.zadd(settings.keys.pending(), {u.update_id: 0 for u in updates})
     first = await tracker.sweep(limit=3)
     second = await tracker.sweep(limit=10)
     assert len(first.retry) == 3
@@ -419,7 +419,7 @@ async def test_two_masters_racing_record_exactly_one_outcome_per_update(real: Bu
     assert {s: stats.get(s, 0) for s in by_status} == dict(by_status)
     assert by_status["rejected"] == 7
     for outcome in outcomes:
-        stored = await PendingTracker(redis, settings).get(outcome.update_id)
+        stored = await PendingTracker(redis, settings).get(outcome.update_id, outcome.account_id)
         assert stored is not None
         assert stored.status == outcome.status
 

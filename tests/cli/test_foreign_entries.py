@@ -53,7 +53,7 @@ async def test_foreign_entries_do_not_stop_diagnose_or_data(real: Bus) -> None:
     await WorkerRegistry(redis, keys).heartbeat(
         WorkerInfo(id="w1", platforms=("sandbox",)), ttl_s=60
     )
-    await redis.xadd(keys.outcomes, {"x": "y"})  # redis-cli XADD hiscrm:outcomes '*' x y
+    await redis.xadd(keys.outcomes(), {"x": "y"})  # redis-cli XADD hiscrm:outcomes '*' x y
     await redis.hset(keys.worker("w1"), mapping={"tasks": "[", "capacity": "lots"})
     # where an older version kept items: read by no command (a Master moves them)
     await redis.hset(keys.legacy_item_bodies("acc-1", "comments"), "c9", "not an item")

@@ -69,7 +69,7 @@ async def test_an_unknown_platform_is_exit_2_everywhere(
         code, out, err = await hiscrm(settings, *args)
         assert (code, out, err.strip()) == (2, "", f"error: {sentence}"), args
     assert not await redis.exists(keys.account("x"))
-    assert not await redis.sismember(keys.unassigned, "x")
+    assert not await redis.sismember(keys.unassigned(), "x")
     assert await redis.hgetall(keys.account("acc-1")) == before
 
     monkeypatch.setenv("HISCRM_PLATFORMS", "sandbox,myspace")

@@ -133,7 +133,7 @@ async def hostile_fleet(redis: Redis, settings: BusSettings) -> None:
         "latency_ms": "1.0",
         "error": ERROR,
     }
-    await redis.xadd(keys.outcomes, outcome)  # type: ignore[arg-type]
+    await redis.xadd(keys.outcomes(), outcome)  # type: ignore[arg-type]
 
 
 def assert_plain(out: str) -> None:

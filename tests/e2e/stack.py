@@ -179,7 +179,7 @@ class Stack:
         return wait_for(probe, what=f"{account_id} {state} on {worker_id} (v{version})")
 
     def outcomes(self) -> list[dict[str, str]]:
-        return [fields for _id, fields in self.r.xrange(self.keys.outcomes)]
+        return [fields for _id, fields in self.r.xrange(self.keys.outcomes())]
 
     def stop_all(self) -> None:
         for proc in self.procs.values():

@@ -180,7 +180,7 @@ def test_a_stolen_worker_credential_reaches_only_its_own_accounts(fleet: AclFlee
     listener.close()
     for stream in (
         keys.worker_stream("w2", "acks"),
-        keys.outcomes,
+        keys.outcomes(),
         keys.deadletter,
     ):
         _denied(lambda s=stream: thief.xadd(s, {"x": "y"}, maxlen=0))

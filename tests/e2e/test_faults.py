@@ -27,7 +27,7 @@ def test_unacked_update_is_retried_then_failed_and_marked_stale(stack: Stack) ->
     assert result.returncode == 1, result.stdout + result.stderr
     assert "failed" in result.stdout and "attempts 2" in result.stdout
     assert stack.account("acc-1")["config_stale"] == "true"
-    assert int(stack.r.hget(stack.keys.stats, "retried")) >= 1
+    assert int(stack.r.hget(stack.keys.stats(), "retried")) >= 1
     assert "account marked config_stale" in stack.log("m1")
     doc = json.loads(stack.cli("diagnose", "acc-1", "--json").stdout)
     (account,) = doc["accounts"]
@@ -94,7 +94,7 @@ def _fault_run(stack: Stack, rounds: int, seed: int) -> None:
                     stack.master(name)
         elif fault == "stop-worker":
             stack.procs["w1"].send_signal(signal.SIGCONT)
-    wait_for(lambda: stack.r.zcard(stack.keys.pending) == 0, timeout=60, what="all resolved")
+    wait_for(lambda: stack.r.zcard(stack.keys.pending()) == 0, timeout=60, what="all resolved")
     outcomes = [o for o in stack.outcomes() if o["reason"] == "admin_update"]
     ids = [o["update_id"] for o in outcomes]
     assert len(ids) == 2 * rounds and len(set(ids)) == len(ids)

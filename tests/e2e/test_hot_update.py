@@ -49,7 +49,7 @@ def test_seed_scenario_login_hot_reloads_the_running_worker(stack: Stack) -> Non
     # the Master recorded the ACK
     login = [o for o in stack.outcomes() if o["reason"] == "login_success"]
     assert [(o["status"], o["worker_id"], o["version"]) for o in login] == [("applied", "w1", "2")]
-    assert stack.r.zcard(stack.keys.pending) == 0
+    assert stack.r.zcard(stack.keys.pending()) == 0
 
 
 def test_set_wait_reports_version_worker_outcome_and_latency(stack: Stack) -> None:
@@ -107,7 +107,7 @@ def test_worker_sigkilled_misses_three_updates_then_converges(stack: Stack) -> N
     assert stack.account("acc-1")["config_version"] == "5"
     stack.worker("w1")
     stack.wait_task("w1", "acc-1", "running", version=5)
-    wait_for(lambda: stack.r.zcard(stack.keys.pending) == 0, what="pending resolved")
+    wait_for(lambda: stack.r.zcard(stack.keys.pending()) == 0, what="pending resolved")
     admin = [o for o in stack.outcomes() if o["reason"] == "admin_update"]
     assert sorted(o["version"] for o in admin) == ["3", "4", "5"]
     assert {o["status"] for o in admin} == {"applied"}
@@ -121,11 +121,11 @@ def test_master_sigkilled_with_updates_pending_loses_none(stack: Stack) -> None:
     w1.send_signal(signal.SIGSTOP)  # the worker hears nothing while frozen
     for name in ("a", "b", "c"):
         stack.cli("account", "set", "acc-1", f"name={name}", check=True)
-    assert stack.r.zcard(stack.keys.pending) == 3
+    assert stack.r.zcard(stack.keys.pending()) == 3
     stack.kill("m1")
     w1.send_signal(signal.SIGCONT)  # it reconciles or gets retries; ACKs wait in the stream
     stack.master()
-    wait_for(lambda: stack.r.zcard(stack.keys.pending) == 0, timeout=30, what="pending resolved")
+    wait_for(lambda: stack.r.zcard(stack.keys.pending()) == 0, timeout=30, what="pending resolved")
     admin = [o for o in stack.outcomes() if o["reason"] == "admin_update"]
     assert sorted(o["version"] for o in admin) == ["2", "3", "4"]
     assert {o["status"] for o in admin} == {"applied"}
@@ -278,7 +278,7 @@ def test_two_masters_share_the_work_without_loss_or_double_retry(stack: Stack) -
     ids = [o["update_id"] for o in outcomes]
     assert len(ids) == 30 and len(set(ids)) == 30
     assert {o["status"] for o in outcomes} == {"applied"}
-    assert stack.r.zcard(stack.keys.pending) == 0
+    assert stack.r.zcard(stack.keys.pending()) == 0
 
 
 def test_sigterm_stops_the_worker_cleanly(stack: Stack) -> None:

@@ -123,10 +123,10 @@ async def test_remove_deletes_everything_of_the_account(bus: Bus, master: Master
     # nothing of acc-1 is left in Redis but the queued deletion of its crawled data
     assert await account_keys(redis, settings) == set()
     assert await removal_queued(redis, settings) is not None
-    assert not await redis.sismember(keys.accounts, "acc-1")
+    assert not await redis.sismember(keys.accounts(), "acc-1")
     assert not await redis.sismember(keys.worker_accounts("w1"), "acc-1")
     # its pending update ended now, with a reason, instead of being retried
-    assert await redis.zscore(keys.pending, pending.update_id) is None
+    assert await redis.zscore(keys.pending(), pending.update_id) is None
     outcomes = await updates.tracker.wait_outcomes([pending.update_id], after, 1)
     assert outcomes[pending.update_id].status == "failed"
     assert outcomes[pending.update_id].error == "account removed"

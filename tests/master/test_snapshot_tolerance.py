@@ -42,9 +42,9 @@ async def test_foreign_outcome_entries_are_skipped(bus: Bus) -> None:
     redis, settings = bus
     keys = settings.keys
     await add_account(redis, settings)
-    await redis.xadd(keys.outcomes, {"x": "y"})
-    await redis.xadd(keys.outcomes, {"update_id": "u", "account_id": "acc-1", "version": "x"})
-    await redis.xadd(keys.outcomes, {b"\xff": b"\xfe"})
+    await redis.xadd(keys.outcomes(), {"x": "y"})
+    await redis.xadd(keys.outcomes(), {"update_id": "u", "account_id": "acc-1", "version": "x"})
+    await redis.xadd(keys.outcomes(), {b"\xff": b"\xfe"})
     rejected = {
         "update_id": "upd-1",
         "account_id": "acc-1",
@@ -55,8 +55,8 @@ async def test_foreign_outcome_entries_are_skipped(bus: Bus) -> None:
         "latency_ms": "3.5",
         "error": "bad proxy",
     }
-    await redis.xadd(keys.outcomes, rejected)  # type: ignore[arg-type]
-    await redis.xadd(keys.outcomes, {"x": "y"})
+    await redis.xadd(keys.outcomes(), rejected)  # type: ignore[arg-type]
+    await redis.xadd(keys.outcomes(), {"x": "y"})
 
     report = diagnose(await collect(redis, settings)).doc()
 

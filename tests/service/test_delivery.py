@@ -238,7 +238,7 @@ async def test_racing_changes_each_land_once_tracked_and_published(fleet, bus: B
     assert (await master.store.get("acc-1")).config_version == 21
     pending = await master.tracker.of_account("acc-1")
     assert sorted(p.version for p in pending) == list(range(2, 22))
-    assert int((await redis.hgetall(settings.keys.stats))[b"sent"]) == 20
+    assert int((await redis.hgetall(settings.keys.stats()))[b"sent"]) == 20
 
 
 async def test_a_burst_of_updates_is_read_and_acked_in_bulk_and_each_resolves(

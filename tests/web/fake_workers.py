@@ -54,7 +54,7 @@ async def answering(
             seen.append(update)
             status, reason = answers[worker]
             if status == "failed":
-                pending = await tracker.get(update.update_id)
+                pending = await tracker.get(update.update_id, update.account_id)
                 assert pending is not None
                 await tracker.cancel(pending, reason)
                 continue

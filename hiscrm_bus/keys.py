@@ -141,24 +141,29 @@ class Keys:
         """Hash (with TTL): one QR login session's state as the Master saw it."""
         return f"{self.prefix}login:{session_id}"
 
-    # the web console (hiscrm web)
+    # the web console (hiscrm web): one tag on a cluster (a user and the user list are
+    # written in one transaction)
+    @property
+    def _web(self) -> str:
+        return f"{self.prefix}{{web}}:" if self.cluster else f"{self.prefix}web:"
+
     def web_user(self, name: str) -> str:
         """Hash: one console user: ``password`` (an argon2 hash), ``created_at``."""
-        return f"{self.prefix}web:user:{name}"
+        return f"{self._web}user:{name}"
 
     @property
     def web_users(self) -> str:
         """Set: every console user's name."""
-        return f"{self.prefix}web:users"
+        return f"{self._web}users"
 
     def web_session(self, token_hash: str) -> str:
         """Hash (with TTL): one signed-in console session, by the SHA-256 of its cookie:
         ``user``, ``csrf``."""
-        return f"{self.prefix}web:session:{token_hash}"
+        return f"{self._web}session:{token_hash}"
 
     def web_attempts(self, who: str) -> str:
         """String (with TTL): failed sign-ins from one address, for the rate limit."""
-        return f"{self.prefix}web:attempts:{who}"
+        return f"{self._web}attempts:{who}"
 
     @property
     def removals(self) -> str:

@@ -375,11 +375,17 @@ class StreamReader:
                 await anyio.sleep(self.episode.failed(exc))
 
     async def _drain_own_pending(self, handler: ReceivedHandler) -> None:
-        for stream in list(self._grouped):
+        # on a cluster a slot's streams at once: after a failover every reader drains
+        # again, and a fleet of thousands of streams sits in a few dozen slots
+        if on_cluster(self.redis):
+            lanes = list(by_slot(self._grouped).values())
+        else:
+            lanes = [[stream] for stream in self._grouped]
+        for streams in lanes:
             while True:
                 reply = await call(
                     self.redis.xreadgroup(
-                        self.group, self.consumer, {stream: "0"}, count=self.count
+                        self.group, self.consumer, dict.fromkeys(streams, "0"), count=self.count
                     )
                 )
                 entries = _entries(reply)

@@ -107,6 +107,17 @@ async def pending(redis: Redis, streams: list[str]) -> int:
     return total
 
 
+MARK = status("mark", 999)
+
+
+async def acknowledged(redis: Redis, keys: Keys, marked: anyio.Event) -> None:
+    """Return once what the reader handled before now is acknowledged: a mark appended
+    now reaches the handler after that (the lanes take turns, each acknowledging its
+    batch before the next lane's batch is handled)."""
+    await append(redis, keys.worker_stream(WORKERS[0], "events"), MARK, 1000)
+    await marked.wait()
+
+
 async def test_one_reader_gets_every_worker_groups_messages_and_acknowledges_them(
     cluster: RedisCluster, bus: Bus
 ) -> None:
@@ -154,20 +165,55 @@ async def test_a_dead_consumers_idle_entries_are_claimed_on_every_node(
 
     reader = fleet_reader(redis, settings, keys)
     seen: list[str] = []
-    done = anyio.Event()
+    done, marked = anyio.Event(), anyio.Event()
 
     async def handler(batch: list[Received]) -> None:
-        seen.extend(r.stream for r in batch)
+        seen.extend(r.stream for r in batch if r.message != MARK)
         if len(seen) >= len(streams):
             done.set()
+        if any(r.message == MARK for r in batch):
+            marked.set()
 
     async with anyio.create_task_group() as tg:
         await tg.start(reader.run_received, handler)
         with anyio.fail_after(10):
             await done.wait()
+            await acknowledged(redis, keys, marked)
         tg.cancel_scope.cancel()
     assert sorted(seen) == sorted(streams)
-    assert await pending(redis, streams) == 0
+    assert await pending(redis, streams) <= 1  # the mark's, at most
+
+
+async def test_a_restarted_reader_reads_its_own_pending_entries_first(bus: Bus) -> None:
+    redis, settings, keys = bus
+    settings = settings.model_copy(update={"claim_idle_s": 60})  # no claiming: its own
+    streams = [keys.worker_stream(w, "events") for w in WORKERS]
+    for stream in streams:
+        await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        for n in range(2):
+            await append(redis, stream, status("x", n), 1000)
+    # a previous life of consumer m1 read them and died before acknowledging
+    for lane in by_slot(streams).values():
+        await redis.xreadgroup(GROUP, "m1", dict.fromkeys(lane, ">"), count=100)
+    seen: list[str] = []
+    done, marked = anyio.Event(), anyio.Event()
+
+    async def handler(batch: list[Received]) -> None:
+        seen.extend(r.stream for r in batch if r.message != MARK)
+        if len(seen) >= 2 * len(streams):
+            done.set()
+        if any(r.message == MARK for r in batch):
+            marked.set()
+
+    reader = fleet_reader(redis, settings, keys)
+    async with anyio.create_task_group() as tg:
+        await tg.start(reader.run_received, handler)
+        with anyio.fail_after(10):
+            await done.wait()
+            await acknowledged(redis, keys, marked)
+        tg.cancel_scope.cancel()
+    assert sorted(seen) == sorted(streams * 2)
+    assert await pending(redis, streams) <= 1  # the mark's, at most
 
 
 async def test_trim_spans_every_node(bus: Bus) -> None:

@@ -3,7 +3,11 @@
 Credentials: the user name comes from the URL (``redis://worker-w1@host:6379/0``), the
 password from ``HISCRM_REDIS_PASSWORD_FILE`` (or ``HISCRM_REDIS_PASSWORD``), so it never
 has to be on a command line. A password in the URL still works. Every URL that is shown
-anywhere goes through ``masked_url`` first."""
+anywhere goes through ``masked_url`` first.
+
+A Redis Cluster is named by ``redis+cluster://[user@]host:port[,host:port…]/`` (TLS:
+``rediss+cluster://``): any of its nodes, the client finds the others. Its user and
+password rules are those of ``redis://``; it has database 0 only."""
 
 from __future__ import annotations
 
@@ -19,6 +23,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .keys import Keys
 
 MASK = "***"
+DEFAULT_PORT = 6379
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+TLS_SCHEMES = ("rediss", "rediss+cluster")
 _QUERY_PASSWORD = re.compile(r"(?i)([?&;]password=)[^&;#]*")
 
 
@@ -63,6 +70,76 @@ def url_username(url: str) -> str:
     return user or "default"
 
 
+def _scheme(url: str) -> str:
+    scheme, sep, _rest = url.partition("://")
+    return scheme.lower() if sep else ""
+
+
+def is_cluster_url(url: str) -> bool:
+    """True for ``redis+cluster://`` and ``rediss+cluster://`` URLs."""
+    return _scheme(url) in CLUSTER_SCHEMES
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The ``(host, port)`` of every node a cluster URL names (port 6379 when omitted).
+
+    ValueError, in one sentence that quotes no password, when the node list, a port or
+    the database is not valid."""
+    shown = masked_url(url)
+    _head, _userinfo, rest = _split_auth(url)
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    hosts, tail = rest[:end], rest[end:]
+    path = tail.split("?", 1)[0].split("#", 1)[0]
+    query = tail.partition("?")[2].partition("#")[0]
+    if path not in ("", "/", "/0"):
+        msg = (
+            f"Redis URL {shown!r} names a database: a Redis Cluster has database 0 "
+            "only (end the URL with / or /0)"
+        )
+        raise ValueError(msg)
+    for option in filter(None, re.split(r"[&;]", query)):
+        name, _eq, value = option.partition("=")
+        name = name.lower()
+        if name != "password" and (name, value) != ("db", "0"):
+            msg = (
+                f"Redis URL {shown!r} has the option {name!r}: a cluster URL takes none "
+                "(HISCRM_REDIS_* settings give the password and TLS files)"
+            )
+            raise ValueError(msg)
+    nodes = []
+    for entry in hosts.split(","):
+        node = _host_port(entry.strip())
+        if node is None:
+            # the message would quote the bad entry, which may be part of a password
+            msg = (
+                f"Redis URL {shown!r} does not name its nodes as host:port[,host:port…] "
+                "(a password with / ? # @ in it must be percent-encoded, or given in "
+                "HISCRM_REDIS_PASSWORD_FILE)"
+            )
+            raise ValueError(msg)
+        nodes.append(node)
+    return nodes
+
+
+def _host_port(entry: str) -> tuple[str, int] | None:
+    """``host[:port]`` or ``[v6]:port`` as (host, port); None when it is neither."""
+    if entry.startswith("["):
+        host, bracket, after = entry[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            return None
+        port_text = after[1:] if after else None
+    else:
+        host, colon, port_text_ = entry.partition(":")
+        port_text = port_text_ if colon else None
+    if not host or any(c in host for c in " @/?#"):
+        return None
+    if port_text is None:
+        return host, DEFAULT_PORT
+    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return None
+    return host, int(port_text)
+
+
 class BusSettings(BaseSettings):
     # hide_input_in_errors: a rejected URL may hold a password; messages mask it themselves
     model_config = SettingsConfigDict(
@@ -105,9 +182,15 @@ class BusSettings(BaseSettings):
     @classmethod
     def _check_url(cls, value: str) -> str:
         shown = masked_url(value)
+        if is_cluster_url(value):
+            cluster_nodes(value)
+            return value
         parts = urlsplit(value)
         if parts.scheme not in ("redis", "rediss", "unix"):
-            msg = f"Redis URL {shown!r} must start with redis://, rediss:// or unix://"
+            msg = (
+                f"Redis URL {shown!r} must start with redis://, rediss://, unix:// or "
+                "(a cluster) redis+cluster://, rediss+cluster://"
+            )
             raise ValueError(msg)
         if parts.scheme != "unix" and not parts.hostname:
             msg = f"Redis URL {shown!r} names no host"
@@ -148,9 +231,9 @@ class BusSettings(BaseSettings):
             "HISCRM_REDIS_KEY_FILE": self.redis_key_file,
         }
         given = [name for name, path in files.items() if path is not None]
-        if given and urlsplit(self.redis_url).scheme != "rediss":
+        if given and not self.tls:
             msg = (
-                f"{' and '.join(given)} need a rediss:// Redis URL, not "
+                f"{' and '.join(given)} need a rediss:// Redis URL (or rediss+cluster://), not "
                 f"{masked_url(self.redis_url)} (plain TCP would ignore them)"
             )
             raise ValueError(msg)
@@ -169,7 +252,29 @@ class BusSettings(BaseSettings):
 
     @property
     def keys(self) -> Keys:
-        return Keys(self.key_prefix)
+        """Every name, hash-tagged when the URL names a cluster."""
+        return Keys(self.key_prefix, cluster=self.cluster)
+
+    @property
+    def cluster(self) -> bool:
+        """True when ``redis_url`` names a Redis Cluster (``redis(s)+cluster://``)."""
+        return is_cluster_url(self.redis_url)
+
+    @property
+    def tls(self) -> bool:
+        """True for ``rediss://`` and ``rediss+cluster://`` URLs."""
+        return _scheme(self.redis_url) in TLS_SCHEMES
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of each node a cluster URL names; for any other URL its one
+        host (none for a unix socket)."""
+        if self.cluster:
+            return cluster_nodes(self.redis_url)
+        parts = urlsplit(self.redis_url)
+        if parts.scheme == "unix" or not parts.hostname:
+            return []
+        return [(parts.hostname, parts.port or DEFAULT_PORT)]
 
     @property
     def redis_user(self) -> str:

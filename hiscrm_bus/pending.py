@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -536,24 +536,30 @@ class PendingTracker:
             ids = [after] * len(streams)
         return dict(zip(streams, ids, strict=True))
 
-    async def watch_outcomes(self, after: str) -> AsyncGenerator[Outcome]:
-        """Every outcome recorded after cursor ``after``, as it is recorded, forever."""
+    @asynccontextmanager
+    async def outcome_feed(self, after: str) -> AsyncIterator[AsyncIterator[Outcome]]:
+        """Every outcome recorded after cursor ``after``, as it is recorded, for as long
+        as the context lasts. On a cluster one blocking read per bucket (each in its own
+        slot) feeds them, side by side."""
         cursors = self._cursors(after)
         if len(cursors) == 1:
-            while True:
-                async for outcome in self._read_outcomes(cursors, block_ms=1000):
-                    yield outcome
-        # a cluster: one blocking read per bucket (its own slot), all feeding one queue
+            async with aclosing(self._feed(cursors)) as feed:
+                yield feed
+            return
         send, receive = anyio.create_memory_object_stream[Outcome](1000)
         async with anyio.create_task_group() as tg, receive:
             for stream, cursor in cursors.items():
                 tg.start_soon(self._follow, {stream: cursor}, send.clone())
             send.close()
             try:
-                async for outcome in receive:
-                    yield outcome
+                yield receive
             finally:
                 tg.cancel_scope.cancel()
+
+    async def _feed(self, cursors: dict[str, str]) -> AsyncGenerator[Outcome]:
+        while True:
+            async for outcome in self._read_outcomes(cursors, block_ms=1000):
+                yield outcome
 
     async def _follow(self, cursors: dict[str, str], send: ObjectSendStream[Outcome]) -> None:
         async with send:
@@ -610,7 +616,7 @@ class PendingTracker:
         if not wanted:
             return found
         with anyio.move_on_after(timeout_s):
-            async with aclosing(self.watch_outcomes(after)) as outcomes:
+            async with self.outcome_feed(after) as outcomes:
                 async for outcome in outcomes:
                     if outcome.update_id in wanted:
                         found[outcome.update_id] = outcome
@@ -635,7 +641,7 @@ class PendingTracker:
         """The first outcome recorded after ``after`` for an update of ``account_id``
         newer than ``above_version``, or None at the deadline."""
         with anyio.move_on_after(timeout_s):
-            async with aclosing(self.watch_outcomes(after)) as outcomes:
+            async with self.outcome_feed(after) as outcomes:
                 async for outcome in outcomes:
                     if outcome.account_id == account_id and outcome.version > above_version:
                         return outcome

@@ -184,12 +184,13 @@ async def bench_throughput(  # noqa: PLR0915 - one measurement, read top to bott
             async def count_outcomes(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
                 nonlocal done_at
                 task_status.started()
-                async for outcome in updates.tracker.watch_outcomes(after):
-                    statuses[outcome.status] += 1
-                    if sum(statuses.values()) >= total:
-                        done_at = now()
-                        done.set()
-                        return
+                async with updates.tracker.outcome_feed(after) as outcomes:
+                    async for outcome in outcomes:
+                        statuses[outcome.status] += 1
+                        if sum(statuses.values()) >= total:
+                            done_at = now()
+                            done.set()
+                            return
 
             async with anyio.create_task_group() as run:
                 await run.start(count_outcomes)

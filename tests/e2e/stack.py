@@ -12,11 +12,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
+from redis.cluster import ClusterNode
+from redis.cluster import RedisCluster as ClusterClient
 
 from hiscrm_bus.keys import Keys
+from hiscrm_bus.settings import cluster_nodes, is_cluster_url
 from tests.redis_server import free_port
 
 T = TypeVar("T")
@@ -59,12 +62,21 @@ class Stack:
         (the processes') carries no password."""
         self.redis_url = redis_url
         self.prefix = prefix
-        self.keys = Keys(prefix)
+        self.cluster = is_cluster_url(redis_url)
+        self.keys = Keys(prefix, cluster=self.cluster)
         self.workdir = workdir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.r = redis.Redis.from_url(
-            probe_url or redis_url, decode_responses=True, encoding_errors="replace"
-        )
+        self.r: redis.Redis
+        if self.cluster:  # the probes' commands are the same; the client finds the slots
+            nodes = [ClusterNode(h, p) for h, p in cluster_nodes(probe_url or redis_url)]
+            probe = ClusterClient(
+                startup_nodes=nodes, decode_responses=True, encoding_errors="replace"
+            )
+            self.r = cast(redis.Redis, probe)
+        else:
+            self.r = redis.Redis.from_url(
+                probe_url or redis_url, decode_responses=True, encoding_errors="replace"
+            )
         self.extra_env: dict[str, str] = {}
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -179,7 +191,14 @@ class Stack:
         return wait_for(probe, what=f"{account_id} {state} on {worker_id} (v{version})")
 
     def outcomes(self) -> list[dict[str, str]]:
-        return [fields for _id, fields in self.r.xrange(self.keys.outcomes())]
+        """Every outcome recorded, oldest first (on a cluster: every bucket's)."""
+        entries = [e for b in self.keys.buckets for e in self.r.xrange(self.keys.outcomes(b))]
+        entries.sort(key=lambda e: tuple(int(n) for n in e[0].split("-")))
+        return [fields for _id, fields in entries]
+
+    def pending_count(self) -> int:
+        """Updates pending now (on a cluster: in every bucket)."""
+        return sum(int(self.r.zcard(self.keys.pending(b))) for b in self.keys.buckets)
 
     def stop_all(self) -> None:
         for proc in self.procs.values():

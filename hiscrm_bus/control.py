@@ -5,6 +5,13 @@ Pub/sub is at-most-once, so the subscription calls a reconcile hook after every
 redis-py's own reconnect would resubscribe silently and skip that hook, so this client
 runs without retries and the loop here reconnects, with backoff, itself. A connection
 that dies silently (no RST) is caught by our own PING with a deadline.
+
+On a Redis Cluster the channel is a shard channel (SPUBLISH / SSUBSCRIBE): a message
+goes to the one shard that owns the channel's slot. The subscription is a plain
+connection to that slot's primary, found afresh before every (re)subscribe: redis-py's
+ClusterPubSub loses messages once the slot moves. When the slot moves away, or the node
+becomes a replica, Redis sends a ``sunsubscribe`` of its own; that, like a lost
+connection, means: back off, find the owner again, resubscribe, reconcile.
 """
 
 from __future__ import annotations
@@ -15,11 +22,12 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 from anyio.abc import TaskStatus
+from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.backoff import ExponentialWithJitterBackoff
 
-from .connection import RECOVERABLE, call, make_client
+from .connection import RECOVERABLE, call, is_cluster, make_client, make_node_client, slot_owner
 from .deadletter import DeadLetterWriter
 from .messages import DecodeError, Message, decode, encode
 from .settings import BusSettings
@@ -34,15 +42,24 @@ Hook = Callable[[], Awaitable[None]]
 
 
 async def publish(redis: Redis, settings: BusSettings, worker_id: str, message: Message) -> int:
-    """Publish to one worker's control channel; returns how many subscribers got it."""
-    return int(await call(redis.publish(settings.keys.control(worker_id), encode(message))))
+    """Publish to one worker's control channel (SPUBLISH on a cluster); returns how many
+    subscribers got it."""
+    channel = settings.keys.control(worker_id)
+    if is_cluster(redis):
+        return int(await call(redis.spublish(channel, encode(message))))
+    return int(await call(redis.publish(channel, encode(message))))
 
 
 class SilentlyDead(Exception):
     """Our PING got no PONG in time: the connection is gone without telling us."""
 
 
-_LOST: tuple[type[BaseException], ...] = (*RECOVERABLE, SilentlyDead)
+class SlotMoved(Exception):
+    """The node we subscribed on no longer serves the shard channel's slot (Redis
+    unsubscribed us, or redirected our SSUBSCRIBE): find the owner again."""
+
+
+_LOST: tuple[type[BaseException], ...] = (*RECOVERABLE, SilentlyDead, SlotMoved)
 
 
 class ControlSubscription:
@@ -67,6 +84,11 @@ class ControlSubscription:
         self.on_subscribed = on_subscribed
         self.deadletters = deadletters
         self.subscriptions = 0  # how many times we (re)subscribed; for status and tests
+        self.cluster = settings.cluster
+        # the reply types of a plain channel, or of a shard channel on a cluster
+        self._subscribed = "ssubscribe" if self.cluster else "subscribe"
+        self._message = "smessage" if self.cluster else "message"
+        self.node: tuple[str, int] | None = None  # on a cluster: the node subscribed on
         self._token = f"hiscrm-ping-{uuid.uuid4().hex[:8]}"
         self._backoff = ExponentialWithJitterBackoff(
             cap=settings.backoff_max_s, base=settings.backoff_min_s
@@ -78,13 +100,23 @@ class ControlSubscription:
         failures = 0
         started = False
         while True:
-            client = make_client(self.settings, retries=False)
-            pubsub = client.pubsub()
+            # on a cluster: a client of the node that serves the channel, once known
+            client = None if self.cluster else make_client(self.settings, retries=False)
+            pubsub: PubSub | None = None
             try:
-                await self._subscribe(pubsub)
+                with anyio.fail_after(self._subscribe_deadline):
+                    if client is None:
+                        client = await self._owner_client()
+                    pubsub = client.pubsub()
+                    await self._subscribe(pubsub)
                 failures = 0
                 self.subscriptions += 1
-                log.info("subscribed to %s (%d)", self.channel, self.subscriptions)
+                log.info(
+                    "subscribed to %s%s (%d)",
+                    self.channel,
+                    "" if self.node is None else f" on {self.node[0]}:{self.node[1]}",
+                    self.subscriptions,
+                )
                 await self._reconcile()
                 if not started:
                     task_status.started()
@@ -106,16 +138,39 @@ class ControlSubscription:
                     await _close(pubsub, client)
             await anyio.sleep(self._backoff.compute(failures))
 
-    async def _subscribe(self, pubsub: PubSub) -> None:
+    @property
+    def _subscribe_deadline(self) -> float:
         # the connect itself is under the deadline too: redis-py's handshake waits for
         # replies without a socket timeout, so a path that accepts TCP but is dead
-        # would otherwise hang here forever
-        with anyio.fail_after(self.settings.ping_timeout_s + self.settings.redis_timeout_s):
+        # would otherwise hang there forever. On a cluster, finding the owner too.
+        return self.settings.ping_timeout_s + self.settings.redis_timeout_s
+
+    async def _owner_client(self) -> Redis:
+        """A client of the primary that serves the channel's slot now, asked of the
+        cluster by a fresh cluster client (whose map is the cluster's current one)."""
+        self.node = None
+        cluster = make_client(self.settings, retries=False)
+        try:
+            host, port = await call(slot_owner(cluster, self.channel))
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await cluster.aclose()
+        self.node = (host, port)
+        return make_node_client(self.settings, host, port)
+
+    async def _subscribe(self, pubsub: PubSub) -> None:
+        if self.cluster:
+            await call(pubsub.ssubscribe(self.channel))
+        else:
             await call(pubsub.subscribe(self.channel))
-            while True:
+        while True:
+            try:
                 reply = await call(pubsub.get_message(timeout=self.settings.ping_timeout_s))
-                if reply is not None and reply["type"] == "subscribe":
-                    return
+            except (rexc.MovedError, rexc.AskError) as exc:
+                # a node that stopped serving the slot since we asked who does
+                raise SlotMoved(f"{self.channel} is served elsewhere now ({exc})") from exc
+            if reply is not None and reply["type"] == self._subscribed:
+                return
 
     async def _reconcile(self) -> None:
         try:
@@ -149,21 +204,30 @@ class ControlSubscription:
             last_heard = anyio.current_time()
             if reply["type"] == "pong":
                 ping_sent = None
-            elif reply["type"] == "message":
+            elif reply["type"] == self._message:
                 # a lone message is handled at once (no look for more first: that look
                 # would sit on every update's path); what arrived meanwhile, in bursts
                 await self._dispatch([reply["data"]])
                 while self.burst is not None:
-                    burst, ponged = await self._waiting(pubsub)
+                    burst, ponged, moved = await self._waiting(pubsub)
                     if ponged:
                         ping_sent = None
+                    if burst:
+                        await self._dispatch(burst)
+                    if moved:
+                        raise self._moved()
                     if not burst:
                         break
-                    await self._dispatch(burst)
+            elif reply["type"] == "sunsubscribe":
+                raise self._moved()
 
-    async def _waiting(self, pubsub: PubSub) -> tuple[list[bytes], bool]:
+    def _moved(self) -> SlotMoved:
+        return SlotMoved(f"the node {self.node} unsubscribed us: the slot moved or it is a replica")
+
+    async def _waiting(self, pubsub: PubSub) -> tuple[list[bytes], bool, bool]:
         """The messages already in the connection's buffer (up to MAX_BURST), without
-        waiting; and whether a PONG was among the replies."""
+        waiting; whether a PONG was among the replies; and whether the node unsubscribed
+        us (a shard channel whose slot moved: the messages before it still count)."""
         burst: list[bytes] = []
         ponged = False
         while len(burst) < MAX_BURST:
@@ -172,9 +236,11 @@ class ControlSubscription:
                 break
             if more["type"] == "pong":
                 ponged = True
-            elif more["type"] == "message":
+            elif more["type"] == self._message:
                 burst.append(more["data"])
-        return burst, ponged
+            elif more["type"] == "sunsubscribe":
+                return burst, ponged, True
+        return burst, ponged, False
 
     async def _dispatch(self, burst: list[bytes]) -> None:
         messages: list[Message] = []
@@ -201,8 +267,10 @@ class ControlSubscription:
             )
 
 
-async def _close(pubsub: PubSub, client: Redis) -> None:
+async def _close(pubsub: PubSub | None, client: Redis | None) -> None:
     try:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        if pubsub is not None:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
     finally:
-        await client.aclose()
+        if client is not None:
+            await client.aclose()

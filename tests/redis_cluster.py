@@ -345,6 +345,48 @@ class RedisCluster:
         )
         self._wait_settled(deadline, "the nodes to agree on the moved slots")
 
+    def owner_of(self, slot: int) -> int:
+        """The port of the live primary that serves ``slot``."""
+        for node in self.nodes:
+            if node.role == "primary" and any(a <= slot <= b for a, b in node.slots):
+                return node.port
+        raise LookupError(f"no primary serves slot {slot}")
+
+    def move_slot(self, slot: int, to_port: int, timeout: float = 30) -> None:
+        """Move the one slot ``slot`` (and its keys) to the primary on ``to_port`` the
+        way ``redis-cli --cluster reshard`` moves each slot (SETSLOT IMPORTING /
+        MIGRATING, MIGRATE of its keys, SETSLOT NODE on both ends); returns once every
+        node agrees on its new owner."""
+        deadline = time.monotonic() + timeout
+        self._wait_settled(deadline, "the cluster to agree before moving a slot")
+        from_port = self.owner_of(slot)
+        if from_port == to_port:
+            return
+        source, target = self.node_client(from_port), self.node_client(to_port)
+        source_id, target_id = self._ids[from_port], self._ids[to_port]
+        command(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+        command(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+        while keys := command(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "100"):
+            command(source, "MIGRATE", HOST, str(to_port), "", "0", "5000", "KEYS", *keys)
+        # the new owner first, as redis-cli does: it then answers for the slot at once
+        command(target, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+        command(source, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+        self._wait_settled(deadline, f"the nodes to agree that {to_port} serves slot {slot}")
+
+    def promote(self, replica: int, timeout: float = 30) -> None:
+        """A manual failover (CLUSTER FAILOVER on the replica on port ``replica``): it
+        becomes the primary, its primary its replica, with no write lost. Returns once
+        every node agrees."""
+        deadline = time.monotonic() + timeout
+        self._wait_settled(deadline, "the cluster to agree before a failover")
+        command(self.node_client(replica), "CLUSTER", "FAILOVER")
+        self._poll(
+            lambda: True if self._role(replica) == "master" else None,
+            deadline,
+            f"{replica} to take over from its primary",
+        )
+        self._wait_settled(deadline, f"the nodes to agree that {replica} is a primary")
+
     def flush(self) -> None:
         """FLUSHALL on every primary (their replicas follow)."""
         for port in self.primaries():

@@ -159,3 +159,39 @@ def test_a_primary_killed_mid_workload_loses_no_update(tmp_path: Path) -> None:
         assert max(outcomes.values()) == 1
         assert stack.procs["m1"].poll() is None
         stack.kill("w1", signal.SIGTERM)
+
+
+def test_slots_resharded_mid_workload_lose_no_update(
+    stack: Stack, cluster: RedisCluster, tmp_path: Path
+) -> None:
+    stack.master()
+    stack.worker("w1")
+    stack.worker("w2")
+    ids = {f"acc-{n}": ("w1" if n % 2 else "w2") for n in range(30)}
+    import_accounts(stack, tmp_path, ids)
+    for account_id, worker in ids.items():
+        stack.wait_task(worker, account_id, "waiting_login")
+    # move a third of the slots of the primary holding w1's channel, while changes run
+    source = cluster.owner_of(key_slot(stack.keys.control("w1").encode()))
+    target = next(p for p in cluster.primaries() if p != source)
+    args = ["account", "set", "--all", "name=during", "--wait", "--timeout", "30"]
+    change = subprocess.Popen(
+        [sys.executable, "-m", "hiscrm_cli", "--log-level", "warning", *args],
+        env=stack.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    cluster.reshard(source, target, 2000)
+    # and w1's channel's own slot, wherever redis-cli's pick left it
+    cluster.move_slot(key_slot(stack.keys.control("w1").encode()), target)
+    change.communicate(timeout=60)
+    result = stack.cli("account", "set", "--all", "name=final", "--wait", "--timeout", "30")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].startswith(f"{len(ids)}/{len(ids)} outcomes")
+    for account_id, worker in ids.items():
+        assert stack.account(account_id)["name"] == "final"
+        version = int(stack.account(account_id)["config_version"])
+        stack.wait_task(worker, account_id, "waiting_login", version=version)
+    wait_for(lambda: stack.pending_count() == 0, timeout=60, what="every update resolved")
+    outcomes = Counter(o["update_id"] for o in stack.outcomes())
+    assert max(outcomes.values()) == 1

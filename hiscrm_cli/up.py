@@ -37,11 +37,14 @@ from typing import Annotated
 
 import redis
 import typer
+from redis.cluster import RedisCluster
 
 from hiscrm_bus.settings import BusSettings, masked_url
 from hiscrm_worker.settings import private_dir, write_private
 
+from . import localcluster
 from .common import EXIT_FAILED, EXIT_OK, console, fail, run
+from .localcluster import HOST
 from .terminal import safe
 
 # credentials for some other Redis, which must not reach the stack's own processes
@@ -97,9 +100,10 @@ class LocalStack:
     """Child processes, each in its own session so a stop takes its whole tree (the
     worker's Chromium included) and a terminal's Ctrl-C reaches only ``hiscrm up``."""
 
-    def __init__(self, data_dir: Path, log_level: str) -> None:
+    def __init__(self, data_dir: Path, log_level: str, *, cluster: bool = False) -> None:
         self.data_dir = data_dir.resolve()
         self.log_level = log_level
+        self.cluster = cluster
         self.logs = self.data_dir / "logs"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.ports_file = self.data_dir / "ports.json"
@@ -113,6 +117,16 @@ class LocalStack:
             self.web_port = free_port()
         self.env_file = self.data_dir / ENV_FILE
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.cluster_ports: list[int] = []
+        if cluster:  # 3 primaries + 3 replicas instead of the one redis-server
+            wanted = previous.get("cluster")
+            taken = {self.site_port, self.web_port}
+            ports = localcluster.cluster_ports(wanted if isinstance(wanted, list) else [])
+            while taken & {p for port in ports for p in (port, port + 10000)}:
+                ports = localcluster.cluster_ports()
+            self.cluster_ports = ports
+            self.redis_port = ports[0]
+            self.redis_url = localcluster.cluster_url(ports)
         self.password_file = self.data_dir / "redis-password"
         self.redis_conf = self.data_dir / "redis.conf"
         self.site_url = f"http://127.0.0.1:{self.site_port}"
@@ -185,11 +199,15 @@ class LocalStack:
                 "redis-server`) or run `make demo`, which does"
             )
         self._write_credentials()
-        with console.status("starting redis-server…"):
-            self._spawn("redis", [binary, str(self.redis_conf)])
-            self._wait_ready("redis", self._redis_ready)
+        if self.cluster:
+            self._start_cluster(binary)
+        else:
+            with console.status("starting redis-server…"):
+                self._spawn("redis", [binary, str(self.redis_conf)])
+                self._wait_ready("redis", self._redis_ready)
+        what = "redis cluster " if self.cluster else "redis-server   "
         console.print(
-            f"redis-server   {safe(masked_url(self.redis_url))}  (loopback only; password: "
+            f"{what}{safe(masked_url(self.redis_url))}  (loopback only; password: "
             f"cat {safe(shown_path(self.password_file))}; "
             f"data in {safe(shown_path(self.data_dir / 'redis'))})"
         )
@@ -216,6 +234,46 @@ class LocalStack:
         )
         self._write_env_file()
 
+    def _start_cluster(self, binary: str) -> None:
+        """Six nodes, joined into 3 primaries with a replica each unless an earlier run
+        of this data directory joined them already (their nodes.conf remembers)."""
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            fail("redis-cli was not found: install it (Debian: `apt-get install redis-tools`)")
+        with console.status("starting a Redis Cluster (3 primaries, 3 replicas)…"):
+            for n, port in enumerate(self.cluster_ports, 1):
+                node_dir = private_dir(self.data_dir / "redis" / str(port))
+                conf = node_dir / "redis.conf"
+                write_private(
+                    conf, localcluster.node_config(port, node_dir, password=self.password)
+                )
+                self._spawn(f"redis-{n}", [binary, str(conf)])
+            for port in self.cluster_ports:
+                self._wait_ready("redis", lambda p=port: self._node_info(p) is not None)
+            if any(self._node_info(p) != "ok" for p in self.cluster_ports):
+                joined = subprocess.run(
+                    localcluster.create_args(cli, self.cluster_ports),
+                    env={**os.environ, "REDISCLI_AUTH": self.password},
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+                if joined.returncode != 0:
+                    fail(f"redis-cli --cluster create failed: {safe(joined.stdout[-500:])}")
+            self._wait_ready("redis", self._redis_ready)
+
+    def _node_info(self, port: int) -> str | None:
+        """The node's ``cluster_state`` (None while it does not answer)."""
+        try:
+            with redis.Redis(port=port, password=self.password, socket_connect_timeout=0.2) as r:
+                info = r.execute_command("CLUSTER", "INFO")
+        except redis.RedisError:
+            return None
+        text_ = info.decode() if isinstance(info, bytes) else str(info)
+        fields = dict(line.split(":", 1) for line in text_.split() if ":" in line)
+        return fields.get("cluster_state", "")
+
     def shell_env(self) -> dict[str, str]:
         """What a shell needs to use this stack: its connection, its sandbox site and
         the settings its processes run with (the key prefix among them), not the ones
@@ -239,7 +297,13 @@ class LocalStack:
             "",
         ]
         write_private(self.env_file, "\n".join(lines))
-        ports = {"redis": self.redis_port, "sandbox": self.site_port, "web": self.web_port}
+        ports: dict[str, object] = {
+            "redis": self.redis_port,
+            "sandbox": self.site_port,
+            "web": self.web_port,
+        }
+        if self.cluster:
+            ports["cluster"] = self.cluster_ports
         write_private(self.ports_file, json.dumps(ports) + "\n")
 
     def _write_credentials(self) -> None:
@@ -309,6 +373,8 @@ class LocalStack:
             time.sleep(0.05)  # a starting process offers nothing to wait on
 
     def _redis_ready(self) -> bool:
+        if self.cluster:  # every node sees every slot served
+            return all(self._node_info(p) == "ok" for p in self.cluster_ports)
         try:
             with redis.Redis(
                 port=self.redis_port, password=self.password, socket_connect_timeout=0.2
@@ -319,6 +385,9 @@ class LocalStack:
 
     def _worker_ready(self) -> bool:
         keys = BusSettings(redis_url=self.redis_url).keys
+        if self.cluster:
+            with RedisCluster(host=HOST, port=self.redis_port, password=self.password) as c:
+                return bool(c.exists(keys.worker("w1")))
         with redis.Redis(port=self.redis_port, password=self.password) as r:
             return bool(r.exists(keys.worker("w1")))
 
@@ -349,12 +418,16 @@ def up(
     keep: Annotated[bool, typer.Option("--keep", help="With --demo: keep running after.")] = False,
     data_dir: Annotated[Path, typer.Option(help="Where Redis data and logs go.")] = Path("var/up"),
     log_level: Annotated[str, typer.Option(help="Log level of the services.")] = "info",
+    cluster: Annotated[
+        bool,
+        typer.Option("--cluster", help="Run a local Redis Cluster (3 primaries, 3 replicas)."),
+    ] = False,
 ) -> None:
     """Run the whole stack on this machine until Ctrl-C (with --demo: play the seed's
     scenario, print its timeline, and stop)."""
     from .demo import play
 
-    stack = LocalStack(data_dir, log_level)
+    stack = LocalStack(data_dir, log_level, cluster=cluster)
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt

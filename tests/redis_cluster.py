@@ -10,9 +10,7 @@ reshard``; every such step returns once every live node agrees on the new layout
 
 from __future__ import annotations
 
-import random
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,60 +25,12 @@ from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster as ClusterClient
 from redis.retry import Retry
 
+from hiscrm_cli.localcluster import HOST, free_cluster_port
 from tests.redis_server import _quoted
 
-HOST = "127.0.0.1"
-BUS_PORT_OFFSET = 10000  # a node's cluster bus listens on its port + 10000
 POLL_S = 0.02  # polling processes we started; there is no event to await
 
 T = TypeVar("T")
-
-_random = random.SystemRandom()  # not the random module's state, which tests may seed
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-        return True
-
-
-def _ephemeral_ports() -> tuple[int, int]:
-    """The kernel's range of ports for outgoing connections (and for bind to port 0)."""
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
-
-
-def free_cluster_port(taken: Sequence[int] = ()) -> int:
-    """A loopback port P that is free with its bus port P + 10000, neither of them in
-    ``taken`` (nor the bus port of a port in it).
-
-    Both lie below the kernel's ephemeral range when there is room (with Linux's
-    default, P in 10000-22767): no outgoing connection, and no server of another test
-    that asked for port 0, can take them, not even while their node is down between
-    ``kill`` and ``restart``."""
-    blocked = set(taken) | {p + BUS_PORT_OFFSET for p in taken}
-    ephemeral_low, _ = _ephemeral_ports()
-    highest = ephemeral_low - 1 - BUS_PORT_OFFSET
-    lowest = 10000
-    for _ in range(1000):
-        if highest - lowest >= 1000:
-            port = _random.randint(lowest, highest)
-        else:  # a kernel with a wide ephemeral range: take one of its ports
-            with socket.socket() as s:
-                s.bind((HOST, 0))
-                port = int(s.getsockname()[1])
-        bus = port + BUS_PORT_OFFSET
-        if bus > 65535 or {port, bus} & blocked:
-            continue
-        if port_is_free(port) and port_is_free(bus):
-            return port
-    raise RuntimeError("no free loopback port P with P + 10000 free too")
 
 
 @dataclass(frozen=True)

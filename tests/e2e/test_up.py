@@ -121,6 +121,42 @@ def test_up_demo_plays_the_seed_scenario_and_stops_everything(tmp_path: Path) ->
     assert chromium_of(data_dir) == []
 
 
+def test_up_cluster_plays_the_seed_scenario_on_a_redis_cluster(tmp_path: Path) -> None:
+    data_dir = tmp_path / "up"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hiscrm_cli",
+            "up",
+            "--cluster",
+            "--demo",
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_shell_env(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    url = env_file(data_dir)["HISCRM_REDIS_URL"]
+    assert url.startswith("redis+cluster://127.0.0.1:")
+    assert len(url.removeprefix("redis+cluster://").rstrip("/").split(",")) == 6
+    steps = ["redis cluster", "QR code shown", "applied version", "hiscrm diagnose: all green"]
+    positions = [out.find(step) for step in steps]
+    assert -1 not in positions, out
+    assert positions == sorted(positions), out
+    pids = json.loads((data_dir / "pids.json").read_text())
+    assert {f"redis-{n}" for n in range(1, 7)} <= set(pids)
+    assert all(gone(pid) for pid in pids.values())
+    assert chromium_of(data_dir) == []
+    password = (data_dir / "redis-password").read_text().strip()
+    assert password not in out + result.stderr
+
+
 def test_up_runs_until_ctrl_c_then_leaves_no_process(tmp_path: Path) -> None:
     data_dir = tmp_path / "up"
     env = dict(

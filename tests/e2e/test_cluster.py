@@ -112,58 +112,8 @@ def test_a_fleet_wide_change_reaches_every_shard(
     assert all(account_id in listing for account_id in ids)
 
 
-def test_a_primary_killed_mid_workload_loses_no_update(tmp_path: Path) -> None:
-    with (
-        running_cluster(RedisCluster(tmp_path / "cluster")) as cluster,
-        running_stack(cluster_url(cluster), "f:", tmp_path) as stack,
-    ):
-        stack.master()
-        stack.worker("w1")
-        stack.worker("w2")
-        ids = {f"acc-{n}": ("w1" if n % 2 else "w2") for n in range(30)}
-        import_accounts(stack, tmp_path, ids)
-        for account_id, worker in ids.items():
-            stack.wait_task(worker, account_id, "waiting_login")
-        # the primary holding the most of these accounts dies while changes go out
-        holders = Counter(
-            next(
-                n.port
-                for n in cluster.nodes
-                if n.role == "primary"
-                and any(lo <= key_slot(stack.keys.account(a).encode()) <= hi for lo, hi in n.slots)
-            )
-            for a in ids
-        )
-        victim = holders.most_common(1)[0][0]
-        args = ["account", "set", "--all", "name=during", "--wait", "--timeout", "30"]
-        change = subprocess.Popen(
-            [sys.executable, "-m", "hiscrm_cli", "--log-level", "warning", *args],
-            env=stack.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        cluster.kill(victim)
-        assert cluster.wait_failover(victim) != victim
-        change.communicate(timeout=60)
-        # after the failover: a last change, which must be applied everywhere
-        result = stack.cli("account", "set", "--all", "name=final", "--wait", "--timeout", "30")
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert result.stdout.splitlines()[-1].startswith(f"{len(ids)}/{len(ids)} outcomes")
-        for account_id, worker in ids.items():
-            assert stack.account(account_id)["name"] == "final"
-            version = int(stack.account(account_id)["config_version"])
-            stack.wait_task(worker, account_id, "waiting_login", version=version)
-        # every update recorded ended with exactly one outcome, and none is left pending
-        wait_for(lambda: stack.pending_count() == 0, timeout=60, what="every update resolved")
-        outcomes = Counter(o["update_id"] for o in stack.outcomes())
-        assert max(outcomes.values()) == 1
-        assert stack.procs["m1"].poll() is None
-        stack.kill("w1", signal.SIGTERM)
-
-
-def test_slots_resharded_mid_workload_lose_no_update(
-    stack: Stack, cluster: RedisCluster, tmp_path: Path
-) -> None:
+def fleet_of_two(stack: Stack, tmp_path: Path) -> dict[str, str]:
+    """A Master, workers w1 and w2, 30 accounts split between them, each task running."""
     stack.master()
     stack.worker("w1")
     stack.worker("w2")
@@ -171,20 +121,23 @@ def test_slots_resharded_mid_workload_lose_no_update(
     import_accounts(stack, tmp_path, ids)
     for account_id, worker in ids.items():
         stack.wait_task(worker, account_id, "waiting_login")
-    # move a third of the slots of the primary holding w1's channel, while changes run
-    source = cluster.owner_of(key_slot(stack.keys.control("w1").encode()))
-    target = next(p for p in cluster.primaries() if p != source)
+    return ids
+
+
+def change_in_flight(stack: Stack) -> subprocess.Popen[bytes]:
+    """``hiscrm account set --all … --wait``, started and left running."""
     args = ["account", "set", "--all", "name=during", "--wait", "--timeout", "30"]
-    change = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "hiscrm_cli", "--log-level", "warning", *args],
         env=stack.env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    cluster.reshard(source, target, 2000)
-    # and w1's channel's own slot, wherever redis-cli's pick left it
-    cluster.move_slot(key_slot(stack.keys.control("w1").encode()), target)
-    change.communicate(timeout=60)
+
+
+def assert_nothing_lost(stack: Stack, ids: dict[str, str]) -> None:
+    """A last fleet change is applied by every owner, every update recorded ended with
+    exactly one outcome, and none is left pending."""
     result = stack.cli("account", "set", "--all", "name=final", "--wait", "--timeout", "30")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1].startswith(f"{len(ids)}/{len(ids)} outcomes")
@@ -195,3 +148,36 @@ def test_slots_resharded_mid_workload_lose_no_update(
     wait_for(lambda: stack.pending_count() == 0, timeout=60, what="every update resolved")
     outcomes = Counter(o["update_id"] for o in stack.outcomes())
     assert max(outcomes.values()) == 1
+
+
+def test_a_primary_killed_mid_workload_loses_no_update(tmp_path: Path) -> None:
+    with (
+        running_cluster(RedisCluster(tmp_path / "cluster")) as cluster,
+        running_stack(cluster_url(cluster), "f:", tmp_path) as stack,
+    ):
+        ids = fleet_of_two(stack, tmp_path)
+        # the primary holding the most of these accounts dies while a change goes out
+        holders = Counter(cluster.owner_of(key_slot(stack.keys.account(a).encode())) for a in ids)
+        victim = holders.most_common(1)[0][0]
+        change = change_in_flight(stack)
+        cluster.kill(victim)
+        assert cluster.wait_failover(victim) != victim
+        change.communicate(timeout=60)
+        assert_nothing_lost(stack, ids)
+        assert stack.procs["m1"].poll() is None
+        stack.kill("w1", signal.SIGTERM)
+
+
+def test_slots_resharded_mid_workload_lose_no_update(
+    stack: Stack, cluster: RedisCluster, tmp_path: Path
+) -> None:
+    ids = fleet_of_two(stack, tmp_path)
+    # move a third of the slots of the primary holding w1's channel, while a change runs
+    source = cluster.owner_of(key_slot(stack.keys.control("w1").encode()))
+    target = next(p for p in cluster.primaries() if p != source)
+    change = change_in_flight(stack)
+    cluster.reshard(source, target, 2000)
+    # and w1's channel's own slot, wherever redis-cli's pick left it
+    cluster.move_slot(key_slot(stack.keys.control("w1").encode()), target)
+    change.communicate(timeout=60)
+    assert_nothing_lost(stack, ids)

@@ -13,6 +13,14 @@ an ACL file and they are saved).
 
 Only users that exist are managed: with no ``worker-<id>`` user (a single trusted
 deployment on the default user) nothing here runs a command but ``ACL USERS``.
+
+On a Redis Cluster every node, primary or replica, needs every user: a client talks to
+each node that serves one of its slots, a replica may become a primary at any moment,
+and Redis neither replicates ACL changes nor spreads them over the cluster bus. So a
+change is made on every node, and the Master's liveness pass re-applies the users on a
+node that joined or restarted (a new run id): it copies each user a settled node has
+and the node lacks, then rewrites every worker's key rules there. A node that fails a
+change forgets its run id here, so the next pass treats it the same way.
 """
 
 from __future__ import annotations
@@ -20,15 +28,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from redis import exceptions as rexc
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 
-from .connection import call, text
+from .connection import call, call_each, is_cluster, text
+from .errors import BusUnavailable
 from .keys import Keys, escape_glob
 
 log = logging.getLogger(__name__)
@@ -55,6 +66,21 @@ WORKER_COMMANDS: tuple[str, ...] = (
     "smembers",
     "xadd",
     "hincrby",
+)
+# what a worker's client needs on a Redis Cluster besides: redis-py's cluster client
+# asks CLUSTER SLOTS for the slot map (at start, after a lost connection or CLUSTERDOWN,
+# every fifth MOVED) and COMMAND for where each command's keys are (its subcommands
+# only describe the same table; COMMAND GETKEYS is what it asks for a command whose
+# keys move), and sends ASKING before a command that an ASK reply sent to the node a
+# slot is migrating to; the control channel is a shard channel. Not needed: READONLY
+# (no reads from replicas), CLUSTER SHARDS / NODES (redis-py 8.1 asks CLUSTER SLOTS
+# only), SPUBLISH (only the Master publishes).
+CLUSTER_WORKER_COMMANDS: tuple[str, ...] = (
+    "cluster|slots",
+    "command",
+    "asking",
+    "ssubscribe",
+    "sunsubscribe",
 )
 # the Master and operators: everything on our keys and channels except what can wreck
 # a shared Redis (FLUSHALL, KEYS, CONFIG, DEBUG, …), plus managing the worker users
@@ -93,7 +119,8 @@ def worker_key_rules(keys: Keys, worker_id: str, account_ids: Iterable[str]) -> 
         "~" + escape_glob(keys.worker(worker_id)),  # its registry hash (HSET, PEXPIRE)
         "%W~" + escape_glob(keys.workers),  # ZADD itself to the index
         "%W~" + keys.worker_streams(worker_id),  # XADD to its own streams
-        "%R~" + escape_glob(keys.worker_accounts(worker_id)),
+        # its assignment set, one per bucket on a cluster
+        *("%R~" + escape_glob(keys.worker_accounts(worker_id, b)) for b in keys.buckets),
     ]
     for a in sorted(set(account_ids)):
         rules.append("%R~" + escape_glob(keys.account(a)))
@@ -102,12 +129,14 @@ def worker_key_rules(keys: Keys, worker_id: str, account_ids: Iterable[str]) -> 
 
 
 def worker_rules(keys: Keys, worker_id: str, account_ids: Iterable[str] = ()) -> list[str]:
-    """Every rule of ``worker-<id>`` but its password."""
+    """Every rule of ``worker-<id>`` but its password (for a cluster when ``keys`` are
+    a cluster's: tagged names, and the commands of a cluster client)."""
+    commands = (*WORKER_COMMANDS, *(CLUSTER_WORKER_COMMANDS if keys.cluster else ()))
     return [
         "resetchannels",
         "&" + escape_glob(keys.control(worker_id)),
         "-@all",
-        *(f"+{c}" for c in WORKER_COMMANDS),
+        *(f"+{c}" for c in commands),
         *worker_key_rules(keys, worker_id, account_ids),
     ]
 
@@ -149,35 +178,235 @@ def render_file(users: Sequence[UserLine], default_password: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def is_fleet_user(name: str) -> bool:
+    """A user this module manages: a worker's, the Master's, the operators'."""
+    return name.startswith(WORKER_USER_PREFIX) or name in (MASTER_USER, OPERATOR_USER)
+
+
+# -- where users live: one Redis, or every node of a cluster ---------------------------
+
+Command = tuple[str, ...]
+
+
+_DOWN_FLAGS = {"fail", "handshake", "noaddr"}
+
+
+@asynccontextmanager
+async def cluster_nodes(redis: Redis) -> AsyncIterator[list[ClusterNode]]:
+    """Every node of the cluster ``redis`` is a client of, primaries and replicas, as
+    CLUSTER NODES lists them now (but those known to have failed), for the block.
+
+    redis-py's map of the cluster comes from CLUSTER SLOTS, which Redis 7.0 lists a
+    replica in only once it has replicated some data, and is reloaded only after an
+    error: a node missing from it gets connections of its own here, closed after the
+    block (reloading the client's map would make every connection of it reconnect)."""
+    cluster = cast(RedisCluster, redis)
+    await call(cluster.initialize())
+    listed: Any = await call(cluster.cluster_nodes())
+    nodes: list[ClusterNode] = []
+    own: list[ClusterNode] = []
+    for address, info in sorted(listed.items()):
+        host, _sep, port = str(address).rpartition(":")
+        if not host or not port.isdigit() or _DOWN_FLAGS & set(info["flags"].split(",")):
+            continue
+        node = cluster.get_node(host=host, port=int(port))
+        if node is None:
+            node = ClusterNode(host, int(port), **cluster.nodes_manager.connection_kwargs)
+            own.append(node)
+        nodes.append(node)
+    try:
+        yield nodes
+    finally:
+        # and a node the client dropped from its map meanwhile (a failover, a reload
+        # after an error): the client no longer closes what we opened on it
+        dropped = [n for n in nodes if cluster.get_node(node_name=n.name) is not n]
+        with anyio.CancelScope(shield=True):
+            for node in {*own, *dropped}:
+                await node.disconnect()
+
+
+async def on_node(node: ClusterNode, commands: Sequence[Command]) -> list[Any]:
+    """``commands`` on one cluster node in one round trip; an error reply is returned
+    in its command's place, a lost connection raises BusUnavailable."""
+    batch = [PipelineCommand(i, *c) for i, c in enumerate(commands)]
+
+    async def run() -> list[Any]:
+        # a connection lost while reading comes back as the replies' errors
+        await node.execute_pipeline(batch)
+        return [c.result for c in batch]
+
+    return await call_each(run())
+
+
+async def on_each(
+    nodes: Sequence[ClusterNode], commands: Callable[[ClusterNode], Sequence[Command]]
+) -> dict[str, list[Any] | BusUnavailable]:
+    """Node name → its replies to ``commands(node)``, every node at once; a node that
+    cannot be reached (down, or refusing our login) gets its BusUnavailable instead."""
+    out: dict[str, list[Any] | BusUnavailable] = {}
+
+    async def one(node: ClusterNode) -> None:
+        # a node that restarted since the last call fails the first command on each
+        # connection the client kept: once more then (our commands may be repeated),
+        # but not after a timeout, which would only double the wait for a lost node
+        for attempt in (1, 2):
+            try:
+                out[node.name] = await on_node(node, commands(node))
+                return
+            except BusUnavailable as exc:
+                out[node.name] = exc
+                log.debug("node %s, attempt %d: %s", node.name, attempt, exc)
+                if isinstance(exc.__cause__, TimeoutError | rexc.TimeoutError):
+                    return
+
+    async with anyio.create_task_group() as tg:
+        for node in nodes:
+            tg.start_soon(one, node)
+    return out
+
+
+def _raise_refusals(replies: Iterable[Any]) -> None:
+    """An error reply (a rule Redis rejects, NOPERM) is ours to fix: raise it."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+
+
+def _users_reply(reply: Any) -> set[str] | None:
+    """ACL USERS' reply as names; None when it was refused (no right to list them, or a
+    Redis without ACLs)."""
+    if isinstance(reply, rexc.NoPermissionError | rexc.ResponseError):
+        return None
+    return {text(n) for n in reply}
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """Where a change to a user was made: on how many nodes (1 on one Redis), how many
+    of them saved it to their ACL file, and the nodes that could not be reached."""
+
+    nodes: int
+    saved: int
+    failed: tuple[str, ...] = ()
+
+    @property
+    def everywhere(self) -> bool:
+        return not self.failed
+
+
+async def _apply(redis: Redis, commands: Sequence[Command]) -> tuple[list[Any], Applied]:
+    """``commands``, then ACL SAVE, on the Redis or on every node of the cluster that
+    answers. Returns the replies to ``commands`` (on a cluster: each one's integer
+    replies summed over the nodes) and where it was done. A refused command raises;
+    BusUnavailable when no node answers."""
+    save: Command = ("ACL", "SAVE")
+    if not is_cluster(redis):
+        async with redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            pipe.execute_command(*save)
+            replies: list[Any] = await call(pipe.execute(raise_on_error=False))
+        _raise_refusals(replies[:-1])
+        return replies[:-1], Applied(1, int(not isinstance(replies[-1], Exception)))
+    async with cluster_nodes(redis) as nodes:
+        results = await on_each(nodes, lambda _node: [*commands, save])
+    done = {n: r for n, r in results.items() if not isinstance(r, BusUnavailable)}
+    failed = tuple(f"{n}: {r}" for n, r in sorted(results.items()) if n not in done)
+    if not done:
+        raise BusUnavailable("no node of the cluster could be reached: " + "; ".join(failed))
+    for replies in done.values():
+        _raise_refusals(replies[:-1])
+    saved = sum(not isinstance(r[-1], Exception) for r in done.values())
+    summed = [
+        sum(int(r[i]) if isinstance(r[i], int) else 0 for r in done.values())
+        for i in range(len(commands))
+    ]
+    return summed, Applied(len(done), saved, failed)
+
+
+async def owned_accounts(redis: Redis, keys: Keys, worker_ids: Sequence[str]) -> list[list[str]]:
+    """The accounts each of ``worker_ids`` owns now, in one round trip (per node on a
+    cluster, where each worker's assignment set is one per bucket)."""
+    buckets = keys.buckets
+    async with redis.pipeline(transaction=False) as pipe:
+        for worker_id in worker_ids:
+            for bucket in buckets:
+                pipe.smembers(keys.worker_accounts(worker_id, bucket))
+        found: list[Any] = await call(pipe.execute())
+    per = len(buckets)
+    return [
+        [text(m) for members in found[i * per : (i + 1) * per] for m in members]
+        for i in range(len(worker_ids))
+    ]
+
+
 class Grants:
-    """Keeps each worker user's read access equal to the accounts it owns now."""
+    """Keeps each worker user's read access equal to the accounts it owns now (on every
+    node of a cluster)."""
 
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
+        self.cluster = is_cluster(redis)
         self._users: set[str] | None = None
         self._users_at = -_USERS_CACHE_S
         self._run_id: str | None = None
         self._denied_logged = False
+        # on a cluster: each node's users (as of _users_at), and the run id each node
+        # had when it last got every user
+        self._node_users: dict[str, set[str]] = {}
+        self._node_runs: dict[str, str] = {}
         self.applied = 0  # how many SETUSER calls were made, for tests and status
+        self.restored = 0  # users copied to a node that joined or restarted (a cluster's)
 
     async def users(self, *, fresh: bool = False) -> set[str]:
-        """The Redis users (empty when we may not list them: then none are managed)."""
+        """The Redis users (empty when we may not list them: then none are managed).
+        On a cluster: those of any node."""
         now = anyio.current_time()
         if self._users is None or fresh or now - self._users_at > _USERS_CACHE_S:
-            try:
-                names: Any = await call(self.redis.acl_users())
-            except rexc.NoPermissionError:
-                if not self._denied_logged:
-                    log.warning("this Redis user may not list ACL users; grants are not managed")
-                    self._denied_logged = True
-                names = []
-            except rexc.ResponseError as exc:  # a Redis without ACLs
-                log.debug("ACL USERS failed: %s", exc)
-                names = []
+            if self.cluster:
+                self._node_users = await self._read_node_users()
+                names: Any = set().union(*self._node_users.values())
+            else:
+                names = await self._acl_users()
             self._users = {text(n) for n in names}
             self._users_at = now
         return self._users
+
+    async def _acl_users(self) -> Any:
+        try:
+            return await call(self.redis.acl_users())
+        except rexc.NoPermissionError:
+            self._log_denied()
+        except rexc.ResponseError as exc:  # a Redis without ACLs
+            log.debug("ACL USERS failed: %s", exc)
+        return []
+
+    def _log_denied(self) -> None:
+        if not self._denied_logged:
+            log.warning("this Redis user may not list ACL users; grants are not managed")
+            self._denied_logged = True
+
+    async def _read_node_users(
+        self, nodes: Sequence[ClusterNode] | None = None
+    ) -> dict[str, set[str]]:
+        """Each reachable node's users (ACL USERS on every node at once)."""
+        if nodes is None:
+            async with cluster_nodes(self.redis) as every:
+                return await self._read_node_users(every)
+        out: dict[str, set[str]] = {}
+        for name, replies in (await on_each(nodes, lambda _n: [("ACL", "USERS")])).items():
+            if isinstance(replies, BusUnavailable):
+                log.warning("ACL users of node %s not read: %s", name, replies)
+                self._node_runs.pop(name, None)  # it gets everything when it answers
+                continue
+            users = _users_reply(replies[0])
+            if users is None:
+                if isinstance(replies[0], rexc.NoPermissionError):
+                    self._log_denied()
+                continue
+            out[name] = users
+        return out
 
     async def worker_ids(self) -> list[str]:
         """The ids of every worker that has a user."""
@@ -187,26 +416,59 @@ class Grants:
             if u.startswith(WORKER_USER_PREFIX)
         )
 
+    def _key_rule_commands(
+        self, targets: Sequence[str], owned: Sequence[list[str]]
+    ) -> dict[str, Command]:
+        return {
+            worker_id: (
+                "ACL",
+                "SETUSER",
+                worker_user(worker_id),
+                *worker_key_rules(self.keys, worker_id, accounts),
+            )
+            for worker_id, accounts in zip(targets, owned, strict=True)
+        }
+
     async def sync(self, worker_ids: Iterable[str | None]) -> int:
         """Rewrite the key rules of these workers' users from the accounts each owns now,
-        in two round trips. Returns how many users were updated."""
+        in two round trips (on a cluster: on each node that has the user). Returns how
+        many users were updated."""
         users = await self.users()
         targets = sorted({w for w in worker_ids if w and worker_user(w) in users})
         if not targets:
             return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for worker_id in targets:
-                pipe.smembers(self.keys.worker_accounts(worker_id))
-            owned: list[Any] = await call(pipe.execute())
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for worker_id, members in zip(targets, owned, strict=True):
-                accounts = [text(m) for m in members]
-                rules = worker_key_rules(self.keys, worker_id, accounts)
-                pipe.execute_command("ACL", "SETUSER", worker_user(worker_id), *rules)
-            await call(pipe.execute())
+        owned = await owned_accounts(self.redis, self.keys, targets)
+        commands = self._key_rule_commands(targets, owned)
+        if self.cluster:
+            await self._sync_nodes(commands)
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for command in commands.values():
+                    pipe.execute_command(*command)
+                await call(pipe.execute())
         self.applied += len(targets)
         log.debug("read access of %s set from their accounts", ", ".join(targets))
         return len(targets)
+
+    async def _sync_nodes(self, commands: dict[str, Command]) -> None:
+        """The key rules on every node that has the user (never on one that lacks it:
+        that would make a user with no password and no commands). A node that cannot
+        be reached now gets every user again once it answers (its run id is forgotten)."""
+        held = self._node_users
+
+        def of(node: ClusterNode) -> list[Command]:
+            return [c for w, c in commands.items() if worker_user(w) in held.get(node.name, ())]
+
+        async with cluster_nodes(self.redis) as nodes:
+            results = await on_each(nodes, of)
+        for name, replies in results.items():
+            if isinstance(replies, BusUnavailable):
+                log.warning(
+                    "read access not set on node %s (again once it answers): %s", name, replies
+                )
+                self._node_runs.pop(name, None)
+            else:
+                _raise_refusals(replies)
 
     async def sync_all(self) -> int:
         """Every worker user's grants, e.g. on a Master's start."""
@@ -214,7 +476,10 @@ class Grants:
 
     async def ensure(self) -> bool:
         """Re-apply every grant when Redis restarted since we last did (its run id
-        changed). True when they were applied now."""
+        changed); on a cluster, every user on each node that joined or restarted since.
+        True when they were applied now."""
+        if self.cluster:
+            return await self._ensure_nodes()
         try:
             info: Any = await call(self.redis.info("server"))
         except rexc.NoPermissionError:
@@ -228,23 +493,114 @@ class Grants:
         self._run_id = run_id
         return True
 
+    async def _ensure_nodes(self) -> bool:
+        """One CLUSTER NODES and one INFO per node when nothing changed."""
+        async with cluster_nodes(self.redis) as nodes:
+            return await self._ensure_on(nodes)
 
-async def add_worker(redis: Redis, keys: Keys, worker_id: str, password: str) -> bool:
+    async def _ensure_on(self, nodes: Sequence[ClusterNode]) -> bool:
+        runs: dict[str, str] = {}
+        for name, replies in (await on_each(nodes, lambda _n: [("INFO", "server")])).items():
+            info = replies[0] if not isinstance(replies, BusUnavailable) else replies
+            if isinstance(info, dict):
+                runs[name] = str(info.get("run_id", ""))
+            elif not isinstance(info, rexc.NoPermissionError):
+                log.debug("node %s: run id not read: %s", name, info)
+        for name in [n for n in self._node_runs if n not in runs]:
+            del self._node_runs[name]  # gone or unreachable: everything again when back
+        fresh = [n for n in nodes if n.name in runs and self._node_runs.get(n.name) != runs[n.name]]
+        if not fresh:
+            return False
+        reachable = [n for n in nodes if n.name in runs]
+        await self._restore(fresh, reachable, runs)
+        return True
+
+    async def _restore(
+        self, fresh: Sequence[ClusterNode], reachable: Sequence[ClusterNode], runs: dict[str, str]
+    ) -> None:
+        """Every fleet user on the ``fresh`` nodes: copied (password hashes, flags and
+        rules as ``ACL LIST`` shows them) from the settled node that has the most of
+        them, then each worker's key rules from what it owns now."""
+        held = await self._read_node_users(reachable)
+        self._users, self._users_at = set().union(*held.values()), anyio.current_time()
+        self._node_users = held
+        fresh_names = {n.name for n in fresh}
+
+        def fleet(name: str) -> set[str]:
+            return {u for u in held.get(name, ()) if is_fleet_user(u)}
+
+        settled = [n for n in reachable if n.name not in fresh_names and n.name in held]
+        donors = settled or [n for n in reachable if n.name in held]
+        donor = max(donors, key=lambda n: (len(fleet(n.name)), n.name), default=None)
+        lines = await self._user_lines(donor) if donor is not None and fleet(donor.name) else {}
+        targets = [n for n in fresh if n.name in held]
+        wanted = {n.name: set(lines) | fleet(n.name) for n in targets}
+        workers = sorted(
+            {
+                u[len(WORKER_USER_PREFIX) :]
+                for us in wanted.values()
+                for u in us
+                if u.startswith(WORKER_USER_PREFIX)
+            }
+        )
+        owned = await owned_accounts(self.redis, self.keys, workers)
+        key_rules = self._key_rule_commands(workers, owned)
+
+        def commands(node: ClusterNode) -> list[Command]:
+            copies = [
+                ("ACL", "SETUSER", name, "reset", *rules)
+                for name, rules in lines.items()
+                if name not in held[node.name]
+            ]
+            return copies + [c for w, c in key_rules.items() if worker_user(w) in wanted[node.name]]
+
+        for name, replies in (await on_each(targets, commands)).items():
+            if isinstance(replies, BusUnavailable):
+                log.warning("users not restored on node %s (next pass): %s", name, replies)
+                continue
+            _raise_refusals(replies)
+            copied = len(wanted[name] - held[name])
+            self.restored += copied
+            self.applied += len(replies) - copied
+            self._node_users[name] = held[name] | wanted[name]
+            self._node_runs[name] = runs[name]
+            log.info(
+                "node %s (run %s): %d user(s) copied, read access of %d worker(s) applied",
+                name,
+                runs[name][:8],
+                copied,
+                len(replies) - copied,
+            )
+
+    async def _user_lines(self, node: ClusterNode) -> dict[str, list[str]]:
+        """The fleet's users on ``node`` as ``ACL LIST`` has them: name → every rule
+        (flags, password hashes, channels, commands, keys), which ACL SETUSER takes back."""
+        reply = (await on_node(node, [("ACL", "LIST")]))[0]
+        _raise_refusals([reply])
+        out: dict[str, list[str]] = {}
+        for line in reply:
+            parts = text(line).split(" ")
+            if len(parts) >= 2 and parts[0] == "user" and is_fleet_user(parts[1]):
+                out[parts[1]] = parts[2:]
+        return out
+
+
+async def add_worker(redis: Redis, keys: Keys, worker_id: str, password: str) -> Applied:
     """Create or update ``worker-<id>`` with ``password`` and the rules of a worker that
-    owns what the assignments say it owns now. True if Redis saved it to its ACL file
-    (False: Redis has none, and the user lasts until Redis restarts)."""
-    accounts = await call(redis.smembers(keys.worker_accounts(worker_id)))
-    owned = [text(a) for a in accounts]
+    owns what the assignments say it owns now, on the Redis or on every node of the
+    cluster. ``Applied.saved``: on how many Redis saved it to its ACL file (0: none has
+    one, and the user lasts until Redis restarts)."""
+    [owned] = await owned_accounts(redis, keys, [worker_id])
     rules = ["reset", "on", password_hash(password), *worker_rules(keys, worker_id, owned)]
-    await call(redis.execute_command("ACL", "SETUSER", worker_user(worker_id), *rules))  # type: ignore[no-untyped-call]
-    return await save(redis)
+    _replies, applied = await _apply(redis, [("ACL", "SETUSER", worker_user(worker_id), *rules)])
+    return applied
 
 
-async def remove_worker(redis: Redis, worker_id: str) -> tuple[bool, bool]:
-    """Delete ``worker-<id>`` (its connections are closed by Redis).
-    Returns (it existed, saved to the ACL file)."""
-    deleted = int(await call(redis.acl_deluser(worker_user(worker_id))))
-    return deleted > 0, await save(redis)
+async def remove_worker(redis: Redis, worker_id: str) -> tuple[bool, Applied]:
+    """Delete ``worker-<id>`` (its connections are closed by Redis), on the Redis or on
+    every node of the cluster. Returns (it existed on some node, where it was done)."""
+    replies, applied = await _apply(redis, [("ACL", "DELUSER", worker_user(worker_id))])
+    return int(replies[0]) > 0, applied
 
 
 async def save(redis: Redis) -> bool:
@@ -257,19 +613,45 @@ async def save(redis: Redis) -> bool:
     return True
 
 
-async def rules_of(redis: Redis, names: Iterable[str] | None = None) -> dict[str, str]:
-    """User name → its rules as ``ACL LIST`` shows them, password hashes masked.
-    Without ``names``: the fleet's users (workers, Master, operator)."""
-    lines: Any = await call(redis.acl_list())
-    wanted = set(names) if names is not None else None
+def _masked(lines: Iterable[Any], wanted: set[str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in lines:
         parts = text(line).split(" ")
         if len(parts) < 2 or parts[0] != "user":
             continue
         name = parts[1]
-        ours = name.startswith(WORKER_USER_PREFIX) or name in (MASTER_USER, OPERATOR_USER)
-        if (wanted is None and ours) or (wanted is not None and name in wanted):
+        if (wanted is None and is_fleet_user(name)) or (wanted is not None and name in wanted):
             shown = ["#…" if p.startswith("#") else ">…" if p.startswith(">") else p for p in parts]
             out[name] = " ".join(shown[2:])
+    return out
+
+
+async def rules_of(redis: Redis, names: Iterable[str] | None = None) -> dict[str, str]:
+    """User name → its rules as ``ACL LIST`` shows them, password hashes masked.
+    Without ``names``: the fleet's users (workers, Master, operator). On a cluster: as
+    the first node that has the user shows them (``rules_on_nodes`` for every node)."""
+    wanted = set(names) if names is not None else None
+    if is_cluster(redis):
+        out: dict[str, str] = {}
+        for rules in (await rules_on_nodes(redis, wanted)).values():
+            if isinstance(rules, dict):
+                out = {**rules, **out}
+        return out
+    return _masked(await call(redis.acl_list()), wanted)
+
+
+async def rules_on_nodes(
+    redis: Redis, names: Iterable[str] | None = None
+) -> dict[str, dict[str, str] | BusUnavailable]:
+    """Each cluster node's :func:`rules_of` (its BusUnavailable when it cannot be read)."""
+    wanted = set(names) if names is not None else None
+    async with cluster_nodes(redis) as nodes:
+        results = await on_each(nodes, lambda _n: [("ACL", "LIST")])
+    out: dict[str, dict[str, str] | BusUnavailable] = {}
+    for name, replies in sorted(results.items()):
+        if isinstance(replies, BusUnavailable):
+            out[name] = replies
+        else:
+            _raise_refusals(replies)
+            out[name] = _masked(replies[0], wanted)
     return out

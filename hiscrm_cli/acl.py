@@ -10,6 +10,7 @@ import typer
 
 from hiscrm_bus import acl
 from hiscrm_bus.accounts import ID_PATTERN
+from hiscrm_bus.errors import BusUnavailable
 from hiscrm_bus.keys import Keys
 from hiscrm_worker.settings import write_private
 
@@ -74,25 +75,47 @@ def add_worker(
     path = password_file or _default_file(user)
     password, made = password_from(path)
 
-    async def main() -> bool:
+    async def main() -> acl.Applied:
         async with redis_client(settings) as redis:
             return await acl.add_worker(redis, settings.keys, worker_id, password)
 
-    saved = run(main)
+    applied = run(main)
+    where = f" on {applied.nodes} nodes" if settings.cluster else ""
     console.print(
-        f"user {safe(user)} {'created' if made else 'updated'}; its password is in "
+        f"user {safe(user)} {'created' if made else 'updated'}{where}; its password is in "
         f"{safe(str(path))} ({'new, ' if made else ''}mode 0600)"
     )
+    url = (
+        f"redis+cluster://{safe(user)}@HOST:PORT,HOST:PORT/"
+        if settings.cluster
+        else f"redis://{safe(user)}@HOST:PORT/0"
+    )
     console.print(
-        f"run the worker with HISCRM_REDIS_URL=redis://{safe(user)}@HOST:PORT/0 and "
+        f"run the worker with HISCRM_REDIS_URL={url} and "
         f"HISCRM_REDIS_PASSWORD_FILE={safe(str(path))}",
         highlight=False,
     )
-    if not saved:
+    if applied.saved < applied.nodes:
+        which = (
+            "Redis has no ACL file"
+            if not settings.cluster
+            else f"{applied.nodes - applied.saved} of {applied.nodes} nodes have no ACL file"
+        )
         err_console.print(
-            "[yellow]warning:[/yellow] Redis has no ACL file: this user is gone when Redis "
+            f"[yellow]warning:[/yellow] {which}: this user is gone when Redis "
             "restarts (start Redis with an aclfile, see `hiscrm acl render`)",
             highlight=False,
+        )
+    _unreached(applied)
+
+
+def _unreached(applied: acl.Applied) -> None:
+    """Exit 1 when a cluster node could not be reached: it lacks the change."""
+    if applied.failed:
+        fail(
+            f"not done on {len(applied.failed)} node(s), which did not answer: "
+            f"{safe('; '.join(applied.failed))} (run the command again once they do)",
+            1,
         )
 
 
@@ -105,14 +128,16 @@ def remove_worker(
     worker_id = _worker_id(worker_id)
     settings = command_settings(redis_url)
 
-    async def main() -> tuple[bool, bool]:
+    async def main() -> tuple[bool, acl.Applied]:
         async with redis_client(settings) as redis:
             return await acl.remove_worker(redis, worker_id)
 
-    existed, _saved = run(main)
-    if not existed:
+    existed, applied = run(main)
+    if not existed and applied.everywhere:
         fail(f"there is no user {acl.worker_user(worker_id)}", 1)
-    console.print(f"user {safe(acl.worker_user(worker_id))} removed")
+    where = f" on {applied.nodes} nodes" if settings.cluster else ""
+    console.print(f"user {safe(acl.worker_user(worker_id))} removed{where}")
+    _unreached(applied)
 
 
 @app.command("show")
@@ -124,15 +149,43 @@ def show(
     names = [acl.worker_user(_worker_id(worker_id))] if worker_id else None
     settings = command_settings(redis_url)
 
-    async def main() -> dict[str, str]:
+    async def main() -> dict[str, dict[str, str] | BusUnavailable]:
         async with redis_client(settings) as redis:
-            return await acl.rules_of(redis, names)
+            if settings.cluster:
+                return await acl.rules_on_nodes(redis, names)
+            return {"": await acl.rules_of(redis, names)}
 
-    rules = run(main)
+    by_node = run(main)
+    read = {node: rules for node, rules in by_node.items() if isinstance(rules, dict)}
+    rules: dict[str, str] = {}
+    for node_rules in read.values():
+        rules = {**node_rules, **rules}
     if not rules:
         fail("no such user" if worker_id else "no hiscrm users on this Redis", 1)
     for name, text in rules.items():
         console.print(f"[bold]{safe(name)}[/bold] {safe(text)}", highlight=False)
+        if settings.cluster:
+            # Redis lists a user's commands in an order of its own on each node
+            same = [
+                n
+                for n, r in read.items()
+                if sorted(r.get(name, "").split()) == sorted(text.split())
+            ]
+            missing = [n for n, r in read.items() if name not in r]
+            other = [n for n in read if n not in same and n not in missing]
+            line = f"  the same on {len(same)} of {len(by_node)} nodes"
+            line += "".join(
+                f"; {what} on {', '.join(nodes)}"
+                for what, nodes in (("missing", missing), ("different", other))
+                if nodes
+            )
+            console.print(safe(line), highlight=False)
+    for node, error in by_node.items():
+        if not isinstance(error, dict):
+            err_console.print(
+                f"[yellow]warning:[/yellow] node {safe(node)} not read: {safe(str(error))}",
+                highlight=False,
+            )
 
 
 @app.command("render")
@@ -148,11 +201,19 @@ def render(
     key_prefix: Annotated[
         str | None, typer.Option(envvar="HISCRM_KEY_PREFIX", help="Key prefix.")
     ] = None,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="For a Redis Cluster (hash-tagged names, a cluster client's commands); "
+            "give every node the file.",
+        ),
+    ] = False,
 ) -> None:
     """Write an ACL file (for redis-server's ``aclfile``): the Master's and the
     operators' users, one user per worker, and the default user behind a generated
     password (Redis needs its full rights to replay its append-only file)."""
-    keys = Keys(key_prefix or "hiscrm:")
+    keys = Keys(key_prefix or "hiscrm:", cluster=cluster)
     ids = [_worker_id(w) for w in workers or []]
     users = []
     for name, rules in [

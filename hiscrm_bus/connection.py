@@ -294,7 +294,7 @@ def _cluster_connect_error(settings: BusSettings, exc: BaseException) -> HiscrmE
         return ConfigurationError(
             f"user {settings.redis_user} at {url} may not run a command a cluster client "
             f"needs ({scrub(str(denied), settings)}): its ACL rules must allow +ping, "
-            "+cluster|slots, +cluster|shards and +command"
+            "+cluster|slots and +command"
         )
     for inner in (rexc.AuthenticationError, ssl.SSLError):
         found = _in_chain(exc, inner)

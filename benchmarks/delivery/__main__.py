@@ -13,18 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import redis
 
 from . import __doc__ as DOC
 from .celery import bench_celery
 from .figures import write_json
 from .infra import (
+    CLUSTER_SECTION,
     INGEST_SECTION,
     RESULTS,
     SECTION,
+    Flush,
     LogTally,
     describe_machine,
     hiredis_available,
+    redis_cluster,
     redis_server,
     reexec_with_hiredis,
 )
@@ -37,6 +39,16 @@ from .throughput import bench_master_drain, bench_throughput, floor_throughput
 
 # the scenarios reported in the section "Delivery (DESIGN.md §7)"; ingest has its own
 DELIVERY_PARTS = {"latency", "throughput", "processes", "fleet", "reconcile", "celery"}
+# the scenarios --cluster runs (section "Redis Cluster (issue 13)")
+CLUSTER_PARTS = ("latency", "throughput", "processes", "fleet")
+CLUSTER_INTRO = (
+    "Against a local Redis Cluster of 3 primaries and 3 replicas (tests/redis_cluster.py; "
+    "every node a redis-server on this same machine) given to every process as a "
+    "redis+cluster:// URL. Each hiscrm figure is measured in the same run as its floor, "
+    "the same round trip written with bare redis-py on the same cluster (its cluster "
+    "client, SPUBLISH, SSUBSCRIBE on the primary that serves the channel's slot); "
+    "ratios are hiscrm ÷ floor. redis-server CPU is the sum over all six nodes."
+)
 
 # --smoke: every scenario, tiny; a flag given explicitly still wins
 SMOKE_SIZES: dict[str, Any] = {
@@ -66,7 +78,7 @@ async def run_all(
     args: argparse.Namespace, url: str, workdir: Path, tally: LogTally
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    flush = redis.Redis.from_url(url)
+    flush = Flush(url)
     try:
         if "latency" in args.only:
             print(f"1/7 latency: {args.latency_n} round trips each (+{args.warmup} warm-up) …")
@@ -198,6 +210,13 @@ def parse_args() -> argparse.Namespace:
         "never writes results, never installs Celery (make bench-smoke, part of make test)",
     )
     ap.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run latency, throughput, processes and fleet (or those of --only) against a\n"
+        "local 3-primary + 3-replica Redis Cluster (tests/redis_cluster.py) instead of one\n"
+        'redis-server; results go to their own section, "Redis Cluster (issue 13)"',
+    )
+    ap.add_argument(
         "--hiredis",
         action="store_true",
         help="use redis-py's hiredis parser (installed into var/bench/hiredis, not the venv);\n"
@@ -208,7 +227,33 @@ def parse_args() -> argparse.Namespace:
         ap.set_defaults(**SMOKE_SIZES)
         args = ap.parse_args()
         args.no_results = args.no_celery_install = True
+    if args.cluster:
+        args.only = [p for p in args.only if p in CLUSTER_PARTS]
+        if not args.only:
+            ap.error(f"--cluster runs only {', '.join(CLUSTER_PARTS)}")
     return args
+
+
+Section = tuple[str, dict[str, Any], Table, list[str], list[str], str | None]
+
+
+def report_sections(args: argparse.Namespace, results: dict[str, Any], env: str) -> list[Section]:
+    # one RESULTS.md section (and results.json entry) per group of scenarios, written
+    # only when the run had one of them: --only ingest leaves the delivery figures alone
+    hiredis = ", with hiredis" if args.hiredis else ""
+    sections: list[Section] = []
+    if args.cluster:
+        delivery = {k: v for k, v in results.items() if k != "ingest"}
+        sections.append(
+            (CLUSTER_SECTION + hiredis, delivery, *build_report(delivery), CLUSTER_INTRO)
+        )
+    elif set(args.only) & DELIVERY_PARTS:
+        delivery = {k: v for k, v in results.items() if k != "ingest"}
+        sections.append((SECTION + hiredis, delivery, *build_report(delivery), None))
+    if "ingest" in args.only:
+        ingest = {"ingest": results.get("ingest"), "env": env}
+        sections.append((INGEST_SECTION + hiredis, ingest, *build_ingest_report(ingest)))
+    return sections
 
 
 def main() -> None:
@@ -224,8 +269,10 @@ def main() -> None:
         workdir = Path(tmp)
         # in-process Masters keep crawled data here, not in the current directory
         os.environ.setdefault("HISCRM_DATABASE_URL", f"sqlite+aiosqlite:///{workdir}/bench.db")
-        with redis_server(workdir) as url:
-            print(f"redis-server at {url}; {env}")
+        if args.cluster:
+            env += ", local Redis Cluster: 3 primaries + 3 replicas"
+        with (redis_cluster if args.cluster else redis_server)(workdir) as url:
+            print(f"{'Redis Cluster' if args.cluster else 'redis-server'} at {url}; {env}")
             results = anyio.run(run_all, args, url, workdir, tally, backend="asyncio")
             results["env"] = env
             if "celery" in args.only:
@@ -233,16 +280,7 @@ def main() -> None:
                 results["celery"] = bench_celery(
                     url, args.celery_n, args.warmup, workdir, not args.no_celery_install
                 )
-    # one RESULTS.md section (and results.json entry) per group of scenarios, written
-    # only when the run had one of them: --only ingest leaves the delivery figures alone
-    hiredis = ", with hiredis" if args.hiredis else ""
-    sections: list[tuple[str, dict[str, Any], Table, list[str], list[str], str | None]] = []
-    if set(args.only) & DELIVERY_PARTS:
-        delivery = {k: v for k, v in results.items() if k != "ingest"}
-        sections.append((SECTION + hiredis, delivery, *build_report(delivery), None))
-    if "ingest" in args.only:
-        ingest = {"ingest": results.get("ingest"), "env": env}
-        sections.append((INGEST_SECTION + hiredis, ingest, *build_ingest_report(ingest)))
+    sections = report_sections(args, results, env)
     for _title, _r, t, notes, says, _intro in sections:
         print()
         print(t.text())

@@ -14,10 +14,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import redis
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncCluster
+from redis.cluster import RedisCluster as SyncCluster
 
 from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.messages import MAX_ACKS_PER_MESSAGE
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Delivery (DESIGN.md §7)"
+CLUSTER_SECTION = "## Redis Cluster (issue 13)"
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 INGEST_SECTION = "## Crawled data: ingest and Redis memory (issue 16)"
 CELERY_VENV = ROOT / "var" / "bench" / "celery-venv"
 CELERY = ("celery[redis]",)
@@ -55,6 +61,75 @@ def redis_server(workdir: Path) -> Iterator[str]:
         raise SystemExit(str(exc)) from None
     with running(server):
         yield server.url
+
+
+@contextmanager
+def redis_cluster(workdir: Path) -> Iterator[str]:
+    """A private local Redis Cluster (3 primaries + 3 replicas, tests/redis_cluster.py)
+    for the run; yields the ``redis+cluster://`` URL naming every node."""
+    try:
+        from tests.redis_cluster import RedisCluster, running_cluster
+    except ImportError as exc:
+        raise SystemExit(f"tests/redis_cluster.py is not importable ({exc})") from None
+    try:
+        cluster = RedisCluster(workdir / "cluster")
+    except RuntimeError as exc:  # not installed
+        raise SystemExit(str(exc)) from None
+    with running_cluster(cluster):
+        yield "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in cluster.startup_nodes) + "/"
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.startswith(CLUSTER_SCHEMES)
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """``(host, port)`` of every node a ``redis+cluster://h:p,h:p/`` URL names."""
+    netloc = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    out = []
+    for node in netloc.split(","):
+        host, _, port = node.rpartition(":")
+        out.append((host, int(port)))
+    return out
+
+
+def raw_client(url: str) -> Redis:
+    """The floors' bare redis-py client: ``Redis`` for one Redis, the asyncio
+    ``RedisCluster`` (typed as ``Redis``) for a cluster URL."""
+    if not is_cluster_url(url):
+        return Redis.from_url(url)
+    nodes = [ClusterNode(h, p) for h, p in cluster_nodes(url)]
+    return cast(Redis, AsyncCluster(startup_nodes=nodes))
+
+
+async def node_client_for(cluster: Redis, key: str) -> Redis:
+    """A plain client of the primary serving ``key``'s slot (for SSUBSCRIBE)."""
+    rc = cast(AsyncCluster, cluster)
+    await rc.initialize()
+    node = rc.get_node_from_key(key)
+    assert node is not None
+    return Redis(host=node.host, port=int(node.port))
+
+
+class Flush:
+    """FLUSHALL between scenarios: on one Redis, or on every primary of a cluster."""
+
+    def __init__(self, url: str) -> None:
+        self.cluster = is_cluster_url(url)
+        if self.cluster:
+            host, port = cluster_nodes(url)[0]  # the client finds the others from one
+            self.client: Any = SyncCluster(host=host, port=port)
+        else:
+            self.client = redis.Redis.from_url(url)
+
+    def flushall(self) -> None:
+        if self.cluster:
+            self.client.flushall(target_nodes=SyncCluster.PRIMARIES)
+        else:
+            self.client.flushall()
+
+    def close(self) -> None:
+        self.client.close()
 
 
 # PostgreSQL as Debian installs it runs durably: the tests' throwaway settings (no
@@ -153,9 +228,23 @@ def matching(counts: Counter[tuple[str, str]], needle: str) -> int:
 
 async def redis_cpu_s(client: Any) -> float:
     """CPU seconds the redis-server has used so far (user + system, INFO cpu): a run's
-    difference is what its work cost Redis, the one part no added process can share."""
+    difference is what its work cost Redis, the one part no added process can share.
+    On a cluster: the sum over every node, primaries and replicas."""
+    if isinstance(client, AsyncCluster):
+        return sum((await redis_cpu_nodes(client)).values())
     info = await client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def redis_cpu_nodes(client: Any) -> dict[str, float]:
+    """A cluster's CPU seconds so far per node, ``"host:port primary|replica"``."""
+    cluster = cast(AsyncCluster, client)
+    out: dict[str, float] = {}
+    for node in cluster.get_nodes():
+        info = await cluster.info("cpu", target_nodes=node)
+        role = "primary" if node.server_type == "primary" else "replica"
+        out[f"{node.name} {role}"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return out
 
 
 async def send_rounds(

@@ -21,33 +21,57 @@ from hiscrm_master.updates import Updates
 from hiscrm_worker.service import Worker
 from hiscrm_worker.settings import WorkerSettings
 
-from .infra import aclose_all, dist, now, prefix, wait_until
+from .infra import (
+    aclose_all,
+    dist,
+    is_cluster_url,
+    node_client_for,
+    now,
+    prefix,
+    raw_client,
+    wait_until,
+)
 
 # ----------------------------------------------------------------------------- 1. latency
 
 
 class FloorRoundTrip:
-    """The bare redis-py round trip: HSET+PUBLISH, a subscriber doing HGETALL+XADD, XREAD."""
+    """The bare redis-py round trip: HSET+PUBLISH, a subscriber doing HGETALL+XADD, XREAD.
+
+    On a cluster (a ``redis+cluster://`` URL): redis-py's cluster client for the HSET,
+    HGETALL, XADD and XREAD, SPUBLISH in the HSET's pipeline (a cluster pipeline sends
+    each node its part), and the subscriber SSUBSCRIBEd on a plain connection to the
+    primary that serves the channel's slot, as hiscrm's workers are. The three names
+    hash to different slots, as an account's hash, a worker's channel and its stream
+    may."""
 
     def __init__(self, url: str) -> None:
         p = prefix("floor-rt")
         self.hash, self.channel, self.stream = f"{p}account", f"{p}control", f"{p}acks"
-        self.master = Redis.from_url(url)
-        self.worker = Redis.from_url(url)
-        self.sub = Redis.from_url(url)
+        self.cluster = is_cluster_url(url)
+        self.master = raw_client(url)
+        self.worker = raw_client(url)
+        self.sub = Redis.from_url(url) if not self.cluster else self.worker
         self.last_id = "0-0"
         self.version = 0
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        kind = "message"
+        if self.cluster:
+            self.sub = await node_client_for(self.worker, self.channel)
+            kind = "smessage"
         pubsub = self.sub.pubsub()
         try:
-            await pubsub.subscribe(self.channel)
+            if self.cluster:
+                await pubsub.ssubscribe(self.channel)
+            else:
+                await pubsub.subscribe(self.channel)
             while (await pubsub.get_message(timeout=1)) is None:
                 pass  # the subscribe confirmation
             task_status.started()
             while True:
                 msg = await pubsub.get_message(timeout=None)
-                if msg is None or msg["type"] != "message":
+                if msg is None or msg["type"] != kind:
                     continue
                 notice = json.loads(msg["data"])
                 config = await self.worker.hgetall(self.hash)
@@ -70,7 +94,10 @@ class FloorRoundTrip:
         t0 = now()
         async with self.master.pipeline(transaction=False) as pipe:
             pipe.hset(self.hash, mapping={"name": f"n{self.version}", "config_version": version})
-            pipe.publish(self.channel, notice)
+            if self.cluster:
+                pipe.spublish(self.channel, notice)
+            else:
+                pipe.publish(self.channel, notice)
             await pipe.execute()
         while True:
             reply: Any = await self.master.xread({self.stream: self.last_id}, count=10, block=5000)
@@ -83,7 +110,7 @@ class FloorRoundTrip:
                         return now() - t0
 
     async def aclose(self) -> None:
-        await aclose_all(self.master, self.worker, self.sub)
+        await aclose_all(*dict.fromkeys((self.master, self.worker, self.sub)))
 
 
 async def bench_latency(  # noqa: PLR0915 - one measurement, read top to bottom

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 
 from hiscrm_bus.accounts import AccountConfig, decode_hash
-from hiscrm_bus.connection import connect
+from hiscrm_bus.connection import connect, is_cluster
 from hiscrm_master.service import Master
 from hiscrm_master.settings import MasterSettings
 from hiscrm_master.updates import Updates
@@ -34,6 +34,7 @@ from .infra import (
     aclose_all,
     now,
     prefix,
+    redis_cpu_nodes,
     redis_cpu_s,
     send_rounds,
     start_up_acks,
@@ -124,7 +125,7 @@ def split(ids: Sequence[str], parts: int) -> list[list[str]]:
     return [list(ids[k::parts]) for k in range(parts) if ids[k::parts]]
 
 
-async def bench_processes(
+async def bench_processes(  # noqa: PLR0915 - one measurement, read top to bottom
     url: str, processes: int, workers: int, total: int, workdir: Path
 ) -> dict[str, Any]:
     """Applied updates/s with ``workers`` workers (one account each) in ``processes``
@@ -140,6 +141,7 @@ async def bench_processes(
     statuses: Counter[str] = Counter()
     done = anyio.Event()
     done_at = 0.0
+    node_cpu: dict[str, float] = {}  # a cluster's nodes, each
     try:
         await create_owned(updates, owner)
         master = Master(msettings, mredis)
@@ -170,6 +172,7 @@ async def bench_processes(
 
                 async with anyio.create_task_group() as run:
                     await run.start(count)
+                    nodes0 = await redis_cpu_nodes(admin) if is_cluster(admin) else {}
                     cpu0 = await redis_cpu_s(admin)
                     hosts0, here0 = hosts.cpu_s(), time.process_time()
                     t0 = now()
@@ -178,6 +181,9 @@ async def bench_processes(
                     with anyio.move_on_after(max(60, total / 20)):
                         await done.wait()
                     cpu = await redis_cpu_s(admin) - cpu0
+                    if nodes0:
+                        nodes1 = await redis_cpu_nodes(admin)
+                        node_cpu = {n: nodes1[n] - c for n, c in nodes0.items() if n in nodes1}
                     hosts_cpu, here_cpu = hosts.cpu_s() - hosts0, time.process_time() - here0
                     run.cancel_scope.cancel()
                 stats_after = await updates.tracker.stats()
@@ -200,6 +206,7 @@ async def bench_processes(
         "here_cpu_s": here_cpu,
         "retried": stats_after.get("retried", 0) - stats_before.get("retried", 0),
         "start_s": hosts.start_s,
+        **({"redis_cpu_nodes": node_cpu} if node_cpu else {}),
     }
 
 

@@ -169,6 +169,12 @@ def report_processes(r: dict[str, Any], t: Table, notes: list[str], says: list[s
             f"worker hosts {us_per(pt, 'hosts_cpu_s')}, the Master and the caller "
             f"{us_per(pt, 'here_cpu_s')}; on {os.cpu_count()} cores."
         )
+        if pt.get("redis_cpu_nodes") and pt["applied"]:
+            each = ", ".join(
+                f"{name} {cpu / pt['applied'] * 1e6:.0f} µs"
+                for name, cpu in sorted(pt["redis_cpu_nodes"].items())
+            )
+            notes.append(f"processes, redis-server CPU per applied update by node: {each}.")
         says.append(
             f"With the {pt['workers']} workers spread over {pt['processes']} processes hiscrm "
             f"completed {pt['per_s']:.0f} applied updates/s, {x(rr)} the floor's "

@@ -24,8 +24,11 @@ from hiscrm_worker.settings import WorkerSettings
 from .infra import (
     aclose_all,
     create_accounts,
+    is_cluster_url,
+    node_client_for,
     now,
     prefix,
+    raw_client,
     redis_cpu_s,
     send_rounds,
     start_up_acks,
@@ -36,26 +39,40 @@ from .infra import (
 
 
 async def floor_throughput(url: str, workers: int, total: int, batch: int) -> dict[str, Any]:  # noqa: PLR0915 - one measurement, read top to bottom
+    """The bare redis-py fleet: ``workers`` subscribers each doing HGETALL+XADD per
+    notice, one reader XREADing the stream, the producer pipelining HSET, HINCRBY and
+    PUBLISH. On a cluster: redis-py's cluster client everywhere but the subscriptions,
+    which SSUBSCRIBE on a plain connection to the primary serving their channel's slot;
+    the producer's cluster pipeline SPUBLISHes (each node gets its part); the one
+    stream lives on one primary."""
     p = prefix("floor-tp")
     stream = f"{p}acks"
-    producer = Redis.from_url(url)
-    reader = Redis.from_url(url)
-    subs = [Redis.from_url(url) for _ in range(workers)]
-    clients = [Redis.from_url(url) for _ in range(workers)]
+    cluster = is_cluster_url(url)
+    producer = raw_client(url)
+    reader = raw_client(url)
+    if cluster:
+        subs = [await node_client_for(producer, f"{p}control:{k}") for k in range(workers)]
+    else:
+        subs = [Redis.from_url(url) for _ in range(workers)]
+    clients = [raw_client(url) for _ in range(workers)]
     ready = 0
+    kind = "smessage" if cluster else "message"
 
     async def subscriber(k: int) -> None:
         nonlocal ready
         pubsub = subs[k].pubsub()
         client = clients[k]
         try:
-            await pubsub.subscribe(f"{p}control:{k}")
+            if cluster:
+                await pubsub.ssubscribe(f"{p}control:{k}")
+            else:
+                await pubsub.subscribe(f"{p}control:{k}")
             while (await pubsub.get_message(timeout=1)) is None:
                 pass
             ready += 1
             while True:
                 msg = await pubsub.get_message(timeout=None)
-                if msg is None or msg["type"] != "message":
+                if msg is None or msg["type"] != kind:
                     continue
                 notice = json.loads(msg["data"])
                 config = await client.hgetall(f"{p}account:{notice['account_id']}")
@@ -104,7 +121,11 @@ async def floor_throughput(url: str, workers: int, total: int, batch: int) -> di
                             acc = f"a{k}"
                             pipe.hset(f"{p}account:{acc}", mapping={"name": f"r{version}"})
                             pipe.hincrby(f"{p}account:{acc}", "config_version", 1)
-                            pipe.publish(f"{p}control:{w}", json.dumps({"account_id": acc}))
+                            payload = json.dumps({"account_id": acc})
+                            if cluster:
+                                pipe.spublish(f"{p}control:{w}", payload)
+                            else:
+                                pipe.publish(f"{p}control:{w}", payload)
                             sent += 1
                         await pipe.execute()
                 t_sent = now()

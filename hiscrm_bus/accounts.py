@@ -459,7 +459,8 @@ class AccountStore:
     async def create(self, config: AccountConfig) -> AccountConfig:
         config = config.model_copy(update={"config_version": 1, "updated_at": utcnow()})
         flat = [item for pair in to_hash(config).items() for item in pair]
-        created = await call(self._create(keys=self._create_keys(config), args=flat))
+        call_ = (self._create, self._create_keys(config), flat)
+        (created,) = await run_scripts(self.redis, [call_], durable=True)
         if not created:
             raise AccountExists(f"account {config.id} exists already")
         return config
@@ -475,7 +476,7 @@ class AccountStore:
             (self._create, self._create_keys(c), [i for pair in to_hash(c).items() for i in pair])
             for c in made
         ]
-        replies = await run_scripts(self.redis, calls)
+        replies = await run_scripts(self.redis, calls, durable=True)
         return [
             config if created else AccountExists(f"account {config.id} exists already")
             for config, created in zip(made, replies, strict=True)
@@ -705,7 +706,7 @@ class AccountStore:
             calls.append((self._update, write.keys, write.args))
             sent.append((len(results), current, write.new, write.fields))
             results.append(None)  # filled from the reply below
-        replies = await run_scripts(self.redis, calls)
+        replies = await run_scripts(self.redis, calls, durable=True)
         for (index, current, new, fields), reply in zip(sent, replies, strict=True):
             version = int(reply)
             if version < 0:

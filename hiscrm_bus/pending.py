@@ -322,7 +322,7 @@ class PendingTracker:
                 (self._record, *self.record_call(update, worker_id))
                 for update, worker_id in updates
             ]
-            await run_scripts(self.redis, calls)
+            await run_scripts(self.redis, calls, durable=True)
             return
         if pipe is not None:
             for update, worker_id in updates:

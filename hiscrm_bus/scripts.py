@@ -6,33 +6,57 @@ concurrently instead, each straight to the node that owns its keys' slot (at mos
 ``CONCURRENCY`` at once): one round trip per node, in parallel, but in no given order
 across calls. A caller that needs one call done before another (an update recorded
 before it is published) awaits the first batch before sending the second.
+
+A cluster replicates asynchronously: a primary that dies right after answering takes
+with it what its replica had not received yet. ``durable`` calls (the writes of config
+updates and their pending records) are therefore sent, per node, on one connection
+followed by ``WAIT 1``: they return once a replica has them too (or after
+``REPLICA_WAIT_MS``, with a warning, when no replica answers in time), so a failover
+right after cannot take back an update the caller was told about.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import anyio
+from redis import exceptions as rexc
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
 
 from .connection import call, call_each, is_cluster
 from .errors import Unavailable
+from .nodes import on_node
+
+log = logging.getLogger(__name__)
 
 # calls in flight at once on a cluster: within redis-py's default pool per node
 CONCURRENCY = 64
 ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]
+# how long a durable write waits for a replica of its primary to have it
+REPLICA_WAIT_MS = 1000
+_DURABLE_ATTEMPTS = 3  # a moved slot or an unloaded script: send those calls again
+_UNSENT = object()  # a durable call's place before its reply
 
 
 async def run_scripts(
-    redis: Redis, calls: Sequence[ScriptCall], *, each_error: bool = False
+    redis: Redis, calls: Sequence[ScriptCall], *, each_error: bool = False, durable: bool = False
 ) -> list[Any]:
     """The replies of ``calls`` (script, keys, args), in order. ``each_error``: one
     call's error reply is its result instead of the whole batch's exception (an outage
-    is still everyone's: BusUnavailable)."""
+    is still everyone's: BusUnavailable). ``durable``: on a cluster, return once a
+    replica has the writes too (see above)."""
     if not calls:
         return []
+    if durable and is_cluster(redis):
+        results = await _durable(cast(RedisCluster, redis), calls)
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors and not each_error:
+            raise errors[0]
+        return results
     if len(calls) == 1 and not each_error:
         script, keys, args = calls[0]
         return [await call(script(keys=keys, args=args))]
@@ -109,3 +133,74 @@ def _spublish_thunk(
     redis: Redis, channel: str, payload: bytes | str
 ) -> Callable[[], Awaitable[Any]]:
     return lambda: redis.spublish(channel, payload)
+
+
+async def _durable(cluster: RedisCluster, calls: Sequence[ScriptCall]) -> list[Any]:
+    """``calls`` as EVALSHA, grouped per primary, each group on one connection of its
+    node followed by WAIT 1: the replies (error replies in place) once a replica has
+    the writes. A call whose slot moved, or whose script the node does not have, is
+    sent again; what still does not land goes the plain way (which follows ASK
+    redirects during a slot's migration itself)."""
+    results: list[Any] = [_UNSENT] * len(calls)
+    todo = list(range(len(calls)))
+    for _attempt in range(_DURABLE_ATTEMPTS):
+        await call(cluster.initialize())
+        groups: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for index in todo:
+            node = cluster.get_node_from_key(calls[index][1][0])
+            if node is not None:  # None: no primary serves the slot; the plain way says so
+                groups.setdefault(node.name, (node, []))[1].append(index)
+        rounds: list[_Round] = []
+        async with anyio.create_task_group() as tg:
+            for node, indexes in groups.values():
+                rounds.append(_Round(node, indexes))
+                tg.start_soon(rounds[-1].run, calls, results)
+        missing = {script for r in rounds for script in r.missing}
+        for script in missing:  # Redis forgets scripts on restart; a new primary never had them
+            await call(cluster.script_load(script.script))
+        if any(r.moved for r in rounds):
+            await call(cluster.nodes_manager.initialize())
+        todo = [i for i in todo if results[i] is _UNSENT]
+        if not todo:
+            return results
+    rest = await concurrently([_script_thunk(*calls[i]) for i in todo], each_error=True)
+    for index, reply in zip(todo, rest, strict=True):
+        results[index] = reply
+    return results
+
+
+class _Round:
+    """One node's share of a durable batch: its EVALSHAs and a WAIT, on one connection."""
+
+    def __init__(self, node: ClusterNode, indexes: list[int]) -> None:
+        self.node = node
+        self.indexes = indexes
+        self.missing: set[AsyncScript] = set()
+        self.moved = False
+
+    async def run(self, calls: Sequence[ScriptCall], results: list[Any]) -> None:
+        commands = [_evalsha(calls[i]) for i in self.indexes]
+        replies = await on_node(self.node, [*commands, ("WAIT", "1", str(REPLICA_WAIT_MS))])
+        landed = 0
+        for index, reply in zip(self.indexes, replies, strict=False):
+            if isinstance(reply, rexc.NoScriptError):
+                self.missing.add(calls[index][0])
+            elif isinstance(reply, rexc.MovedError | rexc.AskError):
+                self.moved = True
+            else:
+                results[index] = reply
+                landed += 1
+        acked = replies[-1]
+        if landed and isinstance(acked, int) and acked < 1:
+            log.warning(
+                "no replica of %s confirmed %d write(s) within %d ms: a failover now could "
+                "lose them",
+                self.node.name,
+                landed,
+                REPLICA_WAIT_MS,
+            )
+
+
+def _evalsha(script_call: ScriptCall) -> tuple[str, ...]:
+    script, keys, args = script_call
+    return ("EVALSHA", str(script.sha), str(len(keys)), *keys, *args)

@@ -208,7 +208,8 @@ class Updates:
             result = AccountUpdate(account_id, version + 1, write.fields, owner, owner)
             message = self.message(result, reason)
             keys, args = self._change_call(write.keys, write.args, message, owner)
-            reply = await call(self._change(keys=keys, args=args))
+            # on a cluster: back once a replica has the write (a failover keeps it)
+            (reply,) = await run_scripts(self.redis, [(self._change, keys, args)], durable=True)
             code, receivers = int(reply[0]), int(reply[1])
             if code == -2 and expect_version is None:
                 continue  # someone wrote in between: read again
@@ -287,7 +288,7 @@ class Updates:
             )
             calls.append((result, message, owner))
         # one account's error reply is its own result; an outage is everyone's
-        replies = await run_scripts(self.redis, scripts, each_error=True)
+        replies = await run_scripts(self.redis, scripts, each_error=True, durable=True)
         sent: list[tuple[AccountConfigUpdate, str]] = []
         receivers: list[int] = []
         for (result, message, owner), reply in zip(calls, replies, strict=True):

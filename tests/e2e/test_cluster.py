@@ -6,6 +6,7 @@ shard, and a primary killed mid-workload with nothing lost."""
 from __future__ import annotations
 
 import itertools
+import json
 import signal
 import subprocess
 import sys
@@ -110,6 +111,26 @@ def test_a_fleet_wide_change_reaches_every_shard(
     assert stack.pending_count() == 0
     listing = stack.cli("account", "list", check=True).stdout
     assert all(account_id in listing for account_id in ids)
+
+
+def test_operator_commands_on_a_cluster(stack: Stack) -> None:
+    stack.master()
+    stack.worker("w1")
+    stack.add("acc-1")
+    stack.add("acc-2")
+    stack.wait_task("w1", "acc-2", "waiting_login")
+    shown = stack.cli("account", "show", "acc-1", check=True).stdout
+    assert "acc-1" in shown and "w1" in shown
+    seen = stack.cli("diagnose", "acc-1", "--json")
+    doc = json.loads(seen.stdout)
+    assert doc["accounts"][0]["id"] == "acc-1"
+    assert {w["id"] for w in doc["workers"]} == {"w1"}
+    removed = stack.cli("account", "remove", "acc-2")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    wait_for(lambda: stack.task("w1", "acc-2") is None, what="acc-2's task stopped")
+    listing = stack.cli("account", "list", check=True).stdout
+    assert "acc-1" in listing and "acc-2" not in listing
+    assert not stack.r.exists(stack.keys.account("acc-2"))
 
 
 def fleet_of_two(stack: Stack, tmp_path: Path) -> dict[str, str]:

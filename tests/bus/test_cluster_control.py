@@ -65,6 +65,18 @@ def slot_of(redis: Redis, settings: BusSettings, worker_id: str = "w1") -> int:
     return int(redis.keyslot(settings.keys.control(worker_id)))
 
 
+async def followed_to(
+    probe: Probe, sub: ControlSubscription, bus: Bus, port: int, *, version: int
+) -> None:
+    """The subscription moved to the node on ``port`` (its second subscribe, reconciled)
+    and a message published there now arrives."""
+    redis, settings = bus
+    await probe.wait_subscribed(2, timeout_s=30)
+    assert sub.node == (HOST, port)
+    assert await publish(redis, settings, "w1", note(version)) == 1
+    assert (await probe.next()).config_version == version
+
+
 def other_primary(cluster: RedisCluster, port: int) -> int:
     return next(p for p in cluster.primaries() if p != port)
 
@@ -131,10 +143,7 @@ async def test_a_slot_moved_by_redis_cli_reshard_is_followed(
         await tg.start(sub.run)
         await anyio.to_thread.run_sync(cluster.reshard, owner, target, below)
         assert cluster.owner_of(slot) == target
-        await probe.wait_subscribed(2, timeout_s=30)
-        assert sub.node == (HOST, target)
-        assert await publish(redis, settings, "w1", note(7)) == 1
-        assert (await probe.next()).config_version == 7
+        await followed_to(probe, sub, (redis, settings), target, version=7)
         tg.cancel_scope.cancel()
 
 
@@ -150,10 +159,7 @@ async def test_a_killed_owner_is_replaced_and_followed(
         await tg.start(sub.run)
         await anyio.to_thread.run_sync(cluster.kill, owner)
         assert await anyio.to_thread.run_sync(cluster.wait_failover, owner) == replica
-        await probe.wait_subscribed(2, timeout_s=30)
-        assert sub.node == (HOST, replica)
-        assert await publish(redis, settings, "w1", note(1)) == 1
-        assert (await probe.next()).config_version == 1
+        await followed_to(probe, sub, (redis, settings), replica, version=1)
         # the old owner comes back as a replica: nothing changes for the subscription
         await anyio.to_thread.run_sync(cluster.restart, owner)
         assert await publish(redis, settings, "w1", note(2)) == 1
@@ -172,10 +178,7 @@ async def test_a_manual_failover_is_followed(own_cluster: RedisCluster, own_bus:
         await tg.start(sub.run)
         # the owner turns replica: it unsubscribes its shard channels' subscribers
         await anyio.to_thread.run_sync(cluster.promote, replica)
-        await probe.wait_subscribed(2, timeout_s=30)
-        assert sub.node == (HOST, replica)
-        assert await publish(redis, settings, "w1", note(1)) == 1
-        assert (await probe.next()).config_version == 1
+        await followed_to(probe, sub, (redis, settings), replica, version=1)
         tg.cancel_scope.cancel()
 
 

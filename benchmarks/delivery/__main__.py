@@ -25,6 +25,7 @@ from .infra import (
     Flush,
     LogTally,
     describe_machine,
+    describe_revision,
     hiredis_available,
     redis_cluster,
     redis_server,
@@ -245,7 +246,12 @@ def report_sections(args: argparse.Namespace, results: dict[str, Any], env: str)
     if args.cluster:
         delivery = {k: v for k, v in results.items() if k != "ingest"}
         sections.append(
-            (CLUSTER_SECTION + hiredis, delivery, *build_report(delivery), CLUSTER_INTRO)
+            (
+                CLUSTER_SECTION + hiredis,
+                delivery,
+                *build_report(delivery),
+                CLUSTER_INTRO + f" Library measured: {describe_revision()}.",
+            )
         )
     elif set(args.only) & DELIVERY_PARTS:
         delivery = {k: v for k, v in results.items() if k != "ingest"}

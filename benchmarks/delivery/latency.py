@@ -12,7 +12,7 @@ import anyio
 from redis.asyncio import Redis
 
 from hiscrm_bus.accounts import AccountConfig
-from hiscrm_bus.connection import connect
+from hiscrm_bus.connection import connect, is_cluster
 from hiscrm_bus.streams import Received
 from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
 from hiscrm_master.service import Master
@@ -113,6 +113,22 @@ class FloorRoundTrip:
         await aclose_all(*dict.fromkeys((self.master, self.worker, self.sub)))
 
 
+class TimedScript:
+    """A registered script whose calls note when they are sent (its ninth argument is
+    the update id); everything else (``sha``, …) is the script's own."""
+
+    def __init__(self, script: Any, sent: dict[str, float]) -> None:
+        self._script = script
+        self._sent = sent
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._script, name)
+
+    async def __call__(self, *, keys: list[Any], args: list[Any], **kw: Any) -> Any:
+        self._sent.setdefault(str(args[8]), now())
+        return await self._script(keys=keys, args=args, **kw)
+
+
 async def bench_latency(  # noqa: PLR0915 - one measurement, read top to bottom
     url: str, n: int, warmup: int, workdir: Path, idle_workers: int = 0
 ) -> dict[str, Any]:
@@ -170,13 +186,19 @@ async def bench_latency(  # noqa: PLR0915 - one measurement, read top to bottom
     updates.notify = timed_notify  # type: ignore[method-assign]
     # the one-call path (the owner stays) records and PUBLISHes inside its Lua call:
     # the round trip starts when that call is sent (its ninth argument is the update id)
-    change_call = updates._change
+    updates._change = TimedScript(updates._change, publishing)  # type: ignore[assignment]
+    if is_cluster(credis):
+        # on a cluster that call writes and records (and waits for a replica); the
+        # caller SPUBLISHes after it: the round trip starts there
+        publish_call = updates._publish
 
-    async def timed_change(*, keys: list[Any], args: list[Any]) -> Any:
-        publishing.setdefault(str(args[8]), now())
-        return await change_call(keys=keys, args=args)
+        async def timed_publish(sends: Sequence[Any], *a: Any, **kw: Any) -> Any:
+            t = now()
+            for message, _owner in sends:
+                publishing.setdefault(message.update_id, t)
+            return await publish_call(sends, *a, **kw)
 
-    updates._change = timed_change  # type: ignore[assignment]
+        updates._publish = timed_publish  # type: ignore[method-assign,assignment]
 
     account = "lat-1"
     sent_at: dict[str, float] = {}

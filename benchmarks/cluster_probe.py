@@ -88,7 +88,9 @@ async def probe(url: str, workdir: Path, n: int) -> dict[str, list[float]]:
                 update_id = sent.update_id
                 await wait_until(lambda: update_id in seen, 5, "the Master")  # noqa: B023 - awaited here
                 t3 = now()
-                await updates.tracker.wait_outcomes([sent.update_id], after, 10)
+                await updates.tracker.wait_outcomes(
+                    [sent.update_id], after, 10, accounts=[sent.account_id]
+                )
                 out["change"].append(t1 - t0)
                 out["in_stream"].append(t2 - t1)
                 out["master"].append(seen[update_id] - t1)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -537,11 +537,17 @@ class PendingTracker:
         return dict(zip(streams, ids, strict=True))
 
     @asynccontextmanager
-    async def outcome_feed(self, after: str) -> AsyncIterator[AsyncIterator[Outcome]]:
-        """Every outcome recorded after cursor ``after``, as it is recorded, for as long
-        as the context lasts. On a cluster one blocking read per bucket (each in its own
-        slot) feeds them, side by side."""
+    async def outcome_feed(
+        self, after: str, accounts: Iterable[str] | None = None
+    ) -> AsyncIterator[AsyncIterator[Outcome]]:
+        """Every outcome recorded after cursor ``after`` (of ``accounts`` at least, when
+        given; on a cluster only their buckets are followed), as it is recorded, for as
+        long as the context lasts. On a cluster one blocking read per bucket (each in its
+        own slot) feeds them, side by side."""
         cursors = self._cursors(after)
+        if accounts is not None and len(cursors) > 1:
+            wanted = {self.keys.outcomes(self.keys.bucket(a)) for a in accounts}
+            cursors = {stream: at for stream, at in cursors.items() if stream in wanted}
         if len(cursors) == 1:
             async with aclosing(self._feed(cursors)) as feed:
                 yield feed
@@ -607,16 +613,23 @@ class PendingTracker:
         return found, _CURSORS.join(cursors.values())
 
     async def wait_outcomes(
-        self, update_ids: Sequence[str], after: str, timeout_s: float
+        self,
+        update_ids: Sequence[str],
+        after: str,
+        timeout_s: float,
+        *,
+        accounts: Iterable[str] | None = None,
     ) -> dict[str, Outcome]:
-        """Outcomes of ``update_ids`` recorded after entry ``after``, waiting up to
-        ``timeout_s``; the ones still unknown at the deadline are missing from the result."""
+        """Outcomes of ``update_ids`` recorded after cursor ``after``, waiting up to
+        ``timeout_s``; the ones still unknown at the deadline are missing from the result.
+        ``accounts``: the updates' accounts, when known (on a cluster, only their buckets
+        are then followed: one blocking read for one account, not one per bucket)."""
         wanted = set(update_ids)
         found: dict[str, Outcome] = {}
         if not wanted:
             return found
         with anyio.move_on_after(timeout_s):
-            async with self.outcome_feed(after) as outcomes:
+            async with self.outcome_feed(after, accounts) as outcomes:
                 async for outcome in outcomes:
                     if outcome.update_id in wanted:
                         found[outcome.update_id] = outcome
@@ -641,7 +654,7 @@ class PendingTracker:
         """The first outcome recorded after ``after`` for an update of ``account_id``
         newer than ``above_version``, or None at the deadline."""
         with anyio.move_on_after(timeout_s):
-            async with self.outcome_feed(after) as outcomes:
+            async with self.outcome_feed(after, [account_id]) as outcomes:
                 async for outcome in outcomes:
                     if outcome.account_id == account_id and outcome.version > above_version:
                         return outcome

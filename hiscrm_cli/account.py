@@ -300,7 +300,10 @@ def set_(
             if not wait:
                 return EXIT_FAILED if errors else EXIT_OK
             tracked = {m.update_id: m for m in sent if m is not None}
-            outcomes = await updates.tracker.wait_outcomes(list(tracked), after, timeout)
+            accounts = [m.account_id for m in tracked.values()]
+            outcomes = await updates.tracker.wait_outcomes(
+                list(tracked), after, timeout, accounts=accounts
+            )
             elapsed = time.monotonic() - started
             owners = {r.account_id: r.worker_id for r in written}
             return _report(tracked, outcomes, owners, elapsed, single=account_id is not None)
@@ -460,7 +463,10 @@ def import_(
             if not wait:
                 return code
             tracked = {m.update_id: m for m in done.sent}
-            outcomes = await updates.tracker.wait_outcomes(list(tracked), after, timeout)
+            accounts = [m.account_id for m in tracked.values()]
+            outcomes = await updates.tracker.wait_outcomes(
+                list(tracked), after, timeout, accounts=accounts
+            )
             elapsed = time.monotonic() - started
             waited = _report(tracked, outcomes, done.owners(), elapsed, single=False)
             return waited if waited != EXIT_OK else code

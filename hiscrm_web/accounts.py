@@ -196,7 +196,7 @@ async def apply(c: Console, account_id: str, changes: Mapping[str, Any]) -> tupl
             "(a running Master assigns one)",
         ), 200
     budget = wait_budget_s(c)
-    found = await tracker.wait_outcomes([sent.update_id], after, budget)
+    found = await tracker.wait_outcomes([sent.update_id], after, budget, accounts=[account_id])
     return said_of(found.get(sent.update_id), result.worker_id, budget), 200
 
 

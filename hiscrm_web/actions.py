@@ -171,7 +171,10 @@ async def fleet_change(request: Request) -> Response:
     written = [r for r in results if isinstance(r, AccountUpdate)]
     errors = [r for r in results if isinstance(r, Exception)]
     tracked = {m.update_id: m for m in sent if m is not None}
-    outcomes = await tracker.wait_outcomes(list(tracked), after, wait_budget_s(c))
+    accounts = [m.account_id for m in tracked.values()]
+    outcomes = await tracker.wait_outcomes(
+        list(tracked), after, wait_budget_s(c), accounts=accounts
+    )
     counts = tally(tracked, outcomes, {r.account_id: r.worker_id for r in written})
     result = ActionResult(
         message=f"{len(written)} account(s) written",

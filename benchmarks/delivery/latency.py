@@ -225,7 +225,9 @@ async def bench_latency(  # noqa: PLR0915 - one measurement, read top to bottom
                 _write, sent = await updates.change(account, {"name": f"n{i}"}, "admin_update")
                 t_pub = now()
                 assert sent is not None
-                found = await updates.tracker.wait_outcomes([sent.update_id], after, 10)
+                found = await updates.tracker.wait_outcomes(
+                    [sent.update_id], after, 10, accounts=[account]
+                )
                 t1 = now()
                 outcome = found.get(sent.update_id)
                 statuses[outcome.status if outcome else "timeout"] += 1

@@ -80,11 +80,13 @@ clean:
 BENCH_ARGS ?=
 bench: bootstrap
 	$(PY) -m benchmarks.delivery $(BENCH_ARGS)
+	$(PY) -m benchmarks.delivery --cluster $(BENCH_ARGS)
 	$(PY) -m benchmarks.web
 	$(PY) -m benchmarks.startup
 
 bench-smoke: bootstrap
 	$(PY) -m benchmarks.delivery --smoke
+	$(PY) -m benchmarks.delivery --smoke --cluster
 	$(PY) -m benchmarks.web --smoke
 	$(PY) -m benchmarks.startup --smoke
 

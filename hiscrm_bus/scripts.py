@@ -1,11 +1,12 @@
 """Many Lua script calls (or publishes) in one round trip, on one Redis or a Redis Cluster.
 
 On one Redis the calls go in one pipeline: one connection runs them in order. redis-py's
-cluster pipeline refuses EVALSHA and the publish commands, so on a cluster the calls run
-concurrently instead, each straight to the node that owns its keys' slot (at most
-``CONCURRENCY`` at once): one round trip per node, in parallel, but in no given order
-across calls. A caller that needs one call done before another (an update recorded
-before it is published) awaits the first batch before sending the second.
+cluster pipeline refuses EVALSHA and the publish commands, so on a cluster the calls are
+grouped by the primary that owns their keys' slot and each group goes as one pipeline on
+one connection of its node (``hiscrm_bus.nodes.on_node``): one round trip per node, all
+nodes at once, in order within a node but in no given order across nodes. A caller that
+needs one call done before another (an update recorded before it is published) awaits
+the first batch before sending the second.
 
 A cluster replicates asynchronously: a primary that dies right after answering takes
 with it what its replica had not received yet. ``durable`` calls (the writes of config
@@ -38,8 +39,8 @@ CONCURRENCY = 64
 ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]
 # how long a durable write waits for a replica of its primary to have it
 REPLICA_WAIT_MS = 1000
-_DURABLE_ATTEMPTS = 3  # a moved slot or an unloaded script: send those calls again
-_UNSENT = object()  # a durable call's place before its reply
+_ATTEMPTS = 3  # a moved slot or an unloaded script: send those calls again
+_UNSENT = object()  # a call's place before its reply
 
 
 async def run_scripts(
@@ -51,8 +52,8 @@ async def run_scripts(
     replica has the writes too (see above)."""
     if not calls:
         return []
-    if durable and is_cluster(redis):
-        results = await _durable(cast(RedisCluster, redis), calls)
+    if is_cluster(redis) and (durable or each_error or len(calls) > 1):
+        results = await _per_node(cast(RedisCluster, redis), calls, wait=durable)
         errors = [r for r in results if isinstance(r, Exception)]
         if errors and not each_error:
             raise errors[0]
@@ -60,11 +61,6 @@ async def run_scripts(
     if len(calls) == 1 and not each_error:
         script, keys, args = calls[0]
         return [await call(script(keys=keys, args=args))]
-    if is_cluster(redis):
-        return await concurrently(
-            [_script_thunk(script, keys, args) for script, keys, args in calls],
-            each_error=each_error,
-        )
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
             await script(keys=keys, args=args, client=pipe)
@@ -135,15 +131,15 @@ def _spublish_thunk(
     return lambda: redis.spublish(channel, payload)
 
 
-async def _durable(cluster: RedisCluster, calls: Sequence[ScriptCall]) -> list[Any]:
-    """``calls`` as EVALSHA, grouped per primary, each group on one connection of its
-    node followed by WAIT 1: the replies (error replies in place) once a replica has
-    the writes. A call whose slot moved, or whose script the node does not have, is
-    sent again; what still does not land goes the plain way (which follows ASK
-    redirects during a slot's migration itself)."""
+async def _per_node(cluster: RedisCluster, calls: Sequence[ScriptCall], *, wait: bool) -> list[Any]:
+    """``calls`` as EVALSHA, grouped per primary, each group on one connection of its node
+    (with ``wait``, followed by WAIT 1): the replies (error replies in place), with
+    ``wait`` once a replica has the writes. A call whose slot moved, or whose script the
+    node does not have, is sent again; what still does not land goes the plain way
+    (which follows ASK redirects during a slot's migration itself)."""
     results: list[Any] = [_UNSENT] * len(calls)
     todo = list(range(len(calls)))
-    for _attempt in range(_DURABLE_ATTEMPTS):
+    for _attempt in range(_ATTEMPTS):
         await call(cluster.initialize())
         groups: dict[str, tuple[ClusterNode, list[int]]] = {}
         for index in todo:
@@ -153,7 +149,7 @@ async def _durable(cluster: RedisCluster, calls: Sequence[ScriptCall]) -> list[A
         rounds: list[_Round] = []
         async with anyio.create_task_group() as tg:
             for node, indexes in groups.values():
-                rounds.append(_Round(node, indexes))
+                rounds.append(_Round(node, indexes, wait=wait))
                 tg.start_soon(rounds[-1].run, calls, results)
         missing = {script for r in rounds for script in r.missing}
         for script in missing:  # Redis forgets scripts on restart; a new primary never had them
@@ -170,17 +166,20 @@ async def _durable(cluster: RedisCluster, calls: Sequence[ScriptCall]) -> list[A
 
 
 class _Round:
-    """One node's share of a durable batch: its EVALSHAs and a WAIT, on one connection."""
+    """One node's share of a batch: its EVALSHAs (and a WAIT), on one connection."""
 
-    def __init__(self, node: ClusterNode, indexes: list[int]) -> None:
+    def __init__(self, node: ClusterNode, indexes: list[int], *, wait: bool) -> None:
         self.node = node
         self.indexes = indexes
+        self.wait = wait
         self.missing: set[AsyncScript] = set()
         self.moved = False
 
     async def run(self, calls: Sequence[ScriptCall], results: list[Any]) -> None:
         commands = [_evalsha(calls[i]) for i in self.indexes]
-        replies = await on_node(self.node, [*commands, ("WAIT", "1", str(REPLICA_WAIT_MS))])
+        if self.wait:
+            commands.append(("WAIT", "1", str(REPLICA_WAIT_MS)))
+        replies = await on_node(self.node, commands)
         landed = 0
         for index, reply in zip(self.indexes, replies, strict=False):
             if isinstance(reply, rexc.NoScriptError):
@@ -190,7 +189,7 @@ class _Round:
             else:
                 results[index] = reply
                 landed += 1
-        acked = replies[-1]
+        acked = replies[-1] if self.wait else None
         if landed and isinstance(acked, int) and acked < 1:
             log.warning(
                 "no replica of %s confirmed %d write(s) within %d ms: a failover now could "

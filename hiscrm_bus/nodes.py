@@ -19,7 +19,7 @@ from .errors import BusUnavailable
 
 log = logging.getLogger(__name__)
 
-Command = tuple[str, ...]
+Command = tuple[str | bytes, ...]
 
 
 _DOWN_FLAGS = {"fail", "handshake", "noaddr"}

@@ -75,11 +75,11 @@ async def publish_each(redis: Redis, messages: Sequence[tuple[str, bytes | str]]
     many subscribers got each."""
     if not messages:
         return []
+    if is_cluster(redis) and len(messages) > 1:
+        return await _spublish_per_node(cast(RedisCluster, redis), messages)
     if is_cluster(redis):
-        replies = await concurrently(
-            [_spublish_thunk(redis, channel, payload) for channel, payload in messages]
-        )
-        return [int(r) for r in replies]
+        (channel, payload) = messages[0]
+        return [int(await call(redis.spublish(channel, payload)))]
     if len(messages) == 1:
         channel, payload = messages[0]
         return [int(await call(redis.publish(channel, payload)))]
@@ -87,6 +87,41 @@ async def publish_each(redis: Redis, messages: Sequence[tuple[str, bytes | str]]
         for channel, payload in messages:
             pipe.publish(channel, payload)
         return [int(r) for r in await call(pipe.execute())]
+
+
+async def _spublish_per_node(
+    cluster: RedisCluster, messages: Sequence[tuple[str, bytes | str]]
+) -> list[int]:
+    """SPUBLISH of each message, grouped per primary owning its channel's slot, one
+    pipeline per node, all nodes at once; a message a node answers MOVED or ASK for
+    (its slot just moved) is published again the plain way, which follows redirects."""
+    await call(cluster.initialize())
+    groups: dict[str, tuple[ClusterNode, list[int]]] = {}
+    for index, (channel, _payload) in enumerate(messages):
+        node = cluster.get_node_from_key(channel)
+        if node is not None:
+            groups.setdefault(node.name, (node, []))[1].append(index)
+    results: list[Any] = [_UNSENT] * len(messages)
+
+    async def one(node: ClusterNode, indexes: list[int]) -> None:
+        commands = [("SPUBLISH", *messages[i]) for i in indexes]
+        for index, reply in zip(indexes, await on_node(node, commands), strict=True):
+            if not isinstance(reply, rexc.AskError):  # MovedError is an AskError too
+                results[index] = reply
+
+    async with anyio.create_task_group() as tg:
+        for node, indexes in groups.values():
+            tg.start_soon(one, node, indexes)
+    rest = [i for i, r in enumerate(results) if r is _UNSENT]
+    if rest:
+        client = cast(Redis, cluster)  # the plain calls take either client
+        again = await concurrently([_spublish_thunk(client, *messages[i]) for i in rest])
+        for index, reply in zip(rest, again, strict=True):
+            results[index] = reply
+    errors = [r for r in results if isinstance(r, Exception)]
+    if errors:
+        raise errors[0]
+    return [int(r) for r in results]
 
 
 async def concurrently(

@@ -89,18 +89,28 @@ async def publish_each(redis: Redis, messages: Sequence[tuple[str, bytes | str]]
         return [int(r) for r in await call(pipe.execute())]
 
 
+async def _by_primary(
+    cluster: RedisCluster, keys: dict[int, str]
+) -> dict[str, tuple[ClusterNode, list[int]]]:
+    """The indexes of ``keys`` (index -> a key of that call) grouped by the primary that
+    serves the key's slot, as the client's map has it. A key no primary serves is left
+    out: the plain way, which the callers fall back to, reports it."""
+    await call(cluster.initialize())
+    groups: dict[str, tuple[ClusterNode, list[int]]] = {}
+    for index, key in keys.items():
+        node = cluster.get_node_from_key(key)
+        if node is not None:
+            groups.setdefault(node.name, (node, []))[1].append(index)
+    return groups
+
+
 async def _spublish_per_node(
     cluster: RedisCluster, messages: Sequence[tuple[str, bytes | str]]
 ) -> list[int]:
     """SPUBLISH of each message, grouped per primary owning its channel's slot, one
     pipeline per node, all nodes at once; a message a node answers MOVED or ASK for
     (its slot just moved) is published again the plain way, which follows redirects."""
-    await call(cluster.initialize())
-    groups: dict[str, tuple[ClusterNode, list[int]]] = {}
-    for index, (channel, _payload) in enumerate(messages):
-        node = cluster.get_node_from_key(channel)
-        if node is not None:
-            groups.setdefault(node.name, (node, []))[1].append(index)
+    groups = await _by_primary(cluster, {i: channel for i, (channel, _m) in enumerate(messages)})
     results: list[Any] = [_UNSENT] * len(messages)
 
     async def one(node: ClusterNode, indexes: list[int]) -> None:
@@ -175,12 +185,7 @@ async def _per_node(cluster: RedisCluster, calls: Sequence[ScriptCall], *, wait:
     results: list[Any] = [_UNSENT] * len(calls)
     todo = list(range(len(calls)))
     for _attempt in range(_ATTEMPTS):
-        await call(cluster.initialize())
-        groups: dict[str, tuple[ClusterNode, list[int]]] = {}
-        for index in todo:
-            node = cluster.get_node_from_key(calls[index][1][0])
-            if node is not None:  # None: no primary serves the slot; the plain way says so
-                groups.setdefault(node.name, (node, []))[1].append(index)
+        groups = await _by_primary(cluster, {i: calls[i][1][0] for i in todo})
         rounds: list[_Round] = []
         async with anyio.create_task_group() as tg:
             for node, indexes in groups.values():

@@ -25,7 +25,7 @@ from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster as ClusterClient
 from redis.retry import Retry
 
-from hiscrm_cli.localcluster import HOST, free_cluster_port
+from hiscrm_cli.localcluster import HOST, cluster_url, free_cluster_port
 from tests.redis_server import _quoted
 
 POLL_S = 0.02  # polling processes we started; there is no event to await
@@ -129,6 +129,11 @@ class RedisCluster:
     def startup_nodes(self) -> list[tuple[str, int]]:
         """(host, port) of every node, for a cluster client's startup nodes."""
         return [(HOST, port) for port in self.ports]
+
+    @property
+    def cluster_url(self) -> str:
+        """The ``redis+cluster://`` URL naming every node, as hiscrm takes it."""
+        return cluster_url(self.ports)
 
     @property
     def url(self) -> str:

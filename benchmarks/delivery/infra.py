@@ -25,6 +25,8 @@ from redis.cluster import RedisCluster as SyncCluster
 
 from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.messages import MAX_ACKS_PER_MESSAGE
+from hiscrm_bus.pending import PendingTracker
+from hiscrm_bus.settings import cluster_nodes, is_cluster_url
 from hiscrm_master.updates import Updates
 
 if TYPE_CHECKING:
@@ -34,7 +36,6 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Delivery (DESIGN.md §7)"
 CLUSTER_SECTION = "## Redis Cluster (issue 13)"
-CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 INGEST_SECTION = "## Crawled data: ingest and Redis memory (issue 16)"
 CELERY_VENV = ROOT / "var" / "bench" / "celery-venv"
 CELERY = ("celery[redis]",)
@@ -76,21 +77,7 @@ def redis_cluster(workdir: Path) -> Iterator[str]:
     except RuntimeError as exc:  # not installed
         raise SystemExit(str(exc)) from None
     with running_cluster(cluster):
-        yield "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in cluster.startup_nodes) + "/"
-
-
-def is_cluster_url(url: str) -> bool:
-    return url.startswith(CLUSTER_SCHEMES)
-
-
-def cluster_nodes(url: str) -> list[tuple[str, int]]:
-    """``(host, port)`` of every node a ``redis+cluster://h:p,h:p/`` URL names."""
-    netloc = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
-    out = []
-    for node in netloc.split(","):
-        host, _, port = node.rpartition(":")
-        out.append((host, int(port)))
-    return out
+        yield cluster.cluster_url
 
 
 def raw_client(url: str) -> Redis:
@@ -268,6 +255,29 @@ async def send_rounds(
             }
         sent += sum(1 for m in notices if m is not None)
         rnd += 1
+
+
+class OutcomeCount:
+    """Counts the outcomes recorded after a cursor until ``total`` have ended; run
+    :meth:`run` as a task (``await tg.start(count.run, tracker, after)``)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.statuses: Counter[str] = Counter()
+        self.done = anyio.Event()
+        self.done_at = 0.0  # when the last one was seen (``now()``), 0 until then
+
+    async def run(
+        self, tracker: PendingTracker, after: str, *, task_status: Any = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        async with tracker.outcome_feed(after) as outcomes:
+            async for outcome in outcomes:
+                self.statuses[outcome.status] += 1
+                if sum(self.statuses.values()) >= self.total:
+                    self.done_at = now()
+                    self.done.set()
+                    return
 
 
 def start_up_acks(owner: Mapping[str, str]) -> int:

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.connection import connect, is_cluster
+from hiscrm_bus.settings import is_cluster_url
 from hiscrm_bus.streams import Received
 from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
 from hiscrm_master.service import Master
@@ -24,7 +25,6 @@ from hiscrm_worker.settings import WorkerSettings
 from .infra import (
     aclose_all,
     dist,
-    is_cluster_url,
     node_client_for,
     now,
     prefix,

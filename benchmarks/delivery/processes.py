@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from hiscrm_master.updates import Updates
 
 from .infra import (
     ROOT,
+    OutcomeCount,
     aclose_all,
     now,
     prefix,
@@ -125,7 +125,7 @@ def split(ids: Sequence[str], parts: int) -> list[list[str]]:
     return [list(ids[k::parts]) for k in range(parts) if ids[k::parts]]
 
 
-async def bench_processes(  # noqa: PLR0915 - one measurement, read top to bottom
+async def bench_processes(
     url: str, processes: int, workers: int, total: int, workdir: Path
 ) -> dict[str, Any]:
     """Applied updates/s with ``workers`` workers (one account each) in ``processes``
@@ -138,9 +138,7 @@ async def bench_processes(  # noqa: PLR0915 - one measurement, read top to botto
     worker_ids = [f"pt-w{k}" for k in range(workers)]
     owner = {f"pt-a{k}": wid for k, wid in enumerate(worker_ids)}
     accounts = list(owner)
-    statuses: Counter[str] = Counter()
-    done = anyio.Event()
-    done_at = 0.0
+    counted = OutcomeCount(total)
     node_cpu: dict[str, float] = {}  # a cluster's nodes, each
     try:
         await create_owned(updates, owner)
@@ -159,19 +157,8 @@ async def bench_processes(  # noqa: PLR0915 - one measurement, read top to botto
                 after = await updates.tracker.last_outcome_id()
                 stats_before = await updates.tracker.stats()
 
-                async def count(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-                    nonlocal done_at
-                    task_status.started()
-                    async with updates.tracker.outcome_feed(after) as outcomes:
-                        async for outcome in outcomes:
-                            statuses[outcome.status] += 1
-                            if sum(statuses.values()) >= total:
-                                done_at = now()
-                                done.set()
-                                return
-
                 async with anyio.create_task_group() as run:
-                    await run.start(count)
+                    await run.start(counted.run, updates.tracker, after)
                     nodes0 = await redis_cpu_nodes(admin) if is_cluster(admin) else {}
                     cpu0 = await redis_cpu_s(admin)
                     hosts0, here0 = hosts.cpu_s(), time.process_time()
@@ -179,7 +166,7 @@ async def bench_processes(  # noqa: PLR0915 - one measurement, read top to botto
                     await send_rounds(updates, current, accounts, total)
                     t_sent = now()
                     with anyio.move_on_after(max(60, total / 20)):
-                        await done.wait()
+                        await counted.done.wait()
                     cpu = await redis_cpu_s(admin) - cpu0
                     if nodes0:
                         nodes1 = await redis_cpu_nodes(admin)
@@ -190,16 +177,16 @@ async def bench_processes(  # noqa: PLR0915 - one measurement, read top to botto
             tg.cancel_scope.cancel()
     finally:
         await aclose_all(admin, mredis)
-    end = done_at or now()
+    end = counted.done_at or now()
     return {
         "processes": len(groups),
         "workers": workers,
         "total": total,
-        "completed": sum(statuses.values()),
-        "applied": statuses.get("applied", 0),
-        "statuses": dict(statuses),
+        "completed": sum(counted.statuses.values()),
+        "applied": counted.statuses.get("applied", 0),
+        "statuses": dict(counted.statuses),
         "seconds": end - t0,
-        "per_s": statuses.get("applied", 0) / (end - t0),
+        "per_s": counted.statuses.get("applied", 0) / (end - t0),
         "send_s": t_sent - t0,
         "redis_cpu_s": cpu,
         "hosts_cpu_s": hosts_cpu,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from redis.asyncio import Redis
 from hiscrm_bus.accounts import AccountConfig, decode_hash
 from hiscrm_bus.connection import connect
 from hiscrm_bus.messages import AccountConfigUpdateAck
+from hiscrm_bus.settings import is_cluster_url
 from hiscrm_bus.streams import append_many
 from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
 from hiscrm_master.service import Master
@@ -22,9 +22,9 @@ from hiscrm_worker.service import Worker
 from hiscrm_worker.settings import WorkerSettings
 
 from .infra import (
+    OutcomeCount,
     aclose_all,
     create_accounts,
-    is_cluster_url,
     node_client_for,
     now,
     prefix,
@@ -145,7 +145,7 @@ async def floor_throughput(url: str, workers: int, total: int, batch: int) -> di
     }
 
 
-async def bench_throughput(  # noqa: PLR0915 - one measurement, read top to bottom
+async def bench_throughput(
     url: str, workers: int, per_worker: int, total: int, workdir: Path
 ) -> dict[str, Any]:
     p = prefix("throughput")
@@ -175,9 +175,7 @@ async def bench_throughput(  # noqa: PLR0915 - one measurement, read top to bott
         wclients.append(client)
         fleet.append(Worker(wsettings, client))
 
-    done_at = 0.0
-    done = anyio.Event()
-    statuses: Counter[str] = Counter()
+    counted = OutcomeCount(total)
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(master.run)
@@ -202,41 +200,30 @@ async def bench_throughput(  # noqa: PLR0915 - one measurement, read top to bott
             stats_before = await updates.tracker.stats()
             acks_before = master.acks.processed
 
-            async def count_outcomes(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-                nonlocal done_at
-                task_status.started()
-                async with updates.tracker.outcome_feed(after) as outcomes:
-                    async for outcome in outcomes:
-                        statuses[outcome.status] += 1
-                        if sum(statuses.values()) >= total:
-                            done_at = now()
-                            done.set()
-                            return
-
             async with anyio.create_task_group() as run:
-                await run.start(count_outcomes)
+                await run.start(counted.run, updates.tracker, after)
                 t0 = now()
                 await send_rounds(updates, current, accounts, total)
                 t_sent = now()
                 with anyio.move_on_after(max(60, total / 20)):
-                    await done.wait()
+                    await counted.done.wait()
                 run.cancel_scope.cancel()
             stats_after = await updates.tracker.stats()
             acks = master.acks.processed - acks_before
             tg.cancel_scope.cancel()
     finally:
         await aclose_all(admin, mredis, *wclients)
-    end = done_at or now()
-    completed = sum(statuses.values())
+    end = counted.done_at or now()
+    completed = sum(counted.statuses.values())
     return {
         "workers": workers,
         "accounts": len(accounts),
         "total": total,
         "completed": completed,
-        "applied": statuses.get("applied", 0),
-        "statuses": dict(statuses),
+        "applied": counted.statuses.get("applied", 0),
+        "statuses": dict(counted.statuses),
         "seconds": end - t0,
-        "per_s": statuses.get("applied", 0) / (end - t0),
+        "per_s": counted.statuses.get("applied", 0) / (end - t0),
         "send_s": t_sent - t0,
         "acks": acks,
         "retried": stats_after.get("retried", 0) - stats_before.get("retried", 0),

@@ -298,7 +298,7 @@ def hiscrm(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_acl_commands_on_a_cluster(cluster: RedisCluster, tmp_path: Path) -> None:
-    url = "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in cluster.startup_nodes) + "/"
+    url = cluster.cluster_url
     pw_file = tmp_path / "w9.password"
     added = hiscrm("acl", "add-worker", "w9", "--password-file", str(pw_file), "--redis-url", url)
     assert added.returncode == 0, added.stderr

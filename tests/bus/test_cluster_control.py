@@ -41,8 +41,7 @@ def own_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
 
 
 async def bus_of(cluster: RedisCluster) -> AsyncIterator[Bus]:
-    nodes = ",".join(f"{host}:{port}" for host, port in cluster.startup_nodes)
-    settings = fast_settings(f"redis+cluster://{nodes}/")
+    settings = fast_settings(cluster.cluster_url)
     assert settings.cluster
     client = make_client(settings)
     yield client, settings

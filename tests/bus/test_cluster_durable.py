@@ -33,8 +33,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
 
 @pytest.fixture
 async def bus(cluster: RedisCluster) -> AsyncIterator[tuple[Redis, BusSettings]]:
-    nodes = ",".join(f"{host}:{port}" for host, port in cluster.startup_nodes)
-    settings = fast_settings(f"redis+cluster://{nodes}/")
+    settings = fast_settings(cluster.cluster_url)
     client = make_client(settings)
     yield client, settings
     await client.aclose()

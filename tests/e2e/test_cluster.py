@@ -28,7 +28,7 @@ _n = itertools.count()
 
 def cluster_url(cluster: RedisCluster) -> str:
     """The URL an operator writes: every node (any one would do)."""
-    return "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in cluster.startup_nodes) + "/"
+    return cluster.cluster_url
 
 
 @pytest.fixture(scope="module")

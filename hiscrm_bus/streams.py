@@ -27,10 +27,9 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from redis import exceptions as rexc
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from .connection import RECOVERABLE, call, call_each, text
+from .connection import RECOVERABLE, call, call_each, is_cluster, text
 from .deadletter import DeadLetters
 from .messages import DecodeError, Message, decode, encode
 from .resilience import Episode
@@ -167,11 +166,6 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return found or group
 
 
-def on_cluster(redis: Redis) -> bool:
-    """True for a Redis Cluster client: one command's keys must share a slot."""
-    return isinstance(redis, RedisCluster)
-
-
 def by_slot(streams: Iterable[str]) -> dict[int, list[str]]:
     """``streams`` grouped by their cluster slot (what one multi-key read may name)."""
     lanes: dict[int, list[str]] = {}
@@ -204,7 +198,7 @@ class StreamFollower:
         if not self.cursors:
             await anyio.sleep(self.block_ms / 1000)
             return []
-        if on_cluster(self.redis) and len(lanes := by_slot(self.cursors)) > 1:
+        if is_cluster(self.redis) and len(lanes := by_slot(self.cursors)) > 1:
             entries = await self._read_lanes(list(lanes.values()))
         else:
             entries = await self._read(dict(self.cursors))
@@ -377,7 +371,7 @@ class StreamReader:
     async def _drain_own_pending(self, handler: ReceivedHandler) -> None:
         # on a cluster a slot's streams at once: after a failover every reader drains
         # again, and a fleet of thousands of streams sits in a few dozen slots
-        if on_cluster(self.redis):
+        if is_cluster(self.redis):
             lanes = list(by_slot(self._grouped).values())
         else:
             lanes = [[stream] for stream in self._grouped]
@@ -394,7 +388,7 @@ class StreamReader:
                 await self._process(entries, handler)
 
     async def _consume(self, handler: ReceivedHandler) -> None:
-        if on_cluster(self.redis):
+        if is_cluster(self.redis):
             await self._consume_lanes(handler)
             return
         claim_every = max(self.settings.claim_idle_s / 2, 0.05)

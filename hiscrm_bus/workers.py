@@ -20,10 +20,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
 
-from .connection import call, text
+from .connection import call, is_cluster, text
 from .keys import Keys
 from .messages import TaskState, dumps, utcnow
-from .streams import on_cluster
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ class WorkerRegistry:
         }
         fields["heartbeat_at"] = now.isoformat()
         key = self.keys.worker(info.id)
-        cluster = on_cluster(self.redis)
+        cluster = is_cluster(self.redis)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
             pipe.pexpire(key, int(ttl_s * 1000))

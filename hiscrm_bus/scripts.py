@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, cast
 
 import anyio
@@ -104,6 +105,28 @@ async def _by_primary(
     return groups
 
 
+async def _each_node(
+    groups: dict[str, tuple[ClusterNode, list[int]]],
+    work: Callable[[ClusterNode, list[int]], Awaitable[None]],
+) -> None:
+    """``work`` for every node's group, all nodes at once. A node that cannot be reached
+    fails the whole batch, as one Redis would: its BusUnavailable (not an exception
+    group) once every node's work ended."""
+    lost: list[Unavailable] = []
+
+    async def one(node: ClusterNode, indexes: list[int]) -> None:
+        try:
+            await work(node, indexes)
+        except Unavailable as exc:
+            lost.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for node, indexes in groups.values():
+            tg.start_soon(one, node, indexes)
+    if lost:
+        raise lost[0]
+
+
 async def _spublish_per_node(
     cluster: RedisCluster, messages: Sequence[tuple[str, bytes | str]]
 ) -> list[int]:
@@ -119,9 +142,7 @@ async def _spublish_per_node(
             if not isinstance(reply, rexc.AskError):  # MovedError is an AskError too
                 results[index] = reply
 
-    async with anyio.create_task_group() as tg:
-        for node, indexes in groups.values():
-            tg.start_soon(one, node, indexes)
+    await _each_node(groups, one)
     rest = [i for i, r in enumerate(results) if r is _UNSENT]
     if rest:
         client = cast(Redis, cluster)  # the plain calls take either client
@@ -186,15 +207,12 @@ async def _per_node(cluster: RedisCluster, calls: Sequence[ScriptCall], *, wait:
     todo = list(range(len(calls)))
     for _attempt in range(_ATTEMPTS):
         groups = await _by_primary(cluster, {i: calls[i][1][0] for i in todo})
-        rounds: list[_Round] = []
-        async with anyio.create_task_group() as tg:
-            for node, indexes in groups.values():
-                rounds.append(_Round(node, indexes, wait=wait))
-                tg.start_soon(rounds[-1].run, calls, results)
-        missing = {script for r in rounds for script in r.missing}
+        rounds = {name: _Round(n, indexes, wait=wait) for name, (n, indexes) in groups.items()}
+        await _each_node(groups, partial(_run_round, rounds, calls, results))
+        missing = {script for r in rounds.values() for script in r.missing}
         for script in missing:  # Redis forgets scripts on restart; a new primary never had them
             await call(cluster.script_load(script.script))
-        if any(r.moved for r in rounds):
+        if any(r.moved for r in rounds.values()):
             await call(cluster.nodes_manager.initialize())
         todo = [i for i in todo if results[i] is _UNSENT]
         if not todo:
@@ -203,6 +221,16 @@ async def _per_node(cluster: RedisCluster, calls: Sequence[ScriptCall], *, wait:
     for index, reply in zip(todo, rest, strict=True):
         results[index] = reply
     return results
+
+
+async def _run_round(
+    rounds: dict[str, _Round],
+    calls: Sequence[ScriptCall],
+    results: list[Any],
+    node: ClusterNode,
+    _indexes: list[int],
+) -> None:
+    await rounds[node.name].run(calls, results)
 
 
 class _Round:

@@ -15,6 +15,8 @@ from redis.asyncio import Redis
 
 from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.connection import make_client
+from hiscrm_bus.errors import BusUnavailable
+from hiscrm_bus.scripts import publish_each
 from hiscrm_bus.settings import BusSettings
 from hiscrm_master.updates import Updates
 from tests.conftest import fast_settings
@@ -131,3 +133,27 @@ async def test_single_redis_writes_do_not_wait(redis_server: object, tmp_path: P
         assert after.get("cmdstat_wait") == before.get("cmdstat_wait")
     finally:
         await client.aclose()
+
+
+async def test_a_batch_meeting_a_dead_primary_is_one_bus_unavailable(tmp_path: Path) -> None:
+    """A fleet-wide change while a primary is down fails as it would on one Redis that
+    is down: BusUnavailable, which every loop backs off on (not an exception group)."""
+    with running_cluster(RedisCluster(tmp_path / "cluster")) as cluster:
+        settings = fast_settings(cluster.cluster_url)
+        client = make_client(settings)
+        try:
+            updates = Updates(client, settings, sender="test")
+            ids = [f"acc-{n}" for n in range(30)]
+            for account_id in ids:
+                config = AccountConfig(id=account_id, platform="synthetic", worker_id="w1")
+                await updates.create(config)
+            batch = await updates.selection({"name": "x"})
+            cluster.kill(cluster.primaries()[0])  # the client's map still names it
+            with pytest.raises(BusUnavailable):
+                await updates.change_many(batch, "admin_update")
+            with pytest.raises(BusUnavailable):
+                await publish_each(
+                    client, [(settings.keys.control(f"w{n}"), b"x") for n in range(30)]
+                )
+        finally:
+            await client.aclose()

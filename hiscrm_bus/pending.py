@@ -553,25 +553,38 @@ class PendingTracker:
                 yield feed
             return
         send, receive = anyio.create_memory_object_stream[Outcome](1000)
+        failed: list[Exception] = []
         async with anyio.create_task_group() as tg, receive:
             for stream, cursor in cursors.items():
-                tg.start_soon(self._follow, {stream: cursor}, send.clone())
+                tg.start_soon(self._follow, {stream: cursor}, send.clone(), failed, tg.cancel_scope)
             send.close()
             try:
                 yield receive
             finally:
                 tg.cancel_scope.cancel()
+        if failed:  # one bucket's read failed (an outage): the wait ends, as on one Redis
+            raise failed[0]
 
     async def _feed(self, cursors: dict[str, str]) -> AsyncGenerator[Outcome]:
         while True:
             async for outcome in self._read_outcomes(cursors, block_ms=1000):
                 yield outcome
 
-    async def _follow(self, cursors: dict[str, str], send: ObjectSendStream[Outcome]) -> None:
+    async def _follow(
+        self,
+        cursors: dict[str, str],
+        send: ObjectSendStream[Outcome],
+        failed: list[Exception],
+        scope: anyio.CancelScope,
+    ) -> None:
         async with send:
-            while True:
-                async for outcome in self._read_outcomes(cursors, block_ms=1000):
-                    await send.send(outcome)
+            try:
+                while True:
+                    async for outcome in self._read_outcomes(cursors, block_ms=1000):
+                        await send.send(outcome)
+            except Exception as exc:
+                failed.append(exc)
+                scope.cancel()
 
     async def _read_outcomes(
         self, cursors: dict[str, str], block_ms: int | None

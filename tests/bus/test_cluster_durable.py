@@ -148,6 +148,7 @@ async def test_a_batch_meeting_a_dead_primary_is_one_bus_unavailable(tmp_path: P
                 config = AccountConfig(id=account_id, platform="synthetic", worker_id="w1")
                 await updates.create(config)
             batch = await updates.selection({"name": "x"})
+            after = await updates.tracker.last_outcome_id()
             cluster.kill(cluster.primaries()[0])  # the client's map still names it
             with pytest.raises(BusUnavailable):
                 await updates.change_many(batch, "admin_update")
@@ -155,5 +156,7 @@ async def test_a_batch_meeting_a_dead_primary_is_one_bus_unavailable(tmp_path: P
                 await publish_each(
                     client, [(settings.keys.control(f"w{n}"), b"x") for n in range(30)]
                 )
+            with pytest.raises(BusUnavailable):  # a wait that follows every bucket
+                await updates.tracker.wait_outcomes(["never"], after, timeout_s=20)
         finally:
             await client.aclose()

@@ -32,6 +32,7 @@ from redis.asyncio.client import Pipeline
 
 from .connection import call, is_cluster, text
 from .messages import AccountConfigUpdate, AccountConfigUpdateAck, dumps
+from .resilience import side_by_side
 from .scripts import ScriptCall, run_scripts
 from .settings import BusSettings
 from .streams import entry_parts, last_entry_id
@@ -553,38 +554,27 @@ class PendingTracker:
                 yield feed
             return
         send, receive = anyio.create_memory_object_stream[Outcome](1000)
-        failed: list[Exception] = []
-        async with anyio.create_task_group() as tg, receive:
+        # one bucket's read that fails (an outage) ends the wait with its error, as on
+        # one Redis
+        async with side_by_side() as tg, receive:
             for stream, cursor in cursors.items():
-                tg.start_soon(self._follow, {stream: cursor}, send.clone(), failed, tg.cancel_scope)
+                tg.start_soon(self._follow, {stream: cursor}, send.clone())
             send.close()
             try:
                 yield receive
             finally:
                 tg.cancel_scope.cancel()
-        if failed:  # one bucket's read failed (an outage): the wait ends, as on one Redis
-            raise failed[0]
 
     async def _feed(self, cursors: dict[str, str]) -> AsyncGenerator[Outcome]:
         while True:
             async for outcome in self._read_outcomes(cursors, block_ms=1000):
                 yield outcome
 
-    async def _follow(
-        self,
-        cursors: dict[str, str],
-        send: ObjectSendStream[Outcome],
-        failed: list[Exception],
-        scope: anyio.CancelScope,
-    ) -> None:
+    async def _follow(self, cursors: dict[str, str], send: ObjectSendStream[Outcome]) -> None:
         async with send:
-            try:
-                while True:
-                    async for outcome in self._read_outcomes(cursors, block_ms=1000):
-                        await send.send(outcome)
-            except Exception as exc:
-                failed.append(exc)
-                scope.cancel()
+            while True:
+                async for outcome in self._read_outcomes(cursors, block_ms=1000):
+                    await send.send(outcome)
 
     async def _read_outcomes(
         self, cursors: dict[str, str], block_ms: int | None

@@ -11,9 +11,11 @@ for a minute costs two log lines per loop, not thousands.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import anyio
+from anyio.abc import TaskGroup
 from redis import exceptions as rexc
 from redis.backoff import ExponentialWithJitterBackoff
 
@@ -81,3 +83,27 @@ async def every(
             continue
         episode.ok()
         await anyio.sleep(interval)
+
+
+@asynccontextmanager
+async def side_by_side() -> AsyncIterator[TaskGroup]:
+    """A task group that fails with the first failure of its tasks itself, not an
+    exception group: its caller handles what one of several reads or writes side by side
+    raises (BusUnavailable, NOGROUP) as it would without the group, and a loop backs off
+    on it as on any outage."""
+    try:
+        async with anyio.create_task_group() as tg:
+            yield tg
+    except BaseExceptionGroup as group:
+        raise _first_failure(group) from None
+
+
+def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    cancelled = anyio.get_cancelled_exc_class()
+    found: BaseException | None = None
+    for exc in group.exceptions:
+        inner = _first_failure(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if not isinstance(inner, cancelled):
+            return inner
+        found = found or inner
+    return found or group

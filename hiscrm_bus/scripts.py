@@ -19,7 +19,7 @@ right after cannot take back an update the caller was told about.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any, cast
 
@@ -32,6 +32,7 @@ from redis.commands.core import AsyncScript
 from .connection import call, call_each, is_cluster
 from .errors import Unavailable
 from .nodes import on_node
+from .resilience import side_by_side
 
 log = logging.getLogger(__name__)
 
@@ -107,24 +108,13 @@ async def _by_primary(
 
 async def _each_node(
     groups: dict[str, tuple[ClusterNode, list[int]]],
-    work: Callable[[ClusterNode, list[int]], Awaitable[None]],
+    work: Callable[[ClusterNode, list[int]], Coroutine[Any, Any, None]],
 ) -> None:
     """``work`` for every node's group, all nodes at once. A node that cannot be reached
-    fails the whole batch, as one Redis would: its BusUnavailable (not an exception
-    group) once every node's work ended."""
-    lost: list[Unavailable] = []
-
-    async def one(node: ClusterNode, indexes: list[int]) -> None:
-        try:
-            await work(node, indexes)
-        except Unavailable as exc:
-            lost.append(exc)
-
-    async with anyio.create_task_group() as tg:
+    fails the whole batch, as one Redis would: with its BusUnavailable."""
+    async with side_by_side() as tg:
         for node, indexes in groups.values():
-            tg.start_soon(one, node, indexes)
-    if lost:
-        raise lost[0]
+            tg.start_soon(work, node, indexes)
 
 
 async def _spublish_per_node(

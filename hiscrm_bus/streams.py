@@ -18,13 +18,12 @@ Pipelines spanning slots stay: redis-py's cluster pipeline splits them per node.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.crc import key_slot
@@ -32,7 +31,7 @@ from redis.crc import key_slot
 from .connection import RECOVERABLE, call, call_each, is_cluster, text
 from .deadletter import DeadLetters
 from .messages import DecodeError, Message, decode, encode
-from .resilience import Episode
+from .resilience import Episode, side_by_side
 from .settings import BusSettings
 
 log = logging.getLogger(__name__)
@@ -143,29 +142,6 @@ def _next_id(entry_id: str) -> str:
     return f"{ms}-{seq + 1}"
 
 
-@asynccontextmanager
-async def _side_by_side() -> AsyncIterator[TaskGroup]:
-    """A task group that fails with the first failure of its tasks itself, not an
-    exception group: its caller handles what one read raises (BusUnavailable,
-    NOGROUP), as it would without the group."""
-    try:
-        async with anyio.create_task_group() as tg:
-            yield tg
-    except BaseExceptionGroup as group:
-        raise _first(group) from None
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    cancelled = anyio.get_cancelled_exc_class()
-    found: BaseException | None = None
-    for exc in group.exceptions:
-        inner = _first(exc) if isinstance(exc, BaseExceptionGroup) else exc
-        if not isinstance(inner, cancelled):
-            return inner
-        found = found or inner
-    return found or group
-
-
 def by_slot(streams: Iterable[str]) -> dict[int, list[str]]:
     """``streams`` grouped by their cluster slot (what one multi-key read may name)."""
     lanes: dict[int, list[str]] = {}
@@ -224,7 +200,7 @@ class StreamFollower:
         async def one(streams: list[str]) -> None:
             entries.extend(await self._read({s: self.cursors[s] for s in streams}))
 
-        async with _side_by_side() as tg:
+        async with side_by_side() as tg:
             for streams in lanes:
                 tg.start_soon(one, streams)
         return entries
@@ -422,7 +398,7 @@ class StreamReader:
         claim_every = max(self.settings.claim_idle_s / 2, 0.05)
         next_claim = 0.0
         reading: set[int] = set()
-        async with _side_by_side() as tg:
+        async with side_by_side() as tg:
             while True:
                 await self._refresh()
                 self._lanes = by_slot(self._grouped)

@@ -49,6 +49,9 @@ class Assigner:
         if not await self.lease():
             return 0
         alive, dead = await self.registry.all()
+        unowned = await self.updates.store.unassigned_ids()
+        if not dead and not unowned:
+            return 0  # nothing to place: no need to count every worker's accounts
         loads = await self._loads(alive)
         placed = 0
         for worker_id, _last in dead:
@@ -65,7 +68,6 @@ class Assigner:
             if not left:
                 await self.registry.forget(worker_id)
                 self._offline_logged.discard(worker_id)
-        unowned = await self.updates.store.unassigned_ids()
         if unowned:
             moved, _left = await self._place(unowned, alive, loads, "assignment")
             placed += moved

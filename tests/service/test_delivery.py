@@ -218,6 +218,29 @@ async def test_a_dead_workers_accounts_move_to_a_live_one(fleet, bus: Bus) -> No
     assert w1.runner.ids() == []
 
 
+async def test_a_pass_with_nothing_to_place_counts_no_worker_loads(
+    fleet, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting every worker's accounts is one command per worker per bucket (64 on a
+    cluster): a liveness pass does it only when there is something to place."""
+    master, _w1, _w2 = fleet
+    counted: list[int] = []
+    loads = master.assigner._loads
+
+    async def counting(alive: Any) -> dict[str, int]:
+        counted.append(len(alive))
+        return await loads(alive)
+
+    monkeypatch.setattr(master.assigner, "_loads", counting)
+    await add(master, "acc-0", "w1")
+    assert await master.assigner.run_once() == 0
+    assert counted == []
+    await add(master, "acc-1", None)  # an account no worker owns: now it counts
+    assert await master.assigner.run_once() == 1
+    assert counted == [2]
+    assert (await master.store.get("acc-1")).worker_id == "w2"  # the lighter one
+
+
 async def test_racing_changes_each_land_once_tracked_and_published(fleet, bus: Bus) -> None:
     """The one-call write path: twenty writers at once on one account each win once
     (a lost race reads again), and each write is recorded and published with it."""

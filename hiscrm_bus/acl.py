@@ -438,7 +438,11 @@ class Grants:
     ) -> None:
         """Every fleet user on the ``fresh`` nodes: copied (password hashes, flags and
         rules as ``ACL LIST`` shows them) from the settled node that has the most of
-        them, then each worker's key rules from what it owns now."""
+        them, then each worker's key rules from what it owns now. With a settled node to
+        copy from, a fresh node is made the same: a user whose password or rules differ
+        there (changed while it was down) is copied again, and a worker user the settled
+        node does not have (removed while it was down, back from an old ACL file) is
+        deleted, so a removed worker's password opens no node."""
         held = await self._read_node_users(reachable)
         self._users, self._users_at = set().union(*held.values()), anyio.current_time()
         self._node_users = held
@@ -452,7 +456,16 @@ class Grants:
         donor = max(donors, key=lambda n: (len(fleet(n.name)), n.name), default=None)
         lines = await self._user_lines(donor) if donor is not None and fleet(donor.name) else {}
         targets = [n for n in fresh if n.name in held]
-        wanted = {n.name: set(lines) | fleet(n.name) for n in targets}
+        exact = bool(settled) and donor is not None
+        present = {n.name: await self._user_lines(n) for n in targets} if exact else {}
+        stale = {
+            n.name: {
+                u for u in present[n.name] if u.startswith(WORKER_USER_PREFIX) and u not in lines
+            }
+            for n in targets
+            if exact
+        }
+        wanted = {n.name: set(lines) | (fleet(n.name) - stale.get(n.name, set())) for n in targets}
         workers = sorted(
             {
                 u[len(WORKER_USER_PREFIX) :]
@@ -464,12 +477,18 @@ class Grants:
         owned = await owned_accounts(self.redis, self.keys, workers)
         key_rules = self._key_rule_commands(workers, owned)
 
+        def differing(node: str) -> set[str]:
+            """Users the node has, but not as the settled node has them."""
+            there = present.get(node, {})
+            return {u for u, rules in lines.items() if u in there and there[u] != rules}
+
         def commands(node: ClusterNode) -> list[Command]:
-            copies = [
+            copies: list[Command] = [
                 ("ACL", "SETUSER", name, "reset", *rules)
                 for name, rules in lines.items()
-                if name not in held[node.name]
+                if name not in held[node.name] or name in differing(node.name)
             ]
+            copies += [("ACL", "DELUSER", u) for u in sorted(stale.get(node.name, ()))]
             return copies + [c for w, c in key_rules.items() if worker_user(w) in wanted[node.name]]
 
         for name, replies in (await on_each(targets, commands)).items():
@@ -478,17 +497,21 @@ class Grants:
                 continue
             _raise_refusals(replies)
             copied = len(wanted[name] - held[name])
-            self.restored += copied
-            self.applied += len(replies) - copied
-            self._node_users[name] = held[name] | wanted[name]
+            corrected, removed = len(differing(name)), len(stale.get(name, ()))
+            self.restored += copied + corrected + removed
+            self.applied += len(replies) - copied - corrected - removed
+            self._node_users[name] = (held[name] - stale.get(name, set())) | wanted[name]
             self._node_runs[name] = runs[name]
             log.log(
                 logging.INFO if replies else logging.DEBUG,
-                "node %s (run %s): %d user(s) copied, read access of %d worker(s) applied",
+                "node %s (run %s): %d user(s) copied, %d corrected, %d removed, read access "
+                "of %d worker(s) applied",
                 name,
                 runs[name][:8],
                 copied,
-                len(replies) - copied,
+                corrected,
+                removed,
+                len(replies) - copied - corrected - removed,
             )
 
     async def _user_lines(self, node: ClusterNode) -> dict[str, list[str]]:

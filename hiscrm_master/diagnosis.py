@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from hiscrm_bus.messages import CrawledItem
+from hiscrm_bus.scripts import REPLICA_WAIT_MS
 
 from .snapshot import AccountView, Snapshot, WorkerView
 
@@ -77,7 +78,8 @@ class Diagnosis:
 
 def diagnose(snap: Snapshot) -> Diagnosis:
     accounts = [account_report(snap, view) for view in snap.accounts]
-    return Diagnosis(accounts, worker_reports(snap), fleet_findings(snap) + database_findings(snap))
+    problems = fleet_findings(snap) + cluster_findings(snap) + database_findings(snap)
+    return Diagnosis(accounts, worker_reports(snap), problems)
 
 
 def worker_reports(snap: Snapshot) -> list[dict[str, Any]]:
@@ -143,6 +145,57 @@ def fleet_findings(snap: Snapshot) -> list[Finding]:
                 'inspect them: `redis-cli -u "$HISCRM_REDIS_URL" XRANGE <prefix>deadletter - + '
                 "COUNT 10`",
                 "info",
+            )
+        )
+    return found
+
+
+CLUSTER_SLOTS = 16384
+
+
+def cluster_findings(snap: Snapshot) -> list[Finding]:
+    """On a Redis Cluster: nodes down, primaries a failover would lose, slots no live
+    primary serves."""
+    if snap.cluster is None:
+        return []
+    found = []
+    for node in snap.cluster:
+        if node.down:
+            found.append(
+                Finding(
+                    "redis_node_down",
+                    f"Redis node {node.address} ({node.role}) is down",
+                    "restart it: it rejoins the cluster (as a replica, if its replica took "
+                    "over meanwhile)",
+                )
+            )
+    live_replicas = {n.primary for n in snap.cluster if n.role == "replica" and not n.down}
+    alone = [
+        n
+        for n in snap.cluster
+        if n.role == "primary" and n.slots and not n.down and n.address not in live_replicas
+    ]
+    for node in alone:
+        found.append(
+            Finding(
+                "redis_primary_without_replica",
+                f"Redis primary {node.address} has no live replica: a failover of it would "
+                "lose its data, and each config write to it waits "
+                f"{REPLICA_WAIT_MS / 1000:g} s for a replica before it returns",
+                "restart its replica, or add one (a node with cluster-enabled, then "
+                "CLUSTER REPLICATE <this primary's node id>)",
+            )
+        )
+    served = sum(n.slots for n in snap.cluster if n.role == "primary" and not n.down)
+    if served < CLUSTER_SLOTS:
+        found.append(
+            Finding(
+                "redis_slots_uncovered",
+                f"{CLUSTER_SLOTS - served} of {CLUSTER_SLOTS} slots have no live primary: "
+                "the accounts and workers in them cannot be read or written",
+                "restart the nodes that are down (a replica takes over within the node "
+                "timeout); if a primary and all its replicas are lost: "
+                "`redis-cli --cluster fix`",
             )
         )
     return found

@@ -5,13 +5,13 @@ it answers; how far ingestion is behind is read from Redis)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from hiscrm_bus.accounts import AccountConfig, AccountStore, decode_hash, validate
-from hiscrm_bus.connection import call, text
+from hiscrm_bus.connection import call, is_cluster, text
 from hiscrm_bus.errors import InvalidAccountConfig
 from hiscrm_bus.keys import Keys
 from hiscrm_bus.messages import CrawledItem
@@ -72,6 +72,19 @@ class Snapshot:
     # the newest outcomes of the fleet's updates, newest first (what the verdicts on
     # unsuccessful and acknowledged updates were read from)
     outcomes: list[Outcome] = field(default_factory=list)
+    # on a Redis Cluster, every node as CLUSTER NODES lists it (None: one Redis)
+    cluster: list[ClusterNodeView] | None = None
+
+
+@dataclass(frozen=True)
+class ClusterNodeView:
+    """One node of a Redis Cluster as the node diagnose asked sees it."""
+
+    address: str  # host:port
+    role: Literal["primary", "replica"]
+    down: bool  # flagged fail (or fail?: suspected by the node asked)
+    primary: str | None  # a replica's primary (its address)
+    slots: int  # how many slots it serves
 
 
 @dataclass(frozen=True)
@@ -157,6 +170,7 @@ async def collect(
         now=now,
         accounts=accounts,
         workers=workers,
+        cluster=await _cluster(redis),
         master_overdue_s=await _master_overdue(redis, keys.masters, now),
         dead_letters=await _dead_letters(redis, keys.deadletter_counts),
         database=database,
@@ -167,6 +181,40 @@ async def collect(
             "reconcile_interval_s": float(getattr(settings, "reconcile_interval_s", 30.0)),
         },
     )
+
+
+async def _cluster(redis: Redis) -> list[ClusterNodeView] | None:
+    """Every node of the cluster, or None on one Redis."""
+    if not is_cluster(redis):
+        return None
+    listed: Any = await call(cast(Any, redis).cluster_nodes())
+    address_of = {str(info.get("node_id")): str(addr) for addr, info in listed.items()}
+    nodes = []
+    for addr, info in sorted(listed.items()):
+        flags = set(str(info.get("flags", "")).split(","))
+        if flags & {"handshake", "noaddr"}:
+            continue
+        slots = sum(int(end) - int(start) + 1 for start, end in _slot_ranges(info))
+        nodes.append(
+            ClusterNodeView(
+                address=str(addr),
+                role="primary" if "master" in flags else "replica",
+                down=bool(flags & {"fail", "fail?"}),
+                primary=address_of.get(str(info.get("master_id"))),
+                slots=slots,
+            )
+        )
+    return nodes
+
+
+def _slot_ranges(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """(start, end) of every slot range a parsed CLUSTER NODES entry lists."""
+    out = []
+    for part in info.get("slots") or []:
+        start, _sep, end = (part if isinstance(part, str) else "-".join(part)).partition("-")
+        if start.isdigit():
+            out.append((start, end if end.isdigit() else start))
+    return out
 
 
 async def _master_overdue(redis: Redis, key: str, now: float) -> float | None:

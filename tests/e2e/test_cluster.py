@@ -124,6 +124,7 @@ def test_operator_commands_on_a_cluster(stack: Stack) -> None:
     seen = stack.cli("diagnose", "acc-1", "--json")
     doc = json.loads(seen.stdout)
     assert doc["accounts"][0]["id"] == "acc-1"
+    assert [p for p in doc["problems"] if p["code"].startswith("redis_")] == []
     assert {w["id"] for w in doc["workers"]} == {"w1"}
     removed = stack.cli("account", "remove", "acc-2")
     assert removed.returncode == 0, removed.stdout + removed.stderr
@@ -182,9 +183,14 @@ def test_a_primary_killed_mid_workload_loses_no_update(tmp_path: Path) -> None:
         victim = holders.most_common(1)[0][0]
         change = change_in_flight(stack)
         cluster.kill(victim)
-        assert cluster.wait_failover(victim) != victim
+        promoted = cluster.wait_failover(victim)
         change.communicate(timeout=60)
         assert_nothing_lost(stack, ids)
+        # diagnose tells the operator what the failover left behind
+        doc = json.loads(stack.cli("diagnose", "--json").stdout)
+        found = {(p["code"], p["message"].split(" ")[2]) for p in doc["problems"]}
+        assert ("redis_node_down", f"127.0.0.1:{victim}") in found
+        assert ("redis_primary_without_replica", f"127.0.0.1:{promoted}") in found
         assert stack.procs["m1"].poll() is None
         stack.kill("w1", signal.SIGTERM)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from hiscrm_bus.accounts import AccountConfig
@@ -9,7 +10,13 @@ from hiscrm_bus.pending import PendingUpdate
 from hiscrm_bus.workers import TaskReport, WorkerInfo
 from hiscrm_master.archive import Counts
 from hiscrm_master.diagnosis import diagnose
-from hiscrm_master.snapshot import AccountView, DatabaseView, Snapshot, WorkerView
+from hiscrm_master.snapshot import (
+    AccountView,
+    ClusterNodeView,
+    DatabaseView,
+    Snapshot,
+    WorkerView,
+)
 
 NOW = 1_800_000_000.0
 
@@ -219,4 +226,58 @@ def test_batches_waiting_over_a_minute_are_ingest_behind() -> None:
     assert codes(snap(account(), worker(), database=both)) == [
         "database_unreachable",
         "ingest_behind",
+    ]
+
+
+def cluster_of(*, down: tuple[str, ...] = (), failed_over: bool = False) -> list[ClusterNodeView]:
+    """Three primaries (a, b, c) with a replica each (a2, b2, c2); ``down`` nodes flagged
+    failed; ``failed_over``: a is down and a2 serves its slots."""
+    slots = {"a": 5461, "b": 5461, "c": 5462}
+    nodes = []
+    for name, count in slots.items():
+        primary, replica = f"{name}:1", f"{name}2:1"
+        if failed_over and name == "a":
+            nodes.append(ClusterNodeView(primary, "replica", True, replica, 0))
+            nodes.append(ClusterNodeView(replica, "primary", False, None, count))
+            continue
+        nodes.append(ClusterNodeView(primary, "primary", primary in down, None, count))
+        nodes.append(ClusterNodeView(replica, "replica", replica in down, primary, 0))
+    return nodes
+
+
+def on_cluster(nodes: list[ClusterNodeView]) -> Snapshot:
+    return replace(snap(account(), worker()), cluster=nodes)
+
+
+def test_a_healthy_cluster_is_all_green() -> None:
+    assert codes(on_cluster(cluster_of())) == []
+    assert codes(snap(account(), worker())) == []  # one Redis: no cluster findings
+
+
+def test_a_replica_down_leaves_its_primary_alone() -> None:
+    found = diagnose(on_cluster(cluster_of(down=("b2:1",)))).problems
+    assert [(f.code, f.message) for f in found] == [
+        ("redis_node_down", "Redis node b2:1 (replica) is down"),
+        (
+            "redis_primary_without_replica",
+            "Redis primary b:1 has no live replica: a failover of it would lose its data, "
+            "and each config write to it waits 1 s for a replica before it returns",
+        ),
+    ]
+
+
+def test_a_primary_down_before_its_failover_leaves_slots_uncovered() -> None:
+    assert codes(on_cluster(cluster_of(down=("c:1",)))) == [
+        "redis_node_down",
+        "redis_slots_uncovered",
+    ]
+    (_down, uncovered) = diagnose(on_cluster(cluster_of(down=("c:1",)))).problems
+    assert uncovered.message.startswith("5462 of 16384 slots have no live primary")
+
+
+def test_after_a_failover_the_promoted_replica_is_alone() -> None:
+    found = diagnose(on_cluster(cluster_of(failed_over=True))).problems
+    assert [(f.code, f.message.split(" ")[2]) for f in found] == [
+        ("redis_node_down", "a:1"),
+        ("redis_primary_without_replica", "a2:1"),
     ]

@@ -26,15 +26,20 @@ import anyio
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.connection import connect, is_cluster
 from hiscrm_master.service import Master
 from hiscrm_master.settings import MasterSettings
 from hiscrm_master.updates import Updates
-from hiscrm_worker.service import Worker
-from hiscrm_worker.settings import WorkerSettings
 
-from .delivery.infra import aclose_all, redis_cluster, redis_cpu_s, redis_server, wait_until
+from .delivery.infra import (
+    aclose_all,
+    create_accounts,
+    redis_cluster,
+    redis_cpu_s,
+    redis_server,
+    synthetic_workers,
+    wait_until,
+)
 
 
 async def totals(redis: Redis) -> dict[str, int]:
@@ -70,31 +75,12 @@ async def measure(
     r: dict[str, Any] = {"accounts": accounts, "workers": workers}
     try:
         r["empty"] = await settle(admin, 0.2)
-        todo = iter(owner.items())
-
-        async def lane() -> None:
-            for account_id, worker_id in todo:
-                config = AccountConfig(id=account_id, platform="synthetic", worker_id=worker_id)
-                await updates.create(config)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(16):
-                tg.start_soon(lane)
+        await create_accounts(updates, owner, as_cli=True)  # as `hiscrm account add`
         r["accounts_created"] = await settle(admin, 0.5)
         one = next(iter(owner))
         r["account_hash_bytes"] = int(await admin.memory_usage(msettings.keys.account(one)) or 0)
-        fleet: list[Worker] = []
-        for wid in worker_ids:
-            ws = WorkerSettings(
-                redis_url=url,
-                key_prefix=p,
-                worker_id=wid,
-                platforms=("synthetic",),
-                data_dir=workdir / wid,
-            )
-            client = await connect(ws)
-            clients.append(client)
-            fleet.append(Worker(ws, client))
+        fleet, worker_clients = await synthetic_workers(url, p, workdir, worker_ids)
+        clients += worker_clients
         async with anyio.create_task_group() as tg:
             for w in fleet:
                 await tg.start(w.run)

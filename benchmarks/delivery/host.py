@@ -15,27 +15,12 @@ import sys
 from pathlib import Path
 
 import anyio
-from redis.asyncio import Redis
 
-from hiscrm_bus.connection import connect
-from hiscrm_worker.service import Worker
-from hiscrm_worker.settings import WorkerSettings
+from .infra import synthetic_workers
 
 
 async def host(url: str, key_prefix: str, data_dir: Path, worker_ids: list[str]) -> None:
-    clients: list[Redis] = []
-    fleet: list[Worker] = []
-    for wid in worker_ids:
-        settings = WorkerSettings(
-            redis_url=url,
-            key_prefix=key_prefix,
-            worker_id=wid,
-            platforms=("synthetic",),
-            data_dir=data_dir / wid,
-        )
-        client = await connect(settings)
-        clients.append(client)
-        fleet.append(Worker(settings, client))
+    fleet, clients = await synthetic_workers(url, key_prefix, data_dir, worker_ids)
     async with anyio.create_task_group() as tg:
         for w in fleet:
             await tg.start(w.run)

@@ -24,10 +24,13 @@ from redis.asyncio.cluster import RedisCluster as AsyncCluster
 from redis.cluster import RedisCluster as SyncCluster
 
 from hiscrm_bus.accounts import AccountConfig
+from hiscrm_bus.connection import connect
 from hiscrm_bus.messages import MAX_ACKS_PER_MESSAGE
 from hiscrm_bus.pending import PendingTracker
 from hiscrm_bus.settings import cluster_nodes, is_cluster_url
 from hiscrm_master.updates import Updates
+from hiscrm_worker.service import Worker
+from hiscrm_worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from tests.postgres_server import PostgresServer
@@ -287,18 +290,42 @@ def start_up_acks(owner: Mapping[str, str]) -> int:
     return sum(-(-n // MAX_ACKS_PER_MESSAGE) for n in per_worker.values())
 
 
-async def create_accounts(updates: Updates, ids: Sequence[str], worker_id: str) -> None:
-    """AccountStore.create for every id, sixteen at a time (setup, not measured)."""
-    todo = iter(ids)
+async def create_accounts(
+    updates: Updates, owner: Mapping[str, str | None], *, as_cli: bool = False
+) -> None:
+    """Every account of ``owner`` (account -> its worker) created, sixteen at a time
+    (setup, not measured): by the store alone, or ``as_cli`` as ``hiscrm account add``
+    does (the owner told, the update tracked)."""
+    todo = iter(owner.items())
 
     async def lane() -> None:
-        for account_id in todo:
+        for account_id, worker_id in todo:
             config = AccountConfig(id=account_id, platform="synthetic", worker_id=worker_id)
-            await updates.store.create(config)
+            await (updates.create(config) if as_cli else updates.store.create(config))
 
     async with anyio.create_task_group() as tg:
         for _ in range(16):
             tg.start_soon(lane)
+
+
+async def synthetic_workers(
+    url: str, key_prefix: str, data_dir: Path, worker_ids: Sequence[str]
+) -> tuple[list[Worker], list[Redis]]:
+    """Workers of the synthetic platform (not started), and the clients they use."""
+    fleet: list[Worker] = []
+    clients: list[Redis] = []
+    for wid in worker_ids:
+        settings = WorkerSettings(
+            redis_url=url,
+            key_prefix=key_prefix,
+            worker_id=wid,
+            platforms=("synthetic",),
+            data_dir=data_dir / wid,
+        )
+        client = await connect(settings)
+        clients.append(client)
+        fleet.append(Worker(settings, client))
+    return fleet, clients
 
 
 def time_calls(obj: Any, names: Sequence[str], spent: dict[str, float]) -> None:

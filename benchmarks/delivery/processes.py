@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from hiscrm_bus.accounts import AccountConfig, decode_hash
+from hiscrm_bus.accounts import decode_hash
 from hiscrm_bus.connection import connect, is_cluster
 from hiscrm_master.service import Master
 from hiscrm_master.settings import MasterSettings
@@ -32,6 +32,7 @@ from .infra import (
     ROOT,
     OutcomeCount,
     aclose_all,
+    create_accounts,
     now,
     prefix,
     redis_cpu_nodes,
@@ -107,20 +108,6 @@ async def worker_hosts(
                 proc.wait()
 
 
-async def create_owned(updates: Updates, owner: dict[str, str]) -> None:
-    """AccountStore.create for every account with its owner, sixteen at a time."""
-    todo = iter(owner.items())
-
-    async def lane() -> None:
-        for account_id, worker_id in todo:
-            config = AccountConfig(id=account_id, platform="synthetic", worker_id=worker_id)
-            await updates.store.create(config)
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(16):
-            tg.start_soon(lane)
-
-
 def split(ids: Sequence[str], parts: int) -> list[list[str]]:
     return [list(ids[k::parts]) for k in range(parts) if ids[k::parts]]
 
@@ -141,7 +128,7 @@ async def bench_processes(
     counted = OutcomeCount(total)
     node_cpu: dict[str, float] = {}  # a cluster's nodes, each
     try:
-        await create_owned(updates, owner)
+        await create_accounts(updates, owner)
         master = Master(msettings, mredis)
         async with anyio.create_task_group() as tg:
             await tg.start(master.run)
@@ -212,7 +199,7 @@ async def bench_fleet(
     owner = {f"fc-a{i:05d}": worker_ids[i % processes] for i in range(accounts)}
     runs: list[dict[str, Any]] = []
     try:
-        await create_owned(updates, owner)
+        await create_accounts(updates, owner)
         master = Master(msettings, mredis)
         async with anyio.create_task_group() as tg:
             await tg.start(master.run)

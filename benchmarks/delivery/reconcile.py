@@ -72,7 +72,7 @@ async def bench_reconcile(  # noqa: PLR0915 - one measurement, read top to botto
     out: dict[str, Any] = {"accounts": count, "reps": reps}
     try:
         t = now()
-        await create_accounts(Updates(client, wsettings, "bench"), ids, wid)
+        await create_accounts(Updates(client, wsettings, "bench"), dict.fromkeys(ids, wid))
         out["setup_s"] = now() - t
 
         # the floor: which accounts, then every hash, pipelined

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 
-from hiscrm_bus.accounts import AccountConfig, decode_hash
+from hiscrm_bus.accounts import decode_hash
 from hiscrm_bus.connection import connect
 from hiscrm_bus.messages import AccountConfigUpdateAck
 from hiscrm_bus.settings import is_cluster_url
@@ -18,8 +18,6 @@ from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
 from hiscrm_master.service import Master
 from hiscrm_master.settings import MasterSettings
 from hiscrm_master.updates import Updates
-from hiscrm_worker.service import Worker
-from hiscrm_worker.settings import WorkerSettings
 
 from .infra import (
     OutcomeCount,
@@ -32,6 +30,7 @@ from .infra import (
     redis_cpu_s,
     send_rounds,
     start_up_acks,
+    synthetic_workers,
     wait_until,
 )
 
@@ -156,24 +155,9 @@ async def bench_throughput(
     worker_ids = [f"tp-w{k}" for k in range(workers)]
     accounts = [f"tp-a{k}-{j}" for j in range(per_worker) for k in range(workers)]
     owner = {f"tp-a{k}-{j}": f"tp-w{k}" for j in range(per_worker) for k in range(workers)}
-    for acc in accounts:
-        await updates.store.create(
-            AccountConfig(id=acc, platform="synthetic", worker_id=owner[acc])
-        )
+    await create_accounts(updates, owner)
     master = Master(msettings, mredis)
-    wclients: list[Redis] = []
-    fleet: list[Worker] = []
-    for wid in worker_ids:
-        wsettings = WorkerSettings(
-            redis_url=url,
-            key_prefix=p,
-            worker_id=wid,
-            platforms=("synthetic",),
-            data_dir=workdir / "tp" / wid,
-        )
-        client = await connect(wsettings)
-        wclients.append(client)
-        fleet.append(Worker(wsettings, client))
+    fleet, wclients = await synthetic_workers(url, p, workdir / "tp", worker_ids)
 
     counted = OutcomeCount(total)
     try:
@@ -246,7 +230,7 @@ async def bench_master_drain(url: str, total: int) -> dict[str, Any]:
     ghost = "ghost-w"
     ids = [f"dr-{i:05d}" for i in range(total)]
     try:
-        await create_accounts(updates, ids, ghost)
+        await create_accounts(updates, dict.fromkeys(ids, ghost))
         raws = await updates.store.get_raw(ids)
         batch = {a: (decode_hash(r), {"name": "x"}) for a, r in zip(ids, raws, strict=True)}
         _results, notices = await updates.change_many(batch, "admin_update")

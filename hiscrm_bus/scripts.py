@@ -19,8 +19,7 @@ right after cannot take back an update the caller was told about.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from functools import partial
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import anyio
@@ -106,17 +105,6 @@ async def _by_primary(
     return groups
 
 
-async def _each_node(
-    groups: dict[str, tuple[ClusterNode, list[int]]],
-    work: Callable[[ClusterNode, list[int]], Coroutine[Any, Any, None]],
-) -> None:
-    """``work`` for every node's group, all nodes at once. A node that cannot be reached
-    fails the whole batch, as one Redis would: with its BusUnavailable."""
-    async with side_by_side() as tg:
-        for node, indexes in groups.values():
-            tg.start_soon(work, node, indexes)
-
-
 async def _spublish_per_node(
     cluster: RedisCluster, messages: Sequence[tuple[str, bytes | str]]
 ) -> list[int]:
@@ -132,7 +120,9 @@ async def _spublish_per_node(
             if not isinstance(reply, rexc.AskError):  # MovedError is an AskError too
                 results[index] = reply
 
-    await _each_node(groups, one)
+    async with side_by_side() as tg:  # a node out of reach fails the batch, as one Redis would
+        for node, indexes in groups.values():
+            tg.start_soon(one, node, indexes)
     rest = [i for i, r in enumerate(results) if r is _UNSENT]
     if rest:
         client = cast(Redis, cluster)  # the plain calls take either client
@@ -197,12 +187,14 @@ async def _per_node(cluster: RedisCluster, calls: Sequence[ScriptCall], *, wait:
     todo = list(range(len(calls)))
     for _attempt in range(_ATTEMPTS):
         groups = await _by_primary(cluster, {i: calls[i][1][0] for i in todo})
-        rounds = {name: _Round(n, indexes, wait=wait) for name, (n, indexes) in groups.items()}
-        await _each_node(groups, partial(_run_round, rounds, calls, results))
-        missing = {script for r in rounds.values() for script in r.missing}
+        rounds = [_Round(n, indexes, calls, results, wait=wait) for n, indexes in groups.values()]
+        async with side_by_side() as tg:  # a node out of reach fails the batch
+            for round_ in rounds:
+                tg.start_soon(round_.run)
+        missing = {script for r in rounds for script in r.missing}
         for script in missing:  # Redis forgets scripts on restart; a new primary never had them
             await call(cluster.script_load(script.script))
-        if any(r.moved for r in rounds.values()):
+        if any(r.moved for r in rounds):
             await call(cluster.nodes_manager.initialize())
         todo = [i for i in todo if results[i] is _UNSENT]
         if not todo:
@@ -213,27 +205,28 @@ async def _per_node(cluster: RedisCluster, calls: Sequence[ScriptCall], *, wait:
     return results
 
 
-async def _run_round(
-    rounds: dict[str, _Round],
-    calls: Sequence[ScriptCall],
-    results: list[Any],
-    node: ClusterNode,
-    _indexes: list[int],
-) -> None:
-    await rounds[node.name].run(calls, results)
-
-
 class _Round:
     """One node's share of a batch: its EVALSHAs (and a WAIT), on one connection."""
 
-    def __init__(self, node: ClusterNode, indexes: list[int], *, wait: bool) -> None:
+    def __init__(
+        self,
+        node: ClusterNode,
+        indexes: list[int],
+        calls: Sequence[ScriptCall],
+        results: list[Any],
+        *,
+        wait: bool,
+    ) -> None:
         self.node = node
         self.indexes = indexes
+        self.calls = calls
+        self.results = results  # the batch's, filled at this node's indexes
         self.wait = wait
         self.missing: set[AsyncScript] = set()
         self.moved = False
 
-    async def run(self, calls: Sequence[ScriptCall], results: list[Any]) -> None:
+    async def run(self) -> None:
+        calls, results = self.calls, self.results
         commands = [_evalsha(calls[i]) for i in self.indexes]
         if self.wait:
             commands.append(("WAIT", "1", str(REPLICA_WAIT_MS)))

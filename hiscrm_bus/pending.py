@@ -428,13 +428,7 @@ class PendingTracker:
             "retry_backoff": self.settings.retry_backoff,
             "max_attempts": self.settings.max_attempts,
         }
-        if not is_cluster(self.redis):
-            await call(self.redis.hset(self.keys.policy(), mapping=policy))  # type: ignore[arg-type]
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for bucket in self.keys.buckets:
-                pipe.hset(self.keys.policy(bucket), mapping=policy)  # type: ignore[arg-type]
-            await call(pipe.execute())
+        await self._each_bucket(lambda p, b: p.hset(self.keys.policy(b), mapping=policy))  # type: ignore[arg-type]
 
     async def cancel(self, update: PendingUpdate, error: str) -> bool:
         """Record a pending update as failed now (e.g. its account was removed).
@@ -571,10 +565,9 @@ class PendingTracker:
                 yield outcome
 
     async def _follow(self, cursors: dict[str, str], send: ObjectSendStream[Outcome]) -> None:
-        async with send:
-            while True:
-                async for outcome in self._read_outcomes(cursors, block_ms=1000):
-                    await send.send(outcome)
+        async with send, aclosing(self._feed(cursors)) as feed:
+            async for outcome in feed:
+                await send.send(outcome)
 
     async def _read_outcomes(
         self, cursors: dict[str, str], block_ms: int | None
@@ -582,7 +575,7 @@ class PendingTracker:
         """One read of ``cursors``' streams (blocking up to ``block_ms`` on one Redis or
         when they share a slot; None: not at all); advances the cursors."""
         streams: dict[Any, Any] = dict(cursors)
-        if len(cursors) == 1 or not self.keys.cluster:
+        if len(cursors) == 1:
             replies: Any = [await call(self.redis.xread(streams, count=1000, block=block_ms))]
         else:  # streams in different slots: one XREAD each, in one round trip per node
             async with self.redis.pipeline(transaction=False) as pipe:

@@ -352,14 +352,8 @@ def _dropped_after_connect(exc: BaseException) -> bool:
 
 def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
     """The TLS error behind a redis-py ConnectionError, if there is one."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ssl.SSLError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    found = _in_chain(exc, ssl.SSLError)
+    return found if isinstance(found, ssl.SSLError) else None
 
 
 def scrub(text: str, settings: BusSettings) -> str:

@@ -27,9 +27,10 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.backoff import ExponentialWithJitterBackoff
 
-from .connection import RECOVERABLE, call, is_cluster, make_client, make_node_client, slot_owner
+from .connection import RECOVERABLE, call, make_client, make_node_client, slot_owner
 from .deadletter import DeadLetterWriter
 from .messages import DecodeError, Message, decode, encode
+from .scripts import publish_each
 from .settings import BusSettings
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,8 @@ Hook = Callable[[], Awaitable[None]]
 async def publish(redis: Redis, settings: BusSettings, worker_id: str, message: Message) -> int:
     """Publish to one worker's control channel (SPUBLISH on a cluster); returns how many
     subscribers got it."""
-    channel = settings.keys.control(worker_id)
-    if is_cluster(redis):
-        return int(await call(redis.spublish(channel, encode(message))))
-    return int(await call(redis.publish(channel, encode(message))))
+    (receivers,) = await publish_each(redis, [(settings.keys.control(worker_id), encode(message))])
+    return receivers
 
 
 class SilentlyDead(Exception):

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError, to_json
 from redis import exceptions as rexc
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from .connection import call, call_each, text
 from .errors import (
@@ -621,6 +622,31 @@ class AccountStore:
     async def ids_of_worker(self, worker_id: str) -> list[str]:
         """The ids of the accounts ``worker_id`` owns, in order."""
         return await self._members(partial(self.keys.worker_accounts, worker_id))
+
+    async def ids_of_workers(self, worker_ids: Sequence[str]) -> list[list[str]]:
+        """The ids each of ``worker_ids`` owns, in one round trip (per node on a
+        cluster, where each worker's set is one per bucket)."""
+        found = await self._per_worker(worker_ids, lambda pipe, key: pipe.smembers(key))
+        return [[text(m) for members in sets for m in members] for sets in found]
+
+    async def counts_of_workers(self, worker_ids: Sequence[str]) -> list[int]:
+        """How many accounts each of ``worker_ids`` owns, in one round trip."""
+        found = await self._per_worker(worker_ids, lambda pipe, key: pipe.scard(key))
+        return [sum(int(n) for n in counts) for counts in found]
+
+    async def _per_worker(
+        self, worker_ids: Sequence[str], command: Callable[[Pipeline, str], object]
+    ) -> list[list[Any]]:
+        """``command`` on each worker's account set of every bucket, in one pipeline;
+        the replies grouped per worker."""
+        buckets = self.keys.buckets
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id in worker_ids:
+                for bucket in buckets:
+                    command(pipe, self.keys.worker_accounts(worker_id, bucket))
+            found: list[Any] = await call(pipe.execute())
+        per = len(buckets)
+        return [found[i * per : (i + 1) * per] for i in range(len(worker_ids))]
 
     async def _members(self, name: Callable[[int], str]) -> list[str]:
         """The members of a set kept per bucket (one set on a single Redis), in order."""

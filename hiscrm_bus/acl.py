@@ -37,6 +37,7 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode
 
+from .accounts import AccountStore
 from .connection import call, is_cluster, text
 from .errors import BusUnavailable
 from .keys import Keys, escape_glob
@@ -242,22 +243,6 @@ async def _apply(redis: Redis, commands: Sequence[Command]) -> tuple[list[Any], 
     return summed, Applied(len(done), saved, failed)
 
 
-async def owned_accounts(redis: Redis, keys: Keys, worker_ids: Sequence[str]) -> list[list[str]]:
-    """The accounts each of ``worker_ids`` owns now, in one round trip (per node on a
-    cluster, where each worker's assignment set is one per bucket)."""
-    buckets = keys.buckets
-    async with redis.pipeline(transaction=False) as pipe:
-        for worker_id in worker_ids:
-            for bucket in buckets:
-                pipe.smembers(keys.worker_accounts(worker_id, bucket))
-        found: list[Any] = await call(pipe.execute())
-    per = len(buckets)
-    return [
-        [text(m) for members in found[i * per : (i + 1) * per] for m in members]
-        for i in range(len(worker_ids))
-    ]
-
-
 class Grants:
     """Keeps each worker user's read access equal to the accounts it owns now (on every
     node of a cluster)."""
@@ -265,6 +250,7 @@ class Grants:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
+        self.store = AccountStore(redis, keys)
         self.cluster = is_cluster(redis)
         self._users: set[str] | None = None
         self._users_at = -_USERS_CACHE_S
@@ -355,7 +341,7 @@ class Grants:
         targets = sorted({w for w in worker_ids if w and worker_user(w) in users})
         if not targets:
             return 0
-        owned = await owned_accounts(self.redis, self.keys, targets)
+        owned = await self.store.ids_of_workers(targets)
         commands = self._key_rule_commands(targets, owned)
         if self.cluster:
             await self._sync_nodes(commands)
@@ -474,7 +460,7 @@ class Grants:
                 if u.startswith(WORKER_USER_PREFIX)
             }
         )
-        owned = await owned_accounts(self.redis, self.keys, workers)
+        owned = await self.store.ids_of_workers(workers)
         key_rules = self._key_rule_commands(workers, owned)
 
         def differing(node: str) -> set[str]:
@@ -532,7 +518,7 @@ async def add_worker(redis: Redis, keys: Keys, worker_id: str, password: str) ->
     owns what the assignments say it owns now, on the Redis or on every node of the
     cluster. ``Applied.saved``: on how many Redis saved it to its ACL file (0: none has
     one, and the user lasts until Redis restarts)."""
-    [owned] = await owned_accounts(redis, keys, [worker_id])
+    [owned] = await AccountStore(redis, keys).ids_of_workers([worker_id])
     rules = ["reset", "on", password_hash(password), *worker_rules(keys, worker_id, owned)]
     _replies, applied = await _apply(redis, [("ACL", "SETUSER", worker_user(worker_id), *rules)])
     return applied

@@ -74,14 +74,8 @@ class Assigner:
         return placed
 
     async def _loads(self, alive: Sequence[WorkerInfo]) -> dict[str, int]:
-        buckets = self.keys.buckets  # one on a single Redis; a worker's set per bucket
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for worker in alive:
-                for bucket in buckets:
-                    pipe.scard(self.keys.worker_accounts(worker.id, bucket))
-            counts = [int(c) for c in await call(pipe.execute())]
-        per = len(buckets)
-        return {w.id: sum(counts[n * per : (n + 1) * per]) for n, w in enumerate(alive)}
+        counts = await self.updates.store.counts_of_workers([w.id for w in alive])
+        return {w.id: n for w, n in zip(alive, counts, strict=True)}
 
     async def _place(
         self,

@@ -184,6 +184,12 @@ def is_fleet_user(name: str) -> bool:
     return name.startswith(WORKER_USER_PREFIX) or name in (MASTER_USER, OPERATOR_USER)
 
 
+def same_rules(a: Iterable[str], b: Iterable[str]) -> bool:
+    """Whether two of a user's rule lists say the same: Redis lists a user's rules in an
+    order of its own on each node."""
+    return sorted(a) == sorted(b)
+
+
 def _raise_refusals(replies: Iterable[Any]) -> None:
     """An error reply (a rule Redis rejects, NOPERM) is ours to fix: raise it."""
     for reply in replies:
@@ -466,7 +472,9 @@ class Grants:
         def differing(node: str) -> set[str]:
             """Users the node has, but not as the settled node has them."""
             there = present.get(node, {})
-            return {u for u, rules in lines.items() if u in there and there[u] != rules}
+            return {
+                u for u, rules in lines.items() if u in there and not same_rules(there[u], rules)
+            }
 
         def commands(node: ClusterNode) -> list[Command]:
             copies: list[Command] = [

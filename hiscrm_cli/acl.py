@@ -167,9 +167,7 @@ def show(
         if settings.cluster:
             # Redis lists a user's commands in an order of its own on each node
             same = [
-                n
-                for n, r in read.items()
-                if sorted(r.get(name, "").split()) == sorted(text.split())
+                n for n, r in read.items() if acl.same_rules(r.get(name, "").split(), text.split())
             ]
             missing = [n for n, r in read.items() if name not in r]
             other = [n for n in read if n not in same and n not in missing]

@@ -63,16 +63,21 @@ def free_cluster_port(taken: Sequence[int] = ()) -> int:
     raise RuntimeError("no free loopback port P with P + 10000 free too")
 
 
-def cluster_ports(wanted: Sequence[int] = ()) -> list[int]:
+def cluster_ports(wanted: Sequence[int] = (), taken: Sequence[int] = ()) -> list[int]:
     """NODES ports for a cluster: ``wanted`` (an earlier run's) when they are all free
-    with their bus ports, else new ones."""
-    if len(set(wanted)) == NODES and all(
-        port_is_free(p) and port_is_free(p + BUS_PORT_OFFSET) for p in wanted
+    with their bus ports, else new ones; none of them, nor their bus ports, in ``taken``
+    (ports the caller is about to use itself)."""
+    bus = {p + BUS_PORT_OFFSET for p in wanted}
+    if (
+        len(set(wanted)) == NODES
+        and all(0 < p <= 65535 - BUS_PORT_OFFSET for p in wanted)
+        and not ({*wanted, *bus} & set(taken))
+        and all(port_is_free(p) and port_is_free(p + BUS_PORT_OFFSET) for p in wanted)
     ):
         return list(wanted)
     ports: list[int] = []
     while len(ports) < NODES:
-        ports.append(free_cluster_port(ports))
+        ports.append(free_cluster_port([*taken, *ports]))
     return ports
 
 

@@ -120,10 +120,8 @@ class LocalStack:
         self.cluster_ports: list[int] = []
         if cluster:  # 3 primaries + 3 replicas instead of the one redis-server
             wanted = previous.get("cluster")
-            taken = {self.site_port, self.web_port}
-            ports = localcluster.cluster_ports(wanted if isinstance(wanted, list) else [])
-            while taken & {p for port in ports for p in (port, port + 10000)}:
-                ports = localcluster.cluster_ports()
+            earlier = [p for p in wanted if isinstance(p, int)] if isinstance(wanted, list) else []
+            ports = localcluster.cluster_ports(earlier, taken=[self.site_port, self.web_port])
             self.cluster_ports = ports
             self.redis_port = ports[0]
             self.redis_url = localcluster.cluster_url(ports)

@@ -77,20 +77,26 @@ def _shell_env() -> dict[str, str]:
     return env
 
 
+def played_demo(data_dir: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """``hiscrm up --demo`` run to its end, as a user's shell runs it; it succeeded."""
+    result = subprocess.run(
+        [sys.executable, "-m", "hiscrm_cli", "up", *options, "--demo", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_shell_env(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
 def test_up_demo_plays_the_seed_scenario_and_stops_everything(tmp_path: Path) -> None:
     data_dir = tmp_path / "up"
     addresses = []
     consoles = []
     for _run in range(2):  # a second `make demo` plays it again from the start
-        result = subprocess.run(
-            [sys.executable, "-m", "hiscrm_cli", "up", "--demo", "--data-dir", str(data_dir)],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            env=_shell_env(),
-            check=False,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
+        result = played_demo(data_dir)
         values = env_file(data_dir)
         addresses.append((values["HISCRM_REDIS_URL"], values["HISCRM_SANDBOX_URL"]))
         consoles.append(console_of(result.stdout, data_dir))
@@ -123,24 +129,7 @@ def test_up_demo_plays_the_seed_scenario_and_stops_everything(tmp_path: Path) ->
 
 def test_up_cluster_plays_the_seed_scenario_on_a_redis_cluster(tmp_path: Path) -> None:
     data_dir = tmp_path / "up"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hiscrm_cli",
-            "up",
-            "--cluster",
-            "--demo",
-            "--data-dir",
-            str(data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=_shell_env(),
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = played_demo(data_dir, "--cluster")
     out = result.stdout
     url = env_file(data_dir)["HISCRM_REDIS_URL"]
     assert url.startswith("redis+cluster://127.0.0.1:")

@@ -30,8 +30,16 @@ from .errors import (
     VersionConflict,
 )
 from .keys import Keys
-from .limits import MAX_FIELD_BYTES, MAX_REASON_CHARS, check_depth, clip, loads
-from .messages import MAX_VERSION, dumps, utcnow
+from .limits import (
+    MAX_FIELD_BYTES,
+    MAX_REASON_CHARS,
+    MAX_VERSION,
+    check_depth,
+    clip,
+    dumps,
+    loads,
+    utcnow,
+)
 from .scripts import ScriptCall, run_scripts
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"

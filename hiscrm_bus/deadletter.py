@@ -9,7 +9,8 @@ from redis.asyncio import Redis
 
 from .connection import call, text
 from .keys import Keys
-from .messages import DecodeError, utcnow
+from .limits import utcnow
+from .messages import DecodeError
 from .settings import BusSettings
 
 log = logging.getLogger(__name__)

@@ -2,11 +2,15 @@
 
 Sizes are checked before parsing and JSON nesting during it, so a value nested
 10,000 levels deep or megabytes long is refused with a sentence, never a
-RecursionError or a process that runs out of memory.
+RecursionError or a process that runs out of memory. Also the JSON codec and clock
+of stored values (``loads`` / ``dumps`` / ``utcnow``), so that reading and writing an
+account hash needs neither the message models nor their import time.
 """
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from pydantic_core import from_json
@@ -19,6 +23,8 @@ MAX_FIELD_BYTES: Final = 64 * 1024
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 # a reason or error text carried in a message or a record
 MAX_REASON_CHARS: Final = 2000
+# versions come from Redis' 64-bit HINCRBY; anything larger is not a real version
+MAX_VERSION: Final = 2**63 - 1
 
 
 class TooLarge(ValueError):
@@ -80,3 +86,12 @@ def loads(raw: str | bytes, *, max_bytes: int = MAX_FIELD_BYTES) -> Any:
             raise TooLarge(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
         raise ValueError(f"not JSON ({exc})") from None
     return check_depth(value)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON used for hash fields and stream fields."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

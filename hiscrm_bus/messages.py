@@ -6,10 +6,9 @@ message or a :class:`DecodeError` that the caller dead-letters.
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -24,7 +23,7 @@ from pydantic import (
 )
 
 from . import PROTOCOL_VERSION
-from .limits import MAX_MESSAGE_BYTES, check_depth, clip
+from .limits import MAX_MESSAGE_BYTES, MAX_VERSION, check_depth, clip, utcnow
 
 CONFIG_UPDATE: Final = "master:account:config_update"
 CONFIG_UPDATE_ACK: Final = "master:account:config_update:ack"
@@ -44,8 +43,6 @@ UpdateReason = Literal[
     "removed",
     "failover",
 ]
-# versions come from Redis' 64-bit HINCRBY; anything larger is not a real version
-MAX_VERSION = 2**63 - 1
 MAX_ITEM_TEXT = 20_000
 # free-form JSON a platform gave us (a profile, an item's extra fields): kept, but shallow
 JsonObject = Annotated[dict[str, Any], AfterValidator(check_depth)]
@@ -55,10 +52,6 @@ TaskState = Literal["starting", "waiting_login", "running", "disabled", "error",
 def new_id() -> str:
     """A random 128-bit id in hex (as uuid4().hex, at a fraction of its cost)."""
     return secrets.token_hex(16)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Envelope(BaseModel):
@@ -318,8 +311,3 @@ def _summarize(exc: ValidationError) -> str:
         parts.append(f"{loc}: {err['msg']}")
     more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
     return "; ".join(parts) + more
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON used for hash fields and stream fields."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)

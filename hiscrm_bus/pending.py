@@ -31,7 +31,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from .connection import call, is_cluster, text
-from .messages import AccountConfigUpdate, AccountConfigUpdateAck, dumps
+from .limits import dumps
+from .messages import AccountConfigUpdate, AccountConfigUpdateAck
 from .resilience import side_by_side
 from .scripts import ScriptCall, run_scripts
 from .settings import BusSettings

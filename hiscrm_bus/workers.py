@@ -22,7 +22,8 @@ from redis.asyncio import Redis
 
 from .connection import call, is_cluster, text
 from .keys import Keys
-from .messages import TaskState, dumps, utcnow
+from .limits import dumps, utcnow
+from .messages import TaskState
 
 log = logging.getLogger(__name__)
 

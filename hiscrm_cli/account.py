@@ -26,7 +26,6 @@ from hiscrm_bus.accounts import (
     validate,
 )
 from hiscrm_bus.errors import AccountExists, AccountNotFound, InvalidAccountConfig
-from hiscrm_bus.messages import LoginSuccess
 
 from .common import (
     CLI_SENDER,
@@ -360,6 +359,7 @@ def login_success(
     redis_url: RedisUrl = None,
 ) -> None:
     """Inject a login success as a worker would send it (no browser needed)."""
+    from hiscrm_bus.messages import LoginSuccess
     from hiscrm_master.login import on_login_success
     from hiscrm_master.updates import Updates
 

@@ -25,7 +25,8 @@ from hiscrm_bus.accounts import (
 from hiscrm_bus.acl import Grants
 from hiscrm_bus.connection import call, is_cluster
 from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig, VersionConflict
-from hiscrm_bus.messages import MAX_VERSION, AccountConfigUpdate, UpdateReason, encode, new_id
+from hiscrm_bus.limits import MAX_VERSION
+from hiscrm_bus.messages import AccountConfigUpdate, UpdateReason, encode, new_id
 from hiscrm_bus.pending import NOW_LUA, RECORD_LUA, Outcome, PendingTracker
 from hiscrm_bus.scripts import ScriptCall, publish_each, run_scripts
 from hiscrm_bus.settings import BusSettings

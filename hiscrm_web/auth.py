@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from hiscrm_bus.connection import call, text
 from hiscrm_bus.errors import ConfigurationError
 from hiscrm_bus.keys import Keys
-from hiscrm_bus.messages import utcnow
+from hiscrm_bus.limits import utcnow
 
 USER_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MIN_PASSWORD = 12

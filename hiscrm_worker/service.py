@@ -29,11 +29,10 @@ from hiscrm_bus.accounts import AccountStore, from_hash
 from hiscrm_bus.control import ControlSubscription
 from hiscrm_bus.errors import InvalidAccountConfig, WorkerIdInUse
 from hiscrm_bus.keys import StreamKind
-from hiscrm_bus.limits import clip
+from hiscrm_bus.limits import MAX_VERSION, clip, utcnow
 from hiscrm_bus.messages import (
     MAX_ACK_ERROR_CHARS,
     MAX_ACKS_PER_MESSAGE,
-    MAX_VERSION,
     AccountConfigAcks,
     AccountConfigUpdate,
     AccountConfigUpdateAck,
@@ -42,7 +41,6 @@ from hiscrm_bus.messages import (
     LoginExpired,
     LoginRequest,
     Message,
-    utcnow,
 )
 from hiscrm_bus.messages import TaskStatus as TaskStatusEvent
 from hiscrm_bus.resilience import Episode, every

@@ -9,7 +9,8 @@ from datetime import datetime
 import anyio
 
 from hiscrm_bus.accounts import MISSING_USER_ID, AccountConfig
-from hiscrm_bus.messages import TaskState, utcnow
+from hiscrm_bus.limits import utcnow
+from hiscrm_bus.messages import TaskState
 from hiscrm_bus.workers import TaskReport
 
 from .platforms import CrawledItem, Platform, PlatformError, SessionExpired

@@ -10,7 +10,8 @@ from __future__ import annotations
 import itertools
 
 from hiscrm_bus.accounts import AccountConfig
-from hiscrm_bus.messages import CrawledItem, utcnow
+from hiscrm_bus.limits import utcnow
+from hiscrm_bus.messages import CrawledItem
 
 from .base import Fetched, LoginFailedError, LoginReporter, LoginResult, PlatformError
 

@@ -14,7 +14,8 @@ import pytest
 from redis.asyncio import Redis
 
 from hiscrm_bus.accounts import AccountConfig, AccountStore
-from hiscrm_bus.messages import CrawlBatch, CrawledItem, encode, utcnow
+from hiscrm_bus.limits import utcnow
+from hiscrm_bus.messages import CrawlBatch, CrawledItem, encode
 from hiscrm_bus.settings import BusSettings
 from hiscrm_bus.workers import TaskReport, WorkerInfo, WorkerRegistry
 from hiscrm_master.archive import Archive, Arrival

@@ -9,7 +9,8 @@ import pytest
 from redis.asyncio import Redis
 
 from hiscrm_bus.accounts import AccountConfig, AccountStore
-from hiscrm_bus.messages import CrawlBatch, CrawledItem, TaskStatus, utcnow
+from hiscrm_bus.limits import utcnow
+from hiscrm_bus.messages import CrawlBatch, CrawledItem, TaskStatus
 from hiscrm_bus.settings import BusSettings
 from hiscrm_bus.streams import Received
 from hiscrm_master.archive import Arrival

@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from hiscrm_bus.accounts import MISSING_USER_ID, AccountConfig
-from hiscrm_bus.messages import utcnow
+from hiscrm_bus.limits import utcnow
 from hiscrm_worker.platforms import CrawledItem, PlatformError, SessionExpired
 from hiscrm_worker.platforms.base import Fetched
 from hiscrm_worker.runner import TaskRunner

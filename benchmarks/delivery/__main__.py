@@ -33,10 +33,10 @@ from .infra import (
 )
 from .ingest import run_ingest
 from .latency import bench_latency
-from .processes import bench_fleet, bench_processes
+from .processes import bench_fleet, bench_processes, split
 from .reconcile import bench_reconcile
 from .report import Table, build_ingest_report, build_report, write_results
-from .throughput import bench_master_drain, bench_throughput, floor_throughput
+from .throughput import HostGroups, bench_master_drain, bench_throughput, floor_throughput
 
 # the scenarios reported in the section "Delivery (DESIGN.md §7)"; ingest has its own
 DELIVERY_PARTS = {"latency", "throughput", "processes", "fleet", "reconcile", "celery"}
@@ -75,6 +75,20 @@ SMOKE_SIZES: dict[str, Any] = {
 }
 
 
+async def run_processes(
+    args: argparse.Namespace, pw: int, url: str, workdir: Path, flush: Flush
+) -> dict[str, Any]:
+    """The processes run with its two floors: the bare fleet in this one process (the
+    goal's), and spread over host processes as hiscrm's workers are (like for like)."""
+    floor = await floor_throughput(url, pw, args.updates, pw)
+    flush.flushall()
+    groups = HostGroups(split(list(range(pw)), args.processes))
+    spread = await floor_throughput(url, pw, args.updates, pw, groups)
+    flush.flushall()
+    pt = await bench_processes(url, args.processes, pw, args.updates, workdir)
+    return {**pt, "floor": floor, "floor_spread": spread}
+
+
 async def run_all(
     args: argparse.Namespace, url: str, workdir: Path, tally: LogTally
 ) -> dict[str, Any]:
@@ -109,11 +123,7 @@ async def run_all(
                 f"in {args.processes} processes …"
             )
             with anyio.fail_after(900):
-                floor = await floor_throughput(url, pw, args.updates, pw)
-                flush.flushall()
-                pt = await bench_processes(url, args.processes, pw, args.updates, workdir)
-            pt["floor"] = floor
-            results["processes"] = pt
+                results["processes"] = await run_processes(args, pw, url, workdir, flush)
             flush.flushall()
         if "fleet" in args.only:
             print(

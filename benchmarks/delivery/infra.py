@@ -11,8 +11,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -396,3 +397,65 @@ def describe_machine() -> str:
         f"{os.cpu_count()} cores, Python {platform.python_version()}, redis-server {server}, "
         f"redis-py {redis.__version__}{parser}"
     )
+
+
+@dataclass
+class Hosts:
+    """Host processes (of workers, or of bare subscribers), once every one is ready."""
+
+    start_s: float  # how long they took to be ready
+    pids: list[int]
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the hosts have used so far."""
+        return sum(process_cpu_s(pid) for pid in self.pids)
+
+
+def process_cpu_s(pid: int) -> float:
+    """A live process's CPU seconds so far, from /proc (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@asynccontextmanager
+async def host_processes(module: str, argvs: Sequence[Sequence[str]]) -> AsyncIterator[Hosts]:
+    """One ``python -m module *argv`` process per argv (a host of workers or of bare
+    subscribers); yields once every one printed ``ready``, terminates them on exit."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    procs: list[subprocess.Popen[str]] = []
+    t0 = now()
+    try:
+        for argv in argvs:
+            cmd = [sys.executable, "-m", module, *argv]
+            procs.append(
+                # starting a process is quick; its readiness is awaited below
+                subprocess.Popen(  # noqa: ASYNC220
+                    cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+                )
+            )
+
+        async def ready(proc: subprocess.Popen[str]) -> None:
+            assert proc.stdout is not None
+            line = await anyio.to_thread.run_sync(proc.stdout.readline)
+            if line.strip() != "ready":
+                raise RuntimeError(f"{module} exited ({proc.poll()}) before it was ready")
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for proc in procs:
+                    tg.start_soon(ready, proc)
+        yield Hosts(now() - t0, [proc.pid for proc in procs])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -10,15 +10,11 @@ Master and the caller in this one:
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -29,10 +25,11 @@ from hiscrm_master.settings import MasterSettings
 from hiscrm_master.updates import Updates
 
 from .infra import (
-    ROOT,
+    Hosts,
     OutcomeCount,
     aclose_all,
     create_accounts,
+    host_processes,
     now,
     prefix,
     redis_cpu_nodes,
@@ -42,73 +39,19 @@ from .infra import (
     wait_until,
 )
 
-
-@dataclass
-class Hosts:
-    """The worker host processes, once every one is ready."""
-
-    start_s: float  # how long they took to be ready
-    pids: list[int]
-
-    def cpu_s(self) -> float:
-        """CPU seconds (user + system) the hosts have used so far."""
-        return sum(process_cpu_s(pid) for pid in self.pids)
+T = TypeVar("T")
 
 
-def process_cpu_s(pid: int) -> float:
-    """A live process's CPU seconds so far, from /proc (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@asynccontextmanager
-async def worker_hosts(
+def worker_hosts(
     url: str, key_prefix: str, workdir: Path, groups: Sequence[Sequence[str]]
-) -> AsyncIterator[Hosts]:
-    """One host process per group of worker ids; yields once every one printed ``ready``,
-    terminates them on exit."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    procs: list[subprocess.Popen[str]] = []
-    t0 = now()
-    try:
-        for k, ids in enumerate(groups):
-            cmd = [sys.executable, "-m", "benchmarks.delivery.host", url, key_prefix]
-            cmd += [str(workdir / f"host{k}"), *ids]
-            procs.append(
-                # starting a process is quick; its readiness is awaited below
-                subprocess.Popen(  # noqa: ASYNC220
-                    cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
-                )
-            )
-
-        async def ready(proc: subprocess.Popen[str]) -> None:
-            assert proc.stdout is not None
-            line = await anyio.to_thread.run_sync(proc.stdout.readline)
-            if line.strip() != "ready":
-                raise RuntimeError(f"worker host exited ({proc.poll()}) before it was ready")
-
-        with anyio.fail_after(120):
-            async with anyio.create_task_group() as tg:
-                for proc in procs:
-                    tg.start_soon(ready, proc)
-        yield Hosts(now() - t0, [proc.pid for proc in procs])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+) -> AbstractAsyncContextManager[Hosts]:
+    """One ``benchmarks.delivery.host`` process per group of worker ids."""
+    argvs = [[url, key_prefix, str(workdir / f"host{k}"), *ids] for k, ids in enumerate(groups)]
+    return host_processes("benchmarks.delivery.host", argvs)
 
 
-def split(ids: Sequence[str], parts: int) -> list[list[str]]:
+def split(ids: Sequence[T], parts: int) -> list[list[T]]:
+    """``ids`` dealt round-robin into at most ``parts`` non-empty groups."""
     return [list(ids[k::parts]) for k in range(parts) if ids[k::parts]]
 
 

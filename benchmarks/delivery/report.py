@@ -158,6 +158,22 @@ def report_processes(r: dict[str, Any], t: Table, notes: list[str], says: list[s
             x(rr),
             "≥ 1.0× (issue 11)",
         )
+        sp = pt.get("floor_spread")
+        if sp:
+            t.add(
+                f"… against the floor spread over {sp['processes']} processes too",
+                f"{pt['per_s']:.0f}/s",
+                f"{sp['per_s']:.0f}/s",
+                x(ratio(pt["per_s"], sp["per_s"])),
+                "",
+            )
+            notes.append(
+                f"processes, the floor spread like for like: the same bare subscribers in "
+                f"{sp['processes']} host processes (benchmarks/delivery/floor_host.py), the "
+                f"producer and the reader here: {sp['per_s']:.0f}/s; CPU per update: "
+                f"redis-server {us_per(sp)}, the subscriber hosts {us_per(sp, 'hosts_cpu_s')}, "
+                f"the producer and the reader {us_per(sp, 'here_cpu_s')}."
+            )
         notes.append(
             f"processes: {pt['total']} updates over {pt['workers']} accounts, one per worker, "
             f"the workers in {pt['processes']} host processes (benchmarks/delivery/host.py), "
@@ -178,7 +194,13 @@ def report_processes(r: dict[str, Any], t: Table, notes: list[str], says: list[s
         says.append(
             f"With the {pt['workers']} workers spread over {pt['processes']} processes hiscrm "
             f"completed {pt['per_s']:.0f} applied updates/s, {x(rr)} the floor's "
-            f"{fl['per_s']:.0f}/s."
+            f"{fl['per_s']:.0f}/s"
+            + (
+                f" ({x(ratio(pt['per_s'], sp['per_s']))} the same floor spread over "
+                f"{sp['processes']} processes: {sp['per_s']:.0f}/s)."
+                if sp
+                else "."
+            )
         )
 
 

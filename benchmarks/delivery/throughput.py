@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +23,11 @@ from hiscrm_master.settings import MasterSettings
 from hiscrm_master.updates import Updates
 
 from .infra import (
+    Hosts,
     OutcomeCount,
     aclose_all,
     create_accounts,
+    host_processes,
     node_client_for,
     now,
     prefix,
@@ -37,46 +42,49 @@ from .infra import (
 # ----------------------------------------------------------------------------- 2. throughput
 
 
-async def floor_throughput(url: str, workers: int, total: int, batch: int) -> dict[str, Any]:  # noqa: PLR0915 - one measurement, read top to bottom
-    """The bare redis-py fleet: ``workers`` subscribers each doing HGETALL+XADD per
-    notice, one reader XREADing the stream, the producer pipelining HSET, HINCRBY and
-    PUBLISH. On a cluster: redis-py's cluster client everywhere but the subscriptions,
-    which SSUBSCRIBE on a plain connection to the primary serving their channel's slot;
-    the producer's cluster pipeline SPUBLISHes (each node gets its part); the one
-    stream lives on one primary."""
-    p = prefix("floor-tp")
-    stream = f"{p}acks"
-    cluster = is_cluster_url(url)
-    producer = raw_client(url)
-    reader = raw_client(url)
-    if cluster:
-        subs = [await node_client_for(producer, f"{p}control:{k}") for k in range(workers)]
-    else:
-        subs = [Redis.from_url(url) for _ in range(workers)]
-    clients = [raw_client(url) for _ in range(workers)]
-    ready = 0
-    kind = "smessage" if cluster else "message"
+@dataclass(frozen=True)
+class HostGroups:
+    """Subscribers spread over host processes: each group's subscriber numbers."""
 
-    async def subscriber(k: int) -> None:
-        nonlocal ready
-        pubsub = subs[k].pubsub()
-        client = clients[k]
+    groups: list[list[int]]
+
+
+class BareSubscriber:
+    """One worker of the bare redis-py fleet: SUBSCRIBEs to its channel (SSUBSCRIBE on
+    a plain connection to the primary serving the channel's slot, on a cluster) and
+    does HGETALL+XADD per notice. The floors run 100 of these, in the benchmark's
+    process or spread over host processes (``benchmarks.delivery.floor_host``)."""
+
+    def __init__(self, url: str, key_prefix: str, k: int) -> None:
+        self.channel = f"{key_prefix}control:{k}"
+        self.account_prefix = f"{key_prefix}account:"
+        self.stream = f"{key_prefix}acks"
+        self.cluster = is_cluster_url(url)
+        self.client = raw_client(url)
+        self.sub: Redis = self.client if self.cluster else Redis.from_url(url)
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        kind = "message"
+        if self.cluster:
+            self.sub = await node_client_for(self.client, self.channel)
+            kind = "smessage"
+        pubsub = self.sub.pubsub()
         try:
-            if cluster:
-                await pubsub.ssubscribe(f"{p}control:{k}")
+            if self.cluster:
+                await pubsub.ssubscribe(self.channel)
             else:
-                await pubsub.subscribe(f"{p}control:{k}")
+                await pubsub.subscribe(self.channel)
             while (await pubsub.get_message(timeout=1)) is None:
-                pass
-            ready += 1
+                pass  # the subscribe confirmation
+            task_status.started()
             while True:
                 msg = await pubsub.get_message(timeout=None)
                 if msg is None or msg["type"] != kind:
                     continue
                 notice = json.loads(msg["data"])
-                config = await client.hgetall(f"{p}account:{notice['account_id']}")
-                await client.xadd(
-                    stream,
+                config = await self.client.hgetall(self.account_prefix + notice["account_id"])
+                await self.client.xadd(
+                    self.stream,
                     {"account_id": notice["account_id"], "version": config[b"config_version"]},
                     maxlen=100_000,
                     approximate=True,
@@ -84,6 +92,27 @@ async def floor_throughput(url: str, workers: int, total: int, batch: int) -> di
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def aclose(self) -> None:
+        await aclose_all(*dict.fromkeys((self.client, self.sub)))
+
+
+async def floor_throughput(  # noqa: PLR0915 - one measurement, read top to bottom
+    url: str, workers: int, total: int, batch: int, hosts: HostGroups | None = None
+) -> dict[str, Any]:
+    """The bare redis-py fleet: ``workers`` :class:`BareSubscriber`s, one reader
+    XREADing the stream, the producer pipelining HSET, HINCRBY and PUBLISH. The
+    subscribers run here, or with ``hosts`` in host processes as hiscrm's workers do
+    in the processes run (``hosts.groups`` splits ``range(workers)``). On a cluster:
+    redis-py's cluster client everywhere but the subscriptions; the producer's cluster
+    pipeline SPUBLISHes (each node gets its part); the one stream lives on one primary."""
+    p = prefix("floor-tp")
+    stream = f"{p}acks"
+    cluster = is_cluster_url(url)
+    producer = raw_client(url)
+    reader = raw_client(url)
+    subscribers = [] if hosts else [BareSubscriber(url, p, k) for k in range(workers)]
+    spread: Hosts | None = None
 
     done_at = 0.0
     done = anyio.Event()
@@ -102,13 +131,19 @@ async def floor_throughput(url: str, workers: int, total: int, batch: int) -> di
         done.set()
 
     try:
-        async with anyio.create_task_group() as tg:
-            for k in range(workers):
-                tg.start_soon(subscriber, k)
-            await wait_until(lambda: ready == workers, 30, "floor subscribers")
+        async with anyio.create_task_group() as tg, AsyncExitStack() as stack:
+            for subscriber in subscribers:
+                await tg.start(subscriber.run)
+            if hosts:
+                groups = [[url, p, *map(str, ks)] for ks in hosts.groups]
+                spread = await stack.enter_async_context(
+                    host_processes("benchmarks.delivery.floor_host", groups)
+                )
             async with anyio.create_task_group() as run:
                 await run.start(consume)
                 cpu0 = await redis_cpu_s(producer)
+                hosts0 = spread.cpu_s() if spread else 0.0
+                here0 = time.process_time()
                 t0 = now()
                 version = 0
                 sent = 0
@@ -131,9 +166,13 @@ async def floor_throughput(url: str, workers: int, total: int, batch: int) -> di
                 with anyio.fail_after(max(60, total / 50)):
                     await done.wait()
                 cpu = await redis_cpu_s(producer) - cpu0
+                hosts_cpu = spread.cpu_s() - hosts0 if spread else 0.0
+                here_cpu = time.process_time() - here0
             tg.cancel_scope.cancel()
     finally:
-        await aclose_all(producer, reader, *subs, *clients)
+        await aclose_all(producer, reader)
+        for subscriber in subscribers:
+            await subscriber.aclose()
     return {
         "total": total,
         "completed": got,
@@ -141,6 +180,8 @@ async def floor_throughput(url: str, workers: int, total: int, batch: int) -> di
         "per_s": got / (done_at - t0),
         "send_s": t_sent - t0,
         "redis_cpu_s": cpu,
+        **({"processes": len(hosts.groups), "hosts_cpu_s": hosts_cpu} if hosts else {}),
+        "here_cpu_s": here_cpu,
     }
 
 

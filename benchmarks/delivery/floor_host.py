@@ -10,11 +10,11 @@ processes run spread over host processes as hiscrm's workers are
 
 from __future__ import annotations
 
-import signal
 import sys
 
 import anyio
 
+from .infra import ready_until_signalled
 from .throughput import BareSubscriber
 
 
@@ -24,11 +24,7 @@ async def host(url: str, key_prefix: str, numbers: list[int]) -> None:
         async with anyio.create_task_group() as tg:
             for subscriber in subscribers:
                 await tg.start(subscriber.run)
-            sys.stdout.write("ready\n")
-            sys.stdout.flush()
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    break
+            await ready_until_signalled()
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):

@@ -10,13 +10,12 @@ fleet live in separate processes, as they do in production.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 from pathlib import Path
 
 import anyio
 
-from .infra import synthetic_workers
+from .infra import ready_until_signalled, synthetic_workers
 
 
 async def host(url: str, key_prefix: str, data_dir: Path, worker_ids: list[str]) -> None:
@@ -24,11 +23,7 @@ async def host(url: str, key_prefix: str, data_dir: Path, worker_ids: list[str])
     async with anyio.create_task_group() as tg:
         for w in fleet:
             await tg.start(w.run)
-        sys.stdout.write("ready\n")
-        sys.stdout.flush()
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                break
+        await ready_until_signalled()
         tg.cancel_scope.cancel()
     with anyio.CancelScope(shield=True), anyio.move_on_after(2):
         for client in clients:

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -459,3 +460,13 @@ async def host_processes(module: str, argvs: Sequence[Sequence[str]]) -> AsyncIt
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+async def ready_until_signalled() -> None:
+    """A host process's life once its work runs: say ``ready`` on standard output (what
+    :func:`host_processes` waits for), then return on SIGTERM or SIGINT."""
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            return

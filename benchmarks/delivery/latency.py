@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from redis.asyncio import Redis
 
 from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.connection import connect, is_cluster
@@ -25,18 +24,19 @@ from hiscrm_worker.settings import WorkerSettings
 from .infra import (
     aclose_all,
     dist,
-    node_client_for,
     now,
     prefix,
     raw_client,
     wait_until,
 )
+from .throughput import BareSubscriber
 
 # ----------------------------------------------------------------------------- 1. latency
 
 
 class FloorRoundTrip:
-    """The bare redis-py round trip: HSET+PUBLISH, a subscriber doing HGETALL+XADD, XREAD.
+    """The bare redis-py round trip: HSET+PUBLISH, a subscriber doing HGETALL+XADD
+    (:class:`BareSubscriber`, as in the throughput floors), XREAD.
 
     On a cluster (a ``redis+cluster://`` URL): redis-py's cluster client for the HSET,
     HGETALL, XADD and XREAD, SPUBLISH in the HSET's pipeline (a cluster pipeline sends
@@ -47,43 +47,16 @@ class FloorRoundTrip:
 
     def __init__(self, url: str) -> None:
         p = prefix("floor-rt")
-        self.hash, self.channel, self.stream = f"{p}account", f"{p}control", f"{p}acks"
+        self.subscriber = BareSubscriber(url, p, 0)
+        self.hash = f"{self.subscriber.account_prefix}acc"
+        self.channel, self.stream = self.subscriber.channel, self.subscriber.stream
         self.cluster = is_cluster_url(url)
         self.master = raw_client(url)
-        self.worker = raw_client(url)
-        self.sub = Redis.from_url(url) if not self.cluster else self.worker
         self.last_id = "0-0"
         self.version = 0
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        kind = "message"
-        if self.cluster:
-            self.sub = await node_client_for(self.worker, self.channel)
-            kind = "smessage"
-        pubsub = self.sub.pubsub()
-        try:
-            if self.cluster:
-                await pubsub.ssubscribe(self.channel)
-            else:
-                await pubsub.subscribe(self.channel)
-            while (await pubsub.get_message(timeout=1)) is None:
-                pass  # the subscribe confirmation
-            task_status.started()
-            while True:
-                msg = await pubsub.get_message(timeout=None)
-                if msg is None or msg["type"] != kind:
-                    continue
-                notice = json.loads(msg["data"])
-                config = await self.worker.hgetall(self.hash)
-                await self.worker.xadd(
-                    self.stream,
-                    {"account_id": notice["account_id"], "version": config[b"config_version"]},
-                    maxlen=100_000,
-                    approximate=True,
-                )
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self.subscriber.run(task_status=task_status)
 
     async def once(self) -> float:
         self.version += 1
@@ -110,7 +83,8 @@ class FloorRoundTrip:
                         return now() - t0
 
     async def aclose(self) -> None:
-        await aclose_all(*dict.fromkeys((self.master, self.worker, self.sub)))
+        await self.master.aclose()
+        await self.subscriber.aclose()
 
 
 class TimedScript:

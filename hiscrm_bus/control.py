@@ -25,11 +25,12 @@ from anyio.abc import TaskStatus
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.backoff import ExponentialWithJitterBackoff
 
 from .connection import RECOVERABLE, call, make_client, make_node_client, slot_owner
 from .deadletter import DeadLetterWriter
+from .errors import Unavailable
 from .messages import DecodeError, Message, decode, encode
+from .resilience import Episode
 from .scripts import publish_each
 from .settings import BusSettings
 
@@ -49,16 +50,13 @@ async def publish(redis: Redis, settings: BusSettings, worker_id: str, message: 
     return receivers
 
 
-class SilentlyDead(Exception):
+class SilentlyDead(Unavailable):
     """Our PING got no PONG in time: the connection is gone without telling us."""
 
 
-class SlotMoved(Exception):
+class SlotMoved(Unavailable):
     """The node we subscribed on no longer serves the shard channel's slot (Redis
     unsubscribed us, or redirected our SSUBSCRIBE): find the owner again."""
-
-
-_LOST: tuple[type[BaseException], ...] = (*RECOVERABLE, SilentlyDead, SlotMoved)
 
 
 class ControlSubscription:
@@ -89,26 +87,25 @@ class ControlSubscription:
         self._message = "smessage" if self.cluster else "message"
         self.node: tuple[str, int] | None = None  # on a cluster: the node subscribed on
         self._token = f"hiscrm-ping-{uuid.uuid4().hex[:8]}"
-        self._backoff = ExponentialWithJitterBackoff(
-            cap=settings.backoff_max_s, base=settings.backoff_min_s
-        )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Subscribe, reconcile, listen; on any connection loss, back off and start over.
-        Signals readiness after the first subscribe and reconcile."""
-        failures = 0
+        Signals readiness after the first subscribe and reconcile. An outage is told in
+        two lines however many tries it takes: the loss, and the recovery."""
+        episode = Episode(log, f"control subscription {self.channel}", self.settings)
         started = False
         while True:
             # on a cluster: a client of the node that serves the channel, once known
             client = None if self.cluster else make_client(self.settings, retries=False)
             pubsub: PubSub | None = None
+            delay = 0.0
             try:
                 with anyio.fail_after(self._subscribe_deadline):
                     if client is None:
                         client = await self._owner_client()
                     pubsub = client.pubsub()
                     await self._subscribe(pubsub)
-                failures = 0
+                episode.ok()
                 self.subscriptions += 1
                 log.info(
                     "subscribed to %s%s (%d)",
@@ -121,21 +118,15 @@ class ControlSubscription:
                     task_status.started()
                     started = True
                 await self._listen(pubsub)
-            except _LOST as exc:
-                failures += 1
-                log.warning("control subscription %s lost (%s); resubscribing", self.channel, exc)
             except Exception as exc:
-                # an error reply (e.g. NOPERM while an operator fixes the user's rules)
-                # or a bug: never the end of the worker's subscription
-                failures += 1
-                if failures == 1:
-                    log.exception("control subscription %s failed; resubscribing", self.channel)
-                else:
-                    log.debug("control subscription %s failed again: %s", self.channel, exc)
+                # a lost connection, a moved slot, an error reply (e.g. NOPERM while an
+                # operator fixes the user's rules) or a bug: never the end of the
+                # worker's subscription
+                delay = episode.failed(exc)
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                     await _close(pubsub, client)
-            await anyio.sleep(self._backoff.compute(failures))
+            await anyio.sleep(delay)
 
     @property
     def _subscribe_deadline(self) -> float:

@@ -3,6 +3,7 @@ after each (re)subscribe, and never lets a bad message or a bad handler stop it.
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 from typing import Self
 
@@ -247,6 +248,33 @@ async def test_reconnecting_over_a_dead_path_does_not_hang(real: Bus) -> None:
         await publish(redis, settings, "w1", note(1))
         assert (await probe.next()).config_version == 1
         tg.cancel_scope.cancel()
+
+
+async def test_an_outage_is_told_in_two_lines_however_many_tries_it_takes(
+    real: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis, base = real
+    port = redis.connection_pool.connection_kwargs["port"]
+    async with tcp_proxy(port) as proxy, Probe() as probe, anyio.create_task_group() as tg:
+        settings = silent_settings(proxy.url, base.redis_url)
+        sub = subscription(redis, settings, probe)
+        await tg.start(sub.run)
+        caplog.clear()
+        caplog.set_level(logging.DEBUG, logger="hiscrm_bus.control")
+        proxy.blackhole_all()
+        with anyio.fail_after(8):
+            await proxy.wait_accepted(4)  # the loss, then three more tries in the dark
+        proxy.restore_new()
+        await probe.wait_subscribed(2)
+        tg.cancel_scope.cancel()
+    told = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "hiscrm_bus.control" and r.levelno >= logging.WARNING
+    ]
+    assert len(told) == 2, told
+    assert "no PONG" in told[0]
+    assert "recovered after" in told[1]
 
 
 async def test_starting_on_a_dead_path_waits_until_it_comes_back(real: Bus) -> None:

@@ -61,7 +61,8 @@ def test_redis_restart_loses_no_update(own_stack: Stack, own_redis_server: Redis
     assert result.returncode == 0, result.stdout + result.stderr
     stack.wait_task("w1", "acc-1", "running", version=2)
     assert master.poll() is None and worker.poll() is None
-    assert "resubscribing" in stack.log("w1")
+    assert "control subscription" in stack.log("w1")
+    assert "recovered after" in stack.log("w1")
 
 
 def _fault_run(stack: Stack, rounds: int, seed: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -17,7 +16,7 @@ from rich.console import Console
 
 from hiscrm_bus.errors import AccountNotFound, BusUnavailable, ConfigurationError, HiscrmError
 
-from .terminal import safe
+from .terminal import clean, json_text, safe
 
 # Settings (pydantic-settings), the connection and the Master's settings are imported
 # where they are used: every command imports this module, and `hiscrm session` and
@@ -47,7 +46,27 @@ RedisUrl = Annotated[
 ]
 
 
+class TextFormatter(logging.Formatter):
+    """The processes' log lines. A record's message and traceback carry what platforms,
+    workers and Redis wrote (a platform's error text, a task's error, a stored value):
+    control characters (escape sequences, bidi overrides, line breaks) are shown
+    escaped, so none acts on the operator's terminal and no message forges a line of
+    its own; a traceback keeps its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return clean(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join(clean(line) for line in super().formatException(ei).splitlines())
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join(clean(line) for line in super().formatStack(stack_info).splitlines())
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; every value kept, what a terminal acts on escaped
+    (:func:`terminal.json_text`)."""
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
@@ -57,7 +76,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
+        return json_text(doc, indent=None)
 
 
 def setup_logging(level: str, fmt: str) -> None:
@@ -65,7 +84,7 @@ def setup_logging(level: str, fmt: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import time
 import unicodedata
@@ -23,6 +24,7 @@ from hiscrm_bus.accounts import AccountConfig, AccountStore
 from hiscrm_bus.messages import CrawlBatch, CrawledItem
 from hiscrm_bus.settings import BusSettings
 from hiscrm_bus.workers import TaskReport, WorkerInfo, WorkerRegistry
+from hiscrm_cli.common import setup_logging
 from hiscrm_cli.terminal import BIDI, clean, json_text, safe
 from hiscrm_master.archive import Archive, Arrival
 from tests.cli.process import hiscrm
@@ -91,6 +93,46 @@ def test_hostile_text_is_shown_escaped() -> None:
     out = render(safe(TEXT))
     assert "[/] [link=http://x]click[/link]" in out and "\\x1b]8;;http://evil" in out
     assert clean("a\nb\tc\r") == "a\\nb\\tc\\r"
+
+
+def log_lines(fmt: str, message: str, *args: object, error: str | None = None) -> str:
+    """What ``hiscrm master``/``worker`` write to stderr for one record (their own
+    logging set-up, in ``fmt``), with ``error`` raised and logged as its traceback."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    before, level = root.handlers[:], root.level
+    setup_logging("INFO", fmt)
+    handler = root.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(stream)
+    try:
+        if error is None:
+            logging.getLogger("hiscrm_worker.task").error(message, *args)
+        else:
+            try:
+                raise RuntimeError(error)
+            except RuntimeError:
+                logging.getLogger("hiscrm_worker.task").exception(message, *args)
+    finally:
+        root.handlers[:] = before
+        root.setLevel(level)
+    return stream.getvalue()
+
+
+def test_what_a_platform_wrote_reaches_the_process_log_inert() -> None:
+    # a task's error quoting the platform's status text, as the worker logs it
+    out = log_lines("text", "account %s: %s", "acc-1", f"platform_error: {TEXT}\nFORGED line")
+    assert unsafe_chars(out.rstrip("\n")) == [] and out.count("\n") == 1
+    assert "\\x1b[2J" in out and "\\u202eevil" in out and "\\nFORGED line" in out
+    # in a traceback: its own lines kept, each inert
+    out = log_lines("text", "task of %s failed", "acc-1", error=f"status {TEXT}")
+    assert [c for c in unsafe_chars(out) if c != "\n"] == []
+    assert "Traceback (most recent call last):" in out and "RuntimeError: status [/]" in out
+    # one JSON object a line: every value kept, what a terminal acts on escaped
+    out = log_lines("json", "account %s: %s", "acc-1", TEXT, error=TEXT)
+    doc = json.loads(out)
+    assert doc["msg"] == f"account acc-1: {TEXT}" and doc["exc"].endswith(f"RuntimeError: {TEXT}")
+    assert unsafe_chars(out.rstrip("\n")) == []
 
 
 # --- through the CLI, on a real redis-server --------------------------------

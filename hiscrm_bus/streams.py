@@ -36,6 +36,11 @@ from .settings import BusSettings
 
 log = logging.getLogger(__name__)
 FIELD = "msg"
+# the "lanes" of ``StreamReader._backlogged`` that are no slot: the one read of one
+# Redis, and a drain or claim pass (which goes on until nothing is left, so its flag
+# is dropped when it ends: no later read would ever clear it on a cluster)
+_ONE_REDIS = -1
+_PASS = -2
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,17 +356,20 @@ class StreamReader:
             lanes = list(by_slot(self._grouped).values())
         else:
             lanes = [[stream] for stream in self._grouped]
-        for streams in lanes:
-            while True:
-                reply = await call(
-                    self.redis.xreadgroup(
-                        self.group, self.consumer, dict.fromkeys(streams, "0"), count=self.count
+        try:
+            for streams in lanes:
+                while True:
+                    reply = await call(
+                        self.redis.xreadgroup(
+                            self.group, self.consumer, dict.fromkeys(streams, "0"), count=self.count
+                        )
                     )
-                )
-                entries = _entries(reply)
-                if not entries:
-                    break
-                await self._process(entries, handler)
+                    entries = _entries(reply)
+                    if not entries:
+                        break
+                    await self._process(entries, handler, lane=_PASS)
+        finally:
+            self._backlogged.pop(_PASS, None)
 
     async def _consume(self, handler: ReceivedHandler) -> None:
         if is_cluster(self.redis):
@@ -387,7 +395,7 @@ class StreamReader:
                 )
             )
             entries = _entries(reply)
-            await self._process(entries, handler)
+            await self._process(entries, handler, lane=_ONE_REDIS)
             self.episode.ok()
 
     async def _consume_lanes(self, handler: ReceivedHandler) -> None:
@@ -434,6 +442,12 @@ class StreamReader:
     async def _claim_idle(self, handler: ReceivedHandler) -> None:
         """Claim what dead consumers left idle, every stream's first page in one round
         trip (the check runs inside the read loop: it must not stall it)."""
+        try:
+            await self._claim_pages(handler)
+        finally:
+            self._backlogged.pop(_PASS, None)
+
+    async def _claim_pages(self, handler: ReceivedHandler) -> None:
         min_idle = int(self.settings.claim_idle_s * 1000)
         cursors = dict.fromkeys(self._grouped, "0-0")
         while cursors:
@@ -449,17 +463,15 @@ class StreamReader:
                 entries = [(stream, e[0], e[1]) for e in claimed if e and e[1] is not None]
                 if entries:
                     log.info("stream %s: claimed %d idle entries", stream, len(entries))
-                    await self._process(entries, handler)
+                    await self._process(entries, handler, lane=_PASS)
                 if cursor != "0-0":
                     following[stream] = cursor
             cursors = following
 
-    async def _process(
-        self, entries: list[Entry], handler: ReceivedHandler, *, lane: int = -1
-    ) -> None:
+    async def _process(self, entries: list[Entry], handler: ReceivedHandler, *, lane: int) -> None:
         """Hand ``entries`` to the handler, dead-letter what does not decode, then
-        acknowledge them all. ``lane``: the slot they were read from (-1: one Redis,
-        or a drain or claim pass)."""
+        acknowledge them all. ``lane``: the slot they were read from (``_ONE_REDIS``:
+        one Redis; ``_PASS``: a drain or claim pass, whose flag lasts while it runs)."""
         if not entries:
             self._backlogged[lane] = False
             return

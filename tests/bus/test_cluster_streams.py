@@ -17,20 +17,25 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncCluster
 from redis.crc import key_slot
 
+from hiscrm_bus.accounts import AccountConfig
+from hiscrm_bus.connection import make_client
 from hiscrm_bus.deadletter import DeadLetters
 from hiscrm_bus.keys import Keys
-from hiscrm_bus.messages import DecodeError, TaskStatus
+from hiscrm_bus.messages import AccountConfigUpdateAck, DecodeError, TaskStatus
 from hiscrm_bus.settings import BusSettings
 from hiscrm_bus.streams import (
     Received,
     StreamFollower,
     StreamReader,
     append,
+    append_many,
     append_many_to,
     by_slot,
     trim_consumed,
 )
 from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
+from hiscrm_master.service import Master
+from hiscrm_master.settings import MasterSettings
 from hiscrm_master.snapshot import ingest_backlog
 from tests.conftest import fast_settings
 from tests.redis_cluster import RedisCluster, running_cluster
@@ -214,6 +219,66 @@ async def test_a_restarted_reader_reads_its_own_pending_entries_first(bus: Bus) 
         tg.cancel_scope.cancel()
     assert sorted(seen) == sorted(streams * 2)
     assert await pending(redis, streams) <= 1  # the mark's, at most
+
+
+async def test_a_restarted_master_that_drains_a_full_page_of_acks_still_retries(
+    cluster: RedisCluster,
+) -> None:
+    """A Master restarted with exactly one page (``count``) of its ACK entries unacked
+    drains them, then reads on per slot: its sweep must still retry and fail an update
+    nobody ACKs (a drain's "whole page read" must not pass for a backlog for ever)."""
+    settings = fast_settings(cluster.cluster_url)
+    redis = make_client(settings)
+    master = Master(
+        MasterSettings.model_validate({**settings.model_dump(), "master_id": "m1"}), redis
+    )
+    try:
+        await WorkerRegistry(redis, settings.keys).heartbeat(WorkerInfo(id="w1"), ttl_s=60)
+        await master.store.create(AccountConfig(id="acc-1", platform="synthetic", worker_id="w1"))
+        stream = settings.keys.worker_stream("w1", "acks")
+        group = master.settings.consumer_group
+        count = master.acks.count
+        ack = AccountConfigUpdateAck(
+            sender="w1",
+            account_id="acc-1",
+            worker_id="w1",
+            applied_version=1,
+            seen_version=1,
+            ok=True,
+        )
+        await append_many(redis, stream, [ack] * count, 1000)
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        # the previous life of m1 read them and stopped before acknowledging
+        await redis.xreadgroup(group, master.id, {stream: ">"}, count=count)
+        seen = 0
+        drained = anyio.Event()
+
+        async def handler(batch: list[Received]) -> None:
+            nonlocal seen
+            await master.on_acks(batch)
+            seen += len(batch)
+            if seen > count:
+                drained.set()
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(master.acks.run_received, handler)
+            # read by the slot's lane, once the drain is over
+            await append(redis, stream, ack, 1000)
+            with anyio.fail_after(10):
+                await drained.wait()
+            _result, sent = await master.updates.change("acc-1", {"name": "x"}, "admin_update")
+            assert sent is not None
+            with anyio.fail_after(20):
+                # deadlines are on Redis' clock: each pass acts on those that passed
+                while not (await master.store.get("acc-1")).config_stale:
+                    await master.sweep()
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+        stats = await master.tracker.stats()
+        assert (stats["retried"], stats["failed"]) == (settings.max_attempts - 1, 1)
+        assert not master.acks.backlogged
+    finally:
+        await redis.aclose()
 
 
 async def test_trim_spans_every_node(bus: Bus) -> None:

@@ -365,12 +365,22 @@ class WriteCall:
     args: list[Any]
 
 
+def final_version(account_id: str) -> InvalidAccountConfig:
+    """The error of a write to an account whose config_version cannot be raised."""
+    return InvalidAccountConfig(
+        f"account {account_id}: its config_version cannot be raised any more (final at "
+        f"{MAX_VERSION}, or no integer), so nothing was written"
+    )
+
+
 def write_failure(code: int, account_id: str, expect_owner: str | None) -> Exception:
     """The error a negative reply of :data:`WRITE_ACCOUNT_LUA` stands for."""
     if code == -1:
         return AccountNotFound(f"no account {account_id!r}")
     if code == -2:
         return VersionConflict(f"account {account_id} changed meanwhile")
+    if code == -4:
+        return final_version(account_id)
     return NotOwner(f"account {account_id} is not owned by {expect_owner}")
 
 
@@ -387,7 +397,8 @@ class AccountUpdate:
 
 # The versioned write as a Lua function, so a caller can compose it with other steps in
 # one atomic call (see hiscrm_master.updates). Returns the new version, or -1 (no such
-# account), -2 (its version is not ``expected``), -3 (not owned by ``expect_owner``).
+# account), -2 (its version is not ``expected``), -3 (not owned by ``expect_owner``),
+# -4 (its version cannot be raised: nothing was written).
 WRITE_ACCOUNT_LUA = """
 local function write_account(acct, unassigned, expected, updated_at, sets, dels, head, tail,
                              id, expect_owner)
@@ -396,6 +407,14 @@ local function write_account(acct, unassigned, expected, updated_at, sets, dels,
   if expected ~= '' and tonumber(expected) ~= cur then return -2 end
   local old = redis.call('HGET', acct, 'worker_id')
   if expect_owner ~= '' and old ~= expect_owner then return -3 end
+  -- checked before anything is written: HINCRBY fails at 2^63-1, and on what is no
+  -- integer, after the fields above would have been written (an owner without a bump)
+  local raw = redis.call('HGET', acct, 'config_version') or '0'
+  local sign, digits = string.match(raw, '^(%-?)([1-9]%d*)$')
+  local limit = sign == '-' and '9223372036854775809' or '9223372036854775807'
+  if raw ~= '0' and not (digits and (#digits < 19 or (#digits == 19 and digits < limit))) then
+    return -4
+  end
   for k, v in pairs(cjson.decode(sets)) do redis.call('HSET', acct, k, v) end
   for _, k in ipairs(cjson.decode(dels)) do redis.call('HDEL', acct, k) end
   local new = redis.call('HGET', acct, 'worker_id')

@@ -344,17 +344,23 @@ class PendingTracker:
         clears the account's ``config_stale`` mark.
         """
         (closed,) = await self.resolve_many([ack])
+        if isinstance(closed, Exception):
+            raise closed
         return closed or []
 
     async def resolve_many(
         self, acks: Sequence[AccountConfigUpdateAck]
-    ) -> list[list[tuple[str, Status, float]] | None]:
+    ) -> list[list[tuple[str, Status, float]] | Exception | None]:
         """:meth:`resolve` for many ACKs in one round trip, in order. None for an ACK
-        whose worker does not own the account (it resolves nothing)."""
+        whose worker does not own the account (it resolves nothing); the error reply of
+        an ACK Redis refused (e.g. WRONGTYPE: a key of its account holds another type)
+        is that ACK's alone. An outage is everyone's: BusUnavailable."""
         calls: list[ScriptCall] = [(self._resolve, *self._resolve_call(ack)) for ack in acks]
-        replies = await run_scripts(self.redis, calls)
+        replies = await run_scripts(self.redis, calls, each_error=True)
         return [
-            None
+            reply
+            if isinstance(reply, Exception)
+            else None
             if isinstance(reply, bytes | str)
             else [(text(r[0]), text(r[1]), float(text(r[2]))) for r in reply]  # type: ignore[misc]
             for reply in replies

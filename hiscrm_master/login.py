@@ -325,9 +325,17 @@ async def on_login_expired(updates: Updates, event: LoginExpired) -> bool:
         return False
     if account.login_status == "expired" or account.worker_id != event.worker_id:
         return False
-    result, sent = await updates.change(
-        event.account_id, {"login_status": "expired"}, "login_expired", expect_owner=event.worker_id
-    )
+    try:
+        result, sent = await updates.change(
+            event.account_id,
+            {"login_status": "expired"},
+            "login_expired",
+            expect_owner=event.worker_id,
+        )
+    except (AccountNotFound, InvalidAccountConfig) as exc:
+        # removed since the read, or a version that cannot be raised: nothing to mark
+        log.warning("account %s: its expired login not recorded: %s", event.account_id, exc)
+        return False
     log.warning(
         "account %s: its login expired (%s); version %d%s; log it in: hiscrm login %s",
         event.account_id,

@@ -14,16 +14,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 from redis.asyncio import Redis
 
-from hiscrm_bus.connection import call, call_each, text
+from hiscrm_bus.connection import RECOVERABLE, call, call_each, text
 from hiscrm_bus.deadletter import DeadLetters
 from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig, NotOwner
 from hiscrm_bus.keys import StreamKind
+from hiscrm_bus.limits import clip
 from hiscrm_bus.messages import (
     AccountConfigAcks,
     AccountConfigUpdate,
@@ -100,6 +102,13 @@ if score and tonumber(score) <= tonumber(ARGV[2]) then
 end
 return 0
 """
+
+
+def failure(exc: BaseException) -> str:
+    """Why handling a message failed, as one line for its dead letter (the first line of
+    the error only: a validation error's details may quote the values it refused)."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return clip(f"failed: {type(exc).__name__}" + (f": {first}" if first else ""), 300)
 
 
 class Master:
@@ -228,10 +237,21 @@ class Master:
                 acks.append((r, r.message))
         results = await self.tracker.resolve_many([a for _r, a in acks])
         for (r, ack), closed in zip(acks, results, strict=True):
-            if closed is None:
-                await self.reject(r, "not_owner")
-            else:
-                self._log_resolved(ack, closed)
+            await self._one(r, partial(self._judge_ack, ack=ack, closed=closed))
+
+    async def _judge_ack(
+        self,
+        received: Received,
+        *,
+        ack: AccountConfigUpdateAck,
+        closed: Sequence[tuple[str, str, float]] | Exception | None,
+    ) -> None:
+        if isinstance(closed, Exception):  # its own error reply (e.g. WRONGTYPE)
+            raise closed
+        if closed is None:
+            await self.reject(received, "not_owner")
+        else:
+            self._log_resolved(ack, closed)
 
     def _log_resolved(
         self, ack: AccountConfigUpdateAck, closed: Sequence[tuple[str, str, float]]
@@ -274,20 +294,36 @@ class Master:
         about = [r for r in received if isinstance(r.message, _ABOUT_ACCOUNT)]
         owners = await self._owners([r.message.account_id for r in about])  # type: ignore[union-attr]
         for r in received:
-            message = r.message
-            if not self._sender_ok(r):
-                await self.reject(r, "wrong_sender")
-            elif isinstance(message, DeadLetterReport):
-                raw = message.raw.encode("utf-8", "surrogatepass")
-                own = self.keys.control(r.source)
-                source = own if message.source == own else f"worker {r.source}: {message.source}"
-                await self.deadletters.write(source, DecodeError(message.reason, raw))
-            elif not isinstance(message, _ABOUT_ACCOUNT):
-                await self.reject(r, "wrong_stream")
-            elif owners.get(message.account_id) != r.source:
-                await self.reject(r, "not_owner")
-            else:
-                await self.on_event(message, r)
+            await self._one(r, partial(self._on_event_read, owners=owners))
+
+    async def _one(self, received: Received, handle: Callable[[Received], Awaitable[None]]) -> None:
+        """Handle one message of a read. A Redis or database outage propagates (the
+        whole read stays pending, to be read again); any other failure dead-letters this
+        message alone, with why, and the rest of the read goes on."""
+        try:
+            await handle(received)
+        except RECOVERABLE:
+            raise
+        except Exception as exc:
+            log.debug("master %s: handling %s failed", self.id, received.message.type, exc_info=exc)
+            await self.reject(received, failure(exc))
+
+    async def _on_event_read(self, r: Received, *, owners: dict[str, str | None]) -> None:
+        """One event of a read, judged by its sender and the account's owner."""
+        message = r.message
+        if not self._sender_ok(r):
+            await self.reject(r, "wrong_sender")
+        elif isinstance(message, DeadLetterReport):
+            raw = message.raw.encode("utf-8", "surrogatepass")
+            own = self.keys.control(r.source)
+            source = own if message.source == own else f"worker {r.source}: {message.source}"
+            await self.deadletters.write(source, DecodeError(message.reason, raw))
+        elif not isinstance(message, _ABOUT_ACCOUNT):
+            await self.reject(r, "wrong_stream")
+        elif owners.get(message.account_id) != r.source:
+            await self.reject(r, "not_owner")
+        else:
+            await self.on_event(message, r)
 
     async def on_event(self, message: Message, received: Received | None = None) -> None:
         if isinstance(message, LoginSuccess):

@@ -19,6 +19,7 @@ from hiscrm_bus.accounts import (
     ImportPlan,
     check_changes,
     decode_hash,
+    final_version,
     to_hash,
     write_failure,
 )
@@ -202,6 +203,8 @@ class Updates:
             version = _version(current)
             if expect_version is not None and expect_version != version:
                 raise VersionConflict(f"account {account_id} changed meanwhile")
+            if version >= MAX_VERSION:  # what Redis' HINCRBY could not bump either
+                raise final_version(account_id)
             write = self.store.write_call(account_id, current, changes, version, expect_owner)
             owner = write.new.worker_id
             if owner is None or owner != current.get("worker_id"):
@@ -271,7 +274,7 @@ class Updates:
         for account_id, (current, changes) in chunk.items():
             version = _version(current)
             if version >= MAX_VERSION:  # what Redis' HINCRBY could not bump either
-                done[account_id] = InvalidAccountConfig(f"config_version {version} is final")
+                done[account_id] = final_version(account_id)
                 continue
             try:
                 write = self.store.write_call(account_id, current, changes, version)

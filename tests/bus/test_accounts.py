@@ -3,13 +3,14 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
-from hiscrm_bus.accounts import AccountConfig, AccountStore, parse_assignments
+from hiscrm_bus.accounts import AccountConfig, AccountStore, decode_hash, parse_assignments
 from hiscrm_bus.errors import (
     AccountExists,
     AccountNotFound,
     InvalidAccountConfig,
     VersionConflict,
 )
+from hiscrm_bus.limits import MAX_VERSION
 from hiscrm_bus.settings import BusSettings
 
 Bus = tuple[Redis, BusSettings]
@@ -163,3 +164,21 @@ async def test_a_change_can_repair_an_invalid_stored_value(bus: Bus) -> None:
     result = await store.update("a", {"monitor_interval_s": "12"})
     assert result.version == 2
     assert (await store.get("a")).monitor_interval_s == 12
+
+
+async def test_a_final_version_refuses_a_write_before_anything_is_written(bus: Bus) -> None:
+    """A version that cannot be raised (2**63-1) refuses the write whole: placing the
+    account must not change its owner without a version bump."""
+    redis, settings = bus
+    store = AccountStore(redis, settings.keys)
+    await store.create(AccountConfig(id="a", platform="sandbox"))
+    key = settings.keys.account("a")
+    await redis.hset(key, "config_version", str(MAX_VERSION))
+    before = await redis.hgetall(key)
+    with pytest.raises(InvalidAccountConfig, match="cannot be raised"):
+        await store.update("a", {"worker_id": "w1"})
+    (refused,) = await store.update_many({"a": (decode_hash(before), {"worker_id": "w1"})})
+    assert isinstance(refused, InvalidAccountConfig)
+    assert await redis.hgetall(key) == before
+    assert await store.ids_of_worker("w1") == []
+    assert await store.unassigned_ids() == ["a"]

@@ -14,10 +14,12 @@ from typing import Literal
 import anyio
 from pydantic import ValidationError
 
-from hiscrm_bus.accounts import AccountStore
-from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig
+from hiscrm_bus.accounts import AccountConfig, AccountStore
+from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig, Unavailable
 from hiscrm_bus.limits import clip
 from hiscrm_bus.messages import LoginFailed, LoginProgress, LoginQrCode, LoginRequest, LoginSuccess
+from hiscrm_bus.resilience import Episode
+from hiscrm_bus.settings import BusSettings
 
 from .outbox import Outbox
 from .platforms import LoginFailedError, Platform, PlatformError
@@ -75,14 +77,19 @@ class LoginRunner:
         platforms: Mapping[str, Platform],
         worker_id: str,
         outbox: Outbox,
+        settings: BusSettings,
     ) -> None:
         self.store = store
         self.platforms = platforms
         self.worker_id = worker_id
         self.outbox = outbox
+        self.settings = settings
         self.active: dict[str, str] = {}  # account id → session id of its running login
 
     async def run(self, request: LoginRequest) -> None:
+        """Run one login to its end: a LoginSuccess or a LoginFailed. Never raises but
+        on cancellation: the worker runs logins beside its other tasks, and one login's
+        failure (Redis down, a poisoned account) must not end them."""
         account_id = request.account_id
         running = self.active.get(account_id)
         if running == request.session_id:
@@ -95,15 +102,54 @@ class LoginRunner:
         self.active[account_id] = request.session_id
         try:
             await self._run(request)
+        except Exception as exc:
+            log.exception("login %s for %s crashed", request.session_id, account_id)
+            self._failed(request, "error", f"{type(exc).__name__}: {exc}")
         finally:
             del self.active[account_id]
 
+    async def _account(self, request: LoginRequest) -> AccountConfig | None:
+        """The account to log in, or None once a LoginFailed says why not. Redis being
+        unavailable is waited out, with back-off, for as long as the login may take."""
+        episode = Episode(
+            log,
+            f"login {request.session_id} for {request.account_id}: reading the account",
+            self.settings,
+        )
+        unavailable: Exception | None = None
+        with anyio.move_on_after(request.timeout_s):
+            while True:
+                try:
+                    account = await self.store.get(request.account_id)
+                except Unavailable as exc:
+                    unavailable = exc
+                    await anyio.sleep(episode.failed(exc))
+                    continue
+                except (AccountNotFound, InvalidAccountConfig) as exc:
+                    self._failed(request, "error", str(exc))
+                    return None
+                except Exception as exc:  # an error reply: WRONGTYPE, NOPERM
+                    self._failed(
+                        request,
+                        "error",
+                        f"the account could not be read ({type(exc).__name__}: {exc})",
+                    )
+                    return None
+                episode.ok()
+                return account
+        self._failed(
+            request,
+            "error",
+            f"the account could not be read within {request.timeout_s:g}s "
+            f"({unavailable or 'Redis did not answer'})",
+        )
+        return None
+
     async def _run(self, request: LoginRequest) -> None:
         me = self.worker_id
-        try:
-            account = await self.store.get(request.account_id)
-        except (AccountNotFound, InvalidAccountConfig) as exc:
-            self._failed(request, "error", str(exc))
+        started = anyio.current_time()
+        account = await self._account(request)
+        if account is None:
             return
         platform = self.platforms.get(account.platform)
         if account.worker_id != me or platform is None:
@@ -116,7 +162,8 @@ class LoginRunner:
             account.platform,
         )
         try:
-            with anyio.fail_after(request.timeout_s):
+            # the request's timeout covers the whole login, the account's read included
+            with anyio.fail_after(max(started + request.timeout_s - anyio.current_time(), 0)):
                 result = await platform.login(account, _Reporter(self, request))
         except TimeoutError:
             self._failed(request, "timeout", f"no login within {request.timeout_s:g}s")

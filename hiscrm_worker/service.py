@@ -97,7 +97,7 @@ class Worker:
         self.runner = TaskRunner(
             self.platforms, self._on_task_state, self._on_items, self._on_expired
         )
-        self.logins = LoginRunner(self.store, self.platforms, self.id, self.outbox)
+        self.logins = LoginRunner(self.store, self.platforms, self.id, self.outbox, settings)
         self.subscription = ControlSubscription(
             settings,
             self.id,
@@ -205,9 +205,23 @@ class Worker:
             await self.on_config_update(message)
         elif isinstance(message, LoginRequest):
             if self.tg is not None:
-                self.tg.start_soon(self.logins.run, message, name=f"login:{message.account_id}")
+                self.tg.start_soon(self._login, message, name=f"login:{message.account_id}")
         else:
             log.warning("worker %s: ignoring unexpected %s", self.id, message.type)
+
+    async def _login(self, request: LoginRequest) -> None:
+        """One login, beside the worker's other tasks: nothing it raises may reach the
+        worker's task group (that would end the worker, and the Master's re-sent request
+        would end the next one too)."""
+        try:
+            await self.logins.run(request)
+        except Exception:
+            log.exception(
+                "worker %s: login %s for %s failed unexpectedly",
+                self.id,
+                request.session_id,
+                request.account_id,
+            )
 
     async def handle_burst(self, messages: list[Message]) -> None:
         """Messages that arrived together: the config updates among them are answered

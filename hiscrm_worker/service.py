@@ -29,7 +29,7 @@ from hiscrm_bus.accounts import AccountStore, from_hash
 from hiscrm_bus.control import ControlSubscription
 from hiscrm_bus.errors import InvalidAccountConfig, WorkerIdInUse
 from hiscrm_bus.keys import StreamKind
-from hiscrm_bus.limits import MAX_VERSION, clip, utcnow
+from hiscrm_bus.limits import MAX_MESSAGE_BYTES, MAX_VERSION, clip, utcnow
 from hiscrm_bus.messages import (
     MAX_ACK_ERROR_CHARS,
     MAX_ACKS_PER_MESSAGE,
@@ -58,6 +58,9 @@ from .vault import SessionVault, read_key_file
 
 log = logging.getLogger(__name__)
 INGEST_BATCH = 1000  # items per crawl batch message (a message holds at most 5000)
+# the items' JSON per crawl batch message: the rest of the 4 MiB bound is the envelope's
+# (a thousand items of 20,000 characters would make 60 MB)
+INGEST_BATCH_BYTES = MAX_MESSAGE_BYTES - 512 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,14 +557,36 @@ class Worker:
         self.send("events", expired)
 
     def _on_items(self, task: MonitorTask, items: list[CrawledItem]) -> None:
-        for start in range(0, len(items), INGEST_BATCH):
-            batch = CrawlBatch(
-                sender=self.id,
-                account_id=task.account_id,
-                worker_id=self.id,
-                items=tuple(items[start : start + INGEST_BATCH]),
-            )
-            self.send("ingest", batch)
+        """Send a crawl's items in batches of at most INGEST_BATCH items and
+        INGEST_BATCH_BYTES of JSON: a batch over the message bound would be refused by
+        the Master whole (items reach 20,000 characters, 60 KB as UTF-8)."""
+        batch: list[CrawledItem] = []
+        size = 0
+        for found in items:
+            item = found
+            item_size = len(item.model_dump_json().encode()) + 1  # and its comma
+            if item_size > INGEST_BATCH_BYTES:  # only its extra fields make it this big
+                log.warning(
+                    "account %s: item %s carries %d bytes of extra fields; sent without them",
+                    task.account_id,
+                    item.item_id,
+                    item_size,
+                )
+                item = item.model_copy(update={"extra": {}})
+                item_size = len(item.model_dump_json().encode()) + 1
+            if batch and (len(batch) >= INGEST_BATCH or size + item_size > INGEST_BATCH_BYTES):
+                self._send_items(task, batch)
+                batch, size = [], 0
+            batch.append(item)
+            size += item_size
+        if batch:
+            self._send_items(task, batch)
+
+    def _send_items(self, task: MonitorTask, items: list[CrawledItem]) -> None:
+        batch = CrawlBatch(
+            sender=self.id, account_id=task.account_id, worker_id=self.id, items=tuple(items)
+        )
+        self.send("ingest", batch)
 
 
 @contextmanager

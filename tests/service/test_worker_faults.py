@@ -5,6 +5,7 @@ fails costs only itself, the worker goes on, nothing is lost."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,23 @@ from redis.asyncio import Redis
 
 from hiscrm_bus.errors import BusUnavailable
 from hiscrm_bus.keys import StreamKind
-from hiscrm_bus.messages import LoginFailed, LoginRequest, LoginSuccess, Message
+from hiscrm_bus.limits import MAX_MESSAGE_BYTES
+from hiscrm_bus.messages import (
+    MAX_ITEM_TEXT,
+    CrawlBatch,
+    CrawledItem,
+    DecodeError,
+    LoginFailed,
+    LoginRequest,
+    LoginSuccess,
+    Message,
+    decode,
+    encode,
+)
 from hiscrm_bus.settings import BusSettings
 from hiscrm_master.service import Master
 from hiscrm_master.settings import MasterSettings
-from hiscrm_worker.service import Worker
+from hiscrm_worker.service import INGEST_BATCH, Worker
 from tests.service.test_delivery import add, worker_settings
 
 Bus = tuple[Redis, BusSettings]
@@ -122,3 +135,62 @@ async def test_a_login_fails_once_an_outage_outlasts_its_timeout(
     assert "within 0.5s" in end.error and "unreachable" in end.error
     assert anyio.current_time() - started < 5
     assert w1.runner.ids() == ["acc-1"] and w1.logins.active == {}
+
+
+def item(n: int, text: str) -> CrawledItem:
+    return CrawledItem(kind="dm", item_id=str(n), text=text, created_at=datetime.now(UTC))
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [
+        (INGEST_BATCH, "好" * 1500),  # the review's 4.6 MB batch
+        (INGEST_BATCH, "好" * MAX_ITEM_TEXT),  # the longest items, 3 bytes a character
+        (100, "\x01" * MAX_ITEM_TEXT),  # 6 bytes a character as JSON
+    ],
+    ids=["cjk-1500", "cjk-max", "escaped-max"],
+)
+async def test_a_crawl_of_long_items_reaches_the_master_whole(
+    worker, count: int, text: str
+) -> None:
+    """Every batch a crawl of long items makes is one the Master can decode, and
+    together they carry every item, in order (review finding: the whole batch was
+    dead-lettered)."""
+    _master, w1, sent = worker
+    task = w1.runner.get("acc-1")
+    assert task is not None
+    items = [item(n, text) for n in range(count)]
+    w1._on_items(task, items)
+    batches = [m for m in sent.messages if isinstance(m, CrawlBatch)]
+    assert len(batches) > 1
+    received = []
+    for batch in batches:
+        raw = encode(batch)
+        assert len(raw) <= MAX_MESSAGE_BYTES
+        decoded = decode(raw)
+        assert not isinstance(decoded, DecodeError) and isinstance(decoded, CrawlBatch)
+        received.extend(decoded.items)
+    assert [i.item_id for i in received] == [str(n) for n in range(count)]
+    assert all(i.text == text for i in received)
+
+
+async def test_an_item_too_large_alone_is_sent_without_its_extra_fields(worker) -> None:
+    _master, w1, sent = worker
+    task = w1.runner.get("acc-1")
+    assert task is not None
+    huge = CrawledItem(
+        kind="comment",
+        item_id="big",
+        text="kept",
+        created_at=datetime.now(UTC),
+        extra={"blob": "x" * MAX_MESSAGE_BYTES},
+    )
+    w1._on_items(task, [item(0, "before"), huge, item(1, "after")])
+    batches = [m for m in sent.messages if isinstance(m, CrawlBatch)]
+    assert all(not isinstance(decode(encode(b)), DecodeError) for b in batches)
+    received = [i for b in batches for i in b.items]
+    assert [(i.item_id, i.text, i.extra) for i in received] == [
+        ("0", "before", {}),
+        ("big", "kept", {}),
+        ("1", "after", {}),
+    ]

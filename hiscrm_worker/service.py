@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 
 from hiscrm_bus import __version__
 from hiscrm_bus.accounts import AccountStore, from_hash
+from hiscrm_bus.connection import call_each
 from hiscrm_bus.control import ControlSubscription
 from hiscrm_bus.errors import InvalidAccountConfig, WorkerIdInUse
 from hiscrm_bus.keys import StreamKind
@@ -61,6 +62,10 @@ INGEST_BATCH = 1000  # items per crawl batch message (a message holds at most 50
 # the items' JSON per crawl batch message: the rest of the 4 MiB bound is the envelope's
 # (a thousand items of 20,000 characters would make 60 MB)
 INGEST_BATCH_BYTES = MAX_MESSAGE_BYTES - 512 * 1024
+# what a version probe saw: the stored bytes, None (no such hash or field), or an error
+# reply's class and text (WRONGTYPE); a rejected account is read again only once its
+# probe differs from what was rejected
+Fingerprint = bytes | str | tuple[str, str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +115,10 @@ class Worker:
             burst=self.handle_burst,
         )
         # the version in force per account (also for accounts stopped here), and the
-        # newest version we rejected, so reconcile does not reject it again and again
+        # fingerprint of the hash we last rejected, so reconcile does not reject it again
+        # and again
         self.applied: dict[str, int] = {}
-        self.rejected: dict[str, int] = {}
+        self.rejected: dict[str, Fingerprint] = {}
         # uncontended almost always: the fast path must not yield to the event loop
         self._locks: defaultdict[str, anyio.Lock] = defaultdict(
             lambda: anyio.Lock(fast_acquire=True)
@@ -340,6 +346,13 @@ class Worker:
         self.rejected.pop(account_id, None)
         self._locks.pop(account_id, None)
 
+    def _rejected_again(self, account_id: str, fingerprint: Fingerprint) -> bool:
+        """Remember what was rejected; True when it is what was rejected last time
+        (said once already: not logged as an error again)."""
+        again = account_id in self.rejected and self.rejected[account_id] == fingerprint
+        self.rejected[account_id] = fingerprint
+        return again
+
     def _apply_unguarded(
         self, account_id: str, raw: dict[Any, Any] | Exception, quiet: bool
     ) -> Applied:
@@ -358,15 +371,17 @@ class Worker:
                 log.info("account %s: no longer readable by us; task stopped", account_id)
             return Applied(True, applied, applied, mine=False, did="stopped")
         if isinstance(raw, Exception):
-            self.rejected[account_id] = applied + 1
-            log.error(
-                "account %s: its hash cannot be read (%s); keeping version %d",
-                account_id,
-                raw,
-                applied,
-            )
+            again = self._rejected_again(account_id, _fingerprint(raw))
+            if not again or not quiet:
+                log.log(
+                    logging.INFO if again else logging.ERROR,
+                    "account %s: its hash cannot be read (%s); keeping version %d",
+                    account_id,
+                    raw,
+                    applied,
+                )
             error = clip(f"account hash unreadable: {raw}")
-            return Applied(False, applied, applied, error, did="rejected")
+            return Applied(False, applied, applied, error, did=_rejected(again))
         if not raw:  # removed
             self._forget(account_id)
             if not quiet:
@@ -377,16 +392,19 @@ class Worker:
             config = from_hash(raw)
         except InvalidAccountConfig as exc:
             seen = _version_of(raw)
-            self.rejected[account_id] = seen
-            log.error(
-                "account %s: version %d rejected, keeping version %d: %s",
-                account_id,
-                seen,
-                applied,
-                exc,
-            )
+            again = self._rejected_again(account_id, _stored_version(raw))
+            if not again or not quiet:
+                log.log(
+                    logging.INFO if again else logging.ERROR,
+                    "account %s: version %d rejected, keeping version %d: %s",
+                    account_id,
+                    seen,
+                    applied,
+                    exc,
+                )
             error = clip(f"invalid config: {exc}")
-            return Applied(False, applied, seen, error, mine=owner == self.id, did="rejected")
+            did = _rejected(again)
+            return Applied(False, applied, seen, error, mine=owner == self.id, did=did)
         version = config.config_version
         if version == applied:
             return Applied(True, applied, version, mine=owner == self.id)
@@ -412,9 +430,12 @@ class Worker:
             return Applied(True, version, version, mine=False, did="moved away")
         if config.platform not in self.platforms:
             error = f"platform {config.platform!r} is not supported by worker {self.id}"
-            self.rejected[account_id] = version
-            log.error("account %s: %s", account_id, error)
-            return Applied(False, applied, version, error, did="rejected")
+            again = self._rejected_again(account_id, _stored_version(raw))
+            if not again or not quiet:
+                log.log(
+                    logging.INFO if again else logging.ERROR, "account %s: %s", account_id, error
+                )
+            return Applied(False, applied, version, error, did=_rejected(again))
         did = "swapped" if account_id in self.runner else "started"
         self.runner.apply(config, quiet=quiet)
         if not quiet:
@@ -434,13 +455,9 @@ class Worker:
         # an account we never applied nor rejected is behind by definition: only the
         # known ones need their version probed (on a cold start, none do)
         known = sorted(a for a in candidates if a in self.applied or a in self.rejected)
-        versions = await self.store.versions(known) if known else {}
+        probes = await self._probe(known) if known else {}
         behind = sorted(candidates - set(known)) + [
-            a
-            for a, v in versions.items()
-            if (v is None and a in self.runner)
-            # != rather than >: a version that went back (Redis lost writes) is reloaded
-            or (v is not None and v != self.applied.get(a, 0) and v != self.rejected.get(a))
+            a for a, seen in probes.items() if self._behind(a, seen, mine)
         ]
         if not behind:
             return
@@ -461,6 +478,34 @@ class Worker:
             len(behind),
             ", ".join(f"{n} {what}" for what, n in sorted(done.items())) or "none free",
         )
+
+    async def _probe(self, account_ids: Sequence[str]) -> dict[str, Fingerprint]:
+        """Each account's stored ``config_version`` as Redis gave it, in one round trip
+        (AccountStore.versions parses it, and a rejected -5, abc or WRONGTYPE all
+        become one None there)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for account_id in account_ids:
+                pipe.hget(self.keys.account(account_id), "config_version")
+            replies = await call_each(pipe.execute(raise_on_error=False))
+        return {a: _fingerprint(r) for a, r in zip(account_ids, replies, strict=True)}
+
+    def _behind(self, account_id: str, seen: Fingerprint, mine: set[str]) -> bool:
+        """Whether a known account's probe asks for a read."""
+        if (
+            account_id in self.rejected
+            and self.rejected[account_id] == seen
+            # a hash without a version may also be a removed one: gone from our set
+            and (seen is not None or account_id in mine)
+        ):
+            return False  # what we rejected, unchanged: said once, not again each pass
+        try:
+            version = int(seen) if isinstance(seen, bytes | str) else None
+        except ValueError:
+            version = None
+        if version is None:  # removed, or not readable: reading it tells which
+            return account_id in self.runner or account_id in self.rejected
+        # != rather than >: a version that went back (Redis lost writes) is reloaded
+        return version != self.applied.get(account_id, 0)
 
     def _apply_all(
         self,
@@ -619,6 +664,22 @@ def _pid_alive(pid: int) -> bool:
 def _field(raw: dict[Any, Any], name: str) -> str | None:
     value = raw.get(name.encode(), raw.get(name))
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _fingerprint(reply: Any) -> Fingerprint:
+    """What a read of an account's version saw, to compare with the next read's."""
+    if isinstance(reply, Exception):
+        return (type(reply).__name__, str(reply))
+    return reply if isinstance(reply, bytes | str) else None
+
+
+def _stored_version(raw: dict[Any, Any]) -> Fingerprint:
+    """The fingerprint of the version field of a hash read whole."""
+    return _fingerprint(raw.get(b"config_version", raw.get("config_version")))
+
+
+def _rejected(again: bool) -> str:
+    return "rejected again" if again else "rejected"
 
 
 def _version_of(raw: dict[Any, Any]) -> int:

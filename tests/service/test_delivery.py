@@ -459,3 +459,48 @@ async def test_a_reconcile_read_overtaken_by_an_update_does_not_roll_it_back(
     await w1.reconcile()
     assert overtaken
     assert (w1.applied["acc-1"], w1.runner.get("acc-1").config.name) == (3, "v3")  # type: ignore[union-attr]
+
+
+async def wrong_type(redis: Redis, settings: BusSettings, account_id: str) -> dict[bytes, bytes]:
+    """Overwrite the account's hash with a string (WRONGTYPE for every read); returns
+    the hash as it was."""
+    key = settings.keys.account(account_id)
+    stored: dict[bytes, bytes] = await redis.hgetall(key)  # type: ignore[misc]
+    await redis.delete(key)
+    await redis.set(key, "x")
+    return stored
+
+
+@pytest.mark.parametrize("poison", ["abc", "-5", str(2**64), "wrongtype"])
+async def test_a_poisoned_account_is_rejected_once_not_on_every_reconcile(
+    fleet, bus: Bus, caplog: pytest.LogCaptureFixture, poison: str
+) -> None:
+    """A version no one can use (or a key of another type) is said once: one error line,
+    one rejecting ACK; the pass after stays quiet and the task runs on. A version the
+    Master writes afterwards is read and applied at once (review finding)."""
+    master, w1, _w2 = fleet
+    redis, settings = bus
+    await settled(master, w1, 2)
+    key = settings.keys.account("acc-1")
+    if poison == "wrongtype":
+        stored = await wrong_type(redis, settings, "acc-1")
+    else:
+        await redis.hset(key, "config_version", poison)
+    caplog.clear()
+    for _ in range(5):
+        await w1.reconcile()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "acc-1" in errors[0].getMessage()
+    (rejecting,) = [r.message for r in (await acks_of(redis, w1))[1:]]
+    assert isinstance(rejecting, AccountConfigAcks)
+    assert [(a.account_id, a.ok) for a in rejecting.acks] == [("acc-1", False)]
+    assert w1.runner.get("acc-1").config.config_version == 1  # type: ignore[union-attr]
+    # the Master writes a good version: the next pass reads and applies it
+    if poison == "wrongtype":
+        await redis.delete(key)
+        await redis.hset(key, mapping={**stored, b"config_version": b"7", b"name": b"fixed"})
+    else:
+        await redis.hset(key, mapping={"config_version": "7", "name": "fixed"})
+    await w1.reconcile()
+    task = w1.runner.get("acc-1")
+    assert task is not None and (task.config.config_version, task.config.name) == (7, "fixed")

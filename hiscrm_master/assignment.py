@@ -50,12 +50,20 @@ class Assigner:
             return 0
         alive, dead = await self.registry.all()
         unowned = await self.updates.store.unassigned_ids()
+        # what was logged once is kept only for the accounts and workers still waiting
+        # for a place (an account removed, placed by another Master or whose worker
+        # came back is no longer one of them; if it waits again, that is news)
+        self._offline_logged.intersection_update(w for w, _last in dead)
+        waiting = set(unowned)
         if not dead and not unowned:
+            self._invalid_logged.clear()
+            self._unplaceable.clear()
             return 0  # nothing to place: no need to count every worker's accounts
         loads = await self._loads(alive)
         placed = 0
         for worker_id, _last in dead:
             accounts = await self.updates.store.ids_of_worker(worker_id)
+            waiting.update(accounts)
             if worker_id not in self._offline_logged:
                 log.warning(
                     "worker %s is offline (heartbeat expired); moving its %d account(s)",
@@ -71,6 +79,8 @@ class Assigner:
         if unowned:
             moved, _left = await self._place(unowned, alive, loads, "assignment")
             placed += moved
+        self._invalid_logged.intersection_update(waiting)
+        self._unplaceable.intersection_update(waiting)
         return placed
 
     async def _loads(self, alive: Sequence[WorkerInfo]) -> dict[str, int]:
@@ -91,6 +101,8 @@ class Assigner:
             try:
                 config = await self.updates.store.get(account_id)
             except AccountNotFound:
+                self._invalid_logged.discard(account_id)
+                self._unplaceable.discard(account_id)
                 continue
             except InvalidAccountConfig as exc:
                 # its own problem (diagnose names the field): it moves once repaired;

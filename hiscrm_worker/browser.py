@@ -197,6 +197,7 @@ class BrowserPool:
 
     def _forget(self, account_id: str) -> None:
         self._contexts.pop(account_id, None)
+        self._proxies.pop(account_id, None)
         self._pages.pop(account_id, None)
         self._crashed.discard(account_id)
 
@@ -249,9 +250,21 @@ class BrowserPool:
             )
 
     async def release(self, account_id: str) -> None:
-        """Close the account's context (its saved state stays on disk)."""
-        async with self._locks[account_id]:
-            await self._close_context(account_id)
+        """Close the account's context (its saved state stays on disk, and in the
+        vault) and forget the account: a pool keeps nothing of accounts gone elsewhere."""
+        lock = self._locks[account_id]
+        try:
+            async with lock:
+                await self._close_context(account_id)
+                self._saved.pop(account_id, None)
+        finally:
+            # a task that waits for the lock (a crawl that began meanwhile) keeps it
+            if (
+                self._locks.get(account_id) is lock
+                and not lock.locked()
+                and not lock.statistics().tasks_waiting
+            ):
+                del self._locks[account_id]
 
     async def _close_context(self, account_id: str) -> None:
         ctx = self._contexts.get(account_id)

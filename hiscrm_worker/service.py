@@ -114,9 +114,9 @@ class Worker:
             DeadLettersToMaster(self.outbox),
             burst=self.handle_burst,
         )
-        # the version in force per account (also for accounts stopped here), and the
-        # fingerprint of the hash we last rejected, so reconcile does not reject it again
-        # and again
+        # the version in force per account this worker runs, and the fingerprint of
+        # the hash we last rejected, so reconcile does not reject it again and again;
+        # both, and the locks, only for accounts this worker has (runs, or is assigned)
         self.applied: dict[str, int] = {}
         self.rejected: dict[str, Fingerprint] = {}
         # uncontended almost always: the fast path must not yield to the event loop
@@ -278,6 +278,8 @@ class Worker:
             else:
                 for account_id, raw in zip(behind, raws, strict=True):
                     results[account_id] = self._apply(account_id, raw)
+        for account_id in behind:  # the accounts that left us, now their locks are free
+            self._drop_lock(account_id)
         acks: list[AccountConfigUpdateAck] = []
         for update in updates:
             result = results.get(update.account_id)
@@ -341,10 +343,26 @@ class Worker:
             return Applied(False, applied, applied, reason, did="rejected")
 
     def _forget(self, account_id: str) -> None:
+        """The account left this worker (moved, removed, no longer readable)."""
         self.runner.stop(account_id)
         self.applied.pop(account_id, None)
         self.rejected.pop(account_id, None)
-        self._locks.pop(account_id, None)
+        self._drop_lock(account_id)
+
+    def _drop_lock(self, account_id: str) -> None:
+        """Drop the lock of an account this worker no longer has, unless a task holds
+        or awaits it (a second lock for the account would let two apply at once)."""
+        lock = self._locks.get(account_id)
+        if (
+            lock is None
+            or lock.locked()
+            or lock.statistics().tasks_waiting
+            or account_id in self.applied
+            or account_id in self.rejected
+            or account_id in self.runner
+        ):
+            return
+        del self._locks[account_id]
 
     def _rejected_again(self, account_id: str, fingerprint: Fingerprint) -> bool:
         """Remember what was rejected; True when it is what was rejected last time
@@ -420,9 +438,7 @@ class Worker:
                 applied,
             )
         if config.worker_id != self.id:
-            self.runner.stop(account_id)
-            self.applied[account_id] = version
-            self.rejected.pop(account_id, None)
+            self._forget(account_id)
             if not quiet:
                 log.info(
                     "account %s: now owned by %s; task stopped here", account_id, config.worker_id
@@ -452,6 +468,7 @@ class Worker:
         mine = set(await self.store.ids_of_worker(self.id))
         self._assigned = mine
         candidates = mine | set(self.runner.ids())
+        self._forget_others(candidates)
         # an account we never applied nor rejected is behind by definition: only the
         # known ones need their version probed (on a cold start, none do)
         known = sorted(a for a in candidates if a in self.applied or a in self.rejected)
@@ -478,6 +495,17 @@ class Worker:
             len(behind),
             ", ".join(f"{n} {what}" for what, n in sorted(done.items())) or "none free",
         )
+
+    def _forget_others(self, candidates: set[str]) -> None:
+        """What we kept about accounts neither assigned to us nor running here (they
+        moved or were removed while we did not hear of it): a reconcile never looks at
+        them again, so it is dropped (a lock in use stays until it is free)."""
+        for account_id in [a for a in self.applied if a not in candidates]:
+            del self.applied[account_id]
+        for account_id in [a for a in self.rejected if a not in candidates]:
+            del self.rejected[account_id]
+        for account_id in [a for a in self._locks if a not in candidates]:
+            self._drop_lock(account_id)
 
     async def _probe(self, account_ids: Sequence[str]) -> dict[str, Fingerprint]:
         """Each account's stored ``config_version`` as Redis gave it, in one round trip

@@ -504,3 +504,58 @@ async def test_a_poisoned_account_is_rejected_once_not_on_every_reconcile(
     await w1.reconcile()
     task = w1.runner.get("acc-1")
     assert task is not None and (task.config.config_version, task.config.name) == (7, "fixed")
+
+
+async def test_accounts_that_left_the_worker_leave_nothing_behind(fleet, bus: Bus) -> None:
+    """A worker keeps per-account state only for the accounts it has: accounts moved
+    away (told or not) and then removed cost it nothing afterwards (review finding)."""
+    master, w1, w2 = fleet
+    await settled(master, w1, 4)
+    for n in range(4):
+        _r, sent = await master.updates.change(f"acc-{n}", {"worker_id": "w2"}, "assignment")
+        assert sent is not None
+        if n < 2:  # the old owner hears of two moves; reconcile finds the others
+            notice = sent.model_copy(update={"reason": "unassignment"})
+            await w1.on_config_update(notice)
+    await w1.reconcile()
+    await w2.reconcile()
+    assert (w1.runner.ids(), sorted(w2.runner.ids())) == ([], [f"acc-{n}" for n in range(4)])
+    for n in range(4):
+        await master.updates.remove(f"acc-{n}")
+    await w1.reconcile()
+    await w2.reconcile()
+    for w in (w1, w2):
+        assert (w.runner.ids(), w.applied, w.rejected, dict(w._locks)) == ([], {}, {}, {})
+
+
+async def test_a_rejected_account_taken_away_unheard_is_forgotten(fleet, bus: Bus) -> None:
+    """An account rejected here, then removed while we did not hear of it, is dropped
+    by the next reconcile; a lock someone holds is kept until it is free."""
+    master, w1, _w2 = fleet
+    await master.store.create(AccountConfig(id="elsewhere", platform="douyin", worker_id="w1"))
+    await w1.reconcile()  # w1 has no douyin: rejected, never run
+    assert "elsewhere" in w1.rejected and w1.runner.ids() == []
+    await master.updates.remove("elsewhere")  # the notice is lost
+    lock = w1._locks["elsewhere"]
+    async with lock:  # an update handler mid-way
+        await w1.reconcile()
+        assert w1._locks.get("elsewhere") is lock
+    await w1.reconcile()
+    assert (w1.applied, w1.rejected, dict(w1._locks)) == ({}, {}, {})
+
+
+async def test_the_assigner_forgets_accounts_it_no_longer_has_to_place(fleet, bus: Bus) -> None:
+    """Accounts that could not be placed (no worker for their platform, an invalid
+    hash) are kept in mind only while they wait: once removed they cost nothing."""
+    master, _w1, _w2 = fleet
+    redis, settings = bus
+    await master.store.create(AccountConfig(id="nowhere", platform="douyin", worker_id=None))
+    await add(master, "broken", None)
+    await redis.hset(settings.keys.account("broken"), "monitor_interval_s", "soon")
+    assert await master.assigner.run_once() == 0
+    assigner = master.assigner
+    assert (assigner._unplaceable, assigner._invalid_logged) == ({"nowhere"}, {"broken"})
+    for account_id in ("nowhere", "broken"):
+        await master.updates.remove(account_id)
+    await master.assigner.run_once()
+    assert (assigner._unplaceable, assigner._invalid_logged) == (set(), set())

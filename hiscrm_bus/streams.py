@@ -82,17 +82,34 @@ async def append_many(redis: Redis, stream: str, messages: Sequence[Message], ma
 async def append_many_to(
     redis: Redis, messages: Sequence[tuple[str, Message]], maxlen: int
 ) -> None:
-    """XADD many (stream, message) pairs in one round trip, in order."""
+    """XADD many (stream, message) pairs in one round trip, in order. The first error
+    reply is raised, though the other messages were written (see :func:`append_each`)."""
+    for error in await append_each(redis, messages, maxlen):
+        if error is not None:
+            raise error
+
+
+async def append_each(
+    redis: Redis, messages: Sequence[tuple[str, Message]], maxlen: int
+) -> list[Exception | None]:
+    """XADD many (stream, message) pairs in one round trip, in order; per message None
+    when it was written, or the error reply Redis gave it (WRONGTYPE: its key holds
+    another type; NOPERM): the others are written all the same (no transaction). An
+    outage is everyone's: BusUnavailable."""
     if len(messages) == 1:  # a pipeline costs redis-py a fifth more than a call
         ((stream, message),) = messages
-        await append(redis, stream, message, maxlen)
-        return
+        try:
+            await append(redis, stream, message, maxlen)
+        except rexc.ResponseError as exc:  # call() raised the transient ones as outages
+            return [exc]
+        return [None]
     if not messages:
-        return
+        return []
     async with redis.pipeline(transaction=False) as pipe:
         for stream, message in messages:
             pipe.xadd(stream, {FIELD: encode(message)}, maxlen=maxlen, approximate=True)
-        await call(pipe.execute())
+        replies = await call_each(pipe.execute(raise_on_error=False))
+    return [r if isinstance(r, Exception) else None for r in replies]
 
 
 async def last_entry_id(redis: Redis, stream: str) -> str:

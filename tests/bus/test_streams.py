@@ -12,13 +12,22 @@ import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from hiscrm_bus.connection import make_client
 from hiscrm_bus.deadletter import DeadLetters
 from hiscrm_bus.errors import BusUnavailable
 from hiscrm_bus.messages import DecodeError, TaskStatus, decode
 from hiscrm_bus.settings import BusSettings
-from hiscrm_bus.streams import FIELD, Received, StreamFollower, StreamReader, append
+from hiscrm_bus.streams import (
+    FIELD,
+    Received,
+    StreamFollower,
+    StreamReader,
+    append,
+    append_each,
+    append_many_to,
+)
 from tests.conftest import fast_settings
 from tests.redis_server import RedisServer
 
@@ -76,6 +85,25 @@ async def test_append_stores_the_encoded_message(bus: Bus) -> None:
     [(got_id, fields)] = await redis.xrange(settings.keys.worker_stream("w1", "events"))
     assert got_id.decode() == entry_id
     assert decode(fields[FIELD.encode()]) == message
+
+
+async def test_one_refused_stream_is_that_messages_error_alone(bus: Bus) -> None:
+    """A stream whose key holds another type refuses its messages; the others of the
+    same round trip are written, once, and the caller learns which one failed."""
+    redis, settings = bus
+    good, bad = (
+        settings.keys.worker_stream("w1", "events"),
+        settings.keys.worker_stream("w1", "ingest"),
+    )
+    await redis.set(bad, "not a stream")
+    errors = await append_each(redis, [(good, status(1)), (bad, status(2)), (good, status(3))], 100)
+    assert [e is None for e in errors] == [True, False, True]
+    assert "WRONGTYPE" in str(errors[1])
+    assert await redis.xlen(good) == 2
+    (alone,) = await append_each(redis, [(bad, status(4))], 100)
+    assert alone is not None
+    with pytest.raises(ResponseError, match="WRONGTYPE"):  # the caller that wants all: raises
+        await append_many_to(redis, [(good, status(5)), (bad, status(6))], 100)
 
 
 async def test_append_trims_approximately_to_maxlen(real: Bus) -> None:

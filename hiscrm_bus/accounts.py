@@ -202,11 +202,18 @@ def validate(data: Mapping[str, Any]) -> AccountConfig:
 
 
 def describe(exc: ValidationError) -> str:
-    """The errors in one bounded sentence: each field, a clipped view of its value, why."""
+    """The errors in one bounded sentence: each field, a clipped view of its value, why.
+    The value of a field that may carry credentials (``SECRET_FIELDS``: a proxy URL's
+    user:password) is never shown, only its length: this sentence goes to logs, ACKs
+    and update outcomes."""
     parts = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"][:1]) or "value"
-        shown = clip(repr(err.get("input")), 60)
+        value = err.get("input")
+        if loc in SECRET_FIELDS:
+            shown = f"<hidden, {len(value)} chars>" if isinstance(value, str) else "<hidden>"
+        else:
+            shown = clip(repr(value), 60)
         parts.append(f"{loc}={shown}: {clip(err['msg'], 200)}")
     return clip("; ".join(parts), MAX_REASON_CHARS // 2)
 

@@ -182,3 +182,19 @@ async def test_a_final_version_refuses_a_write_before_anything_is_written(bus: B
     assert await redis.hgetall(key) == before
     assert await store.ids_of_worker("w1") == []
     assert await store.unassigned_ids() == ["a"]
+
+
+async def test_a_bad_proxy_is_described_without_its_credentials(bus: Bus) -> None:
+    redis, settings = bus
+    store = AccountStore(redis, settings.keys)
+    await store.create(AccountConfig(id="a", platform="sandbox"))
+    proxy = "http://alice:S3cr3tPassw0rd@proxy.example:8080/" + "x" * 480
+    await redis.hset(settings.keys.account("a"), "proxy", proxy)
+    with pytest.raises(InvalidAccountConfig) as raised:
+        await store.get("a")
+    assert str(raised.value).startswith(f"proxy=<hidden, {len(proxy)} chars>: ")
+    assert "S3cr3t" not in str(raised.value) and "alice" not in str(raised.value)
+    # a change that would keep it is refused the same way
+    with pytest.raises(InvalidAccountConfig) as raised:
+        await store.update("a", {"name": "x"})
+    assert "S3cr3t" not in str(raised.value)

@@ -15,6 +15,7 @@ from rich.table import Table
 from hiscrm_bus import limits
 from hiscrm_bus.accounts import (
     PLATFORMS,
+    SECRET_FIELDS,
     AccountConfig,
     AccountStore,
     AccountUpdate,
@@ -150,13 +151,21 @@ def list_(
 def show(
     account_id: Annotated[str, typer.Argument(metavar="ID")],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+    with_secrets: Annotated[
+        bool, typer.Option("--with-secrets", help="Show proxy, which may hold credentials.")
+    ] = False,
     redis_url: RedisUrl = None,
 ) -> None:
-    """Show one account: its config, its pending updates and its task on the worker."""
+    """Show one account: its config, its pending updates and its task on the worker.
+    A field that may hold credentials (proxy) shows as "set" unless --with-secrets."""
     from hiscrm_bus.workers import WorkerRegistry
     from hiscrm_master.updates import Updates
 
     settings = command_settings(redis_url)
+
+    def visible(name: str, value: Any) -> Any:
+        hidden = name in SECRET_FIELDS and value is not None and not with_secrets
+        return "set" if hidden else value
 
     async def main() -> None:
         async with redis_client(settings) as redis:
@@ -167,7 +176,7 @@ def show(
                 raw: dict[Any, Any] = await redis.hgetall(settings.keys.account(account_id))
                 for k, v in sorted(raw.items()):
                     name, value = k.decode(errors="replace"), v.decode(errors="replace")
-                    console.print(f"  {safe(name)} = {safe(value)}", highlight=False)
+                    console.print(f"  {safe(name)} = {safe(visible(name, value))}", highlight=False)
                 fail(f"the stored config of {account_id} is invalid: {exc}", EXIT_FAILED)
             pending = await updates.tracker.of_account(account_id)
             worker = (
@@ -177,7 +186,7 @@ def show(
             )
         task = worker.tasks.get(account_id) if worker else None
         doc: dict[str, Any] = {
-            "config": config.model_dump(mode="json"),
+            "config": {k: visible(k, v) for k, v in config.model_dump(mode="json").items()},
             "worker_alive": worker is not None,
             "task": task.model_dump(mode="json") if task else None,
             "pending_updates": [

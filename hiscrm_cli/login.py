@@ -122,7 +122,11 @@ async def _follow(
 
 
 def _show_qr(message: LoginQrCode, account_id: str, qr_dir: Path) -> None:
-    png = base64.b64decode(message.png_b64)
+    try:
+        png = base64.b64decode(message.png_b64, validate=True)
+    except ValueError:  # binascii.Error: what the worker sent is no base64
+        console.print("login: the worker sent a QR code that is not an image; waiting for the next")
+        return
     qr_dir.mkdir(parents=True, exist_ok=True)
     path = qr_dir / f"{account_id}-{message.session_id[:8]}-{message.refresh}.png"
     path.write_bytes(png)

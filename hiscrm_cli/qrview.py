@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 from PIL import Image
 
+# a login QR code is a few hundred pixels a side; a worker's PNG may claim anything
+MAX_PIXELS = 4096 * 4096
+
 
 def qr_to_text(png: bytes) -> str | None:
-    """The QR code as text (two module rows per line), or None if it cannot be read."""
+    """The QR code as text (two module rows per line), or None if it cannot be read.
+    An image over MAX_PIXELS is not decoded (a PNG of a few KB may claim gigapixels)."""
     try:
-        img = Image.open(io.BytesIO(png)).convert("L")
-    except (OSError, ValueError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(png))
+            if opened.width * opened.height > MAX_PIXELS:
+                return None
+            img = opened.convert("L")
+    except (OSError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError):
         return None
     width, height = img.size
     px = img.load()

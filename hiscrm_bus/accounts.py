@@ -462,15 +462,23 @@ return 1
 
 # KEYS: account hash, accounts set, pending index, unassigned set.
 # ARGV: worker set head, tail, id.
+# a key that holds no hash (overwritten with another type) is removed too: there is
+# nothing in it to repair, and its id stays listed until it is gone
 _REMOVE = """
-local v = redis.call('HGET', KEYS[1], 'config_version')
-if not v then return -1 end
-local w = redis.call('HGET', KEYS[1], 'worker_id')
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local v, w = '0', false
+if kind == 'hash' then
+  v = redis.call('HGET', KEYS[1], 'config_version')
+  if not v then return -1 end
+  w = redis.call('HGET', KEYS[1], 'worker_id')
+elseif kind == 'none' then
+  return -1
+end
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SREM', KEYS[2], ARGV[3])
 redis.call('SREM', KEYS[4], ARGV[3])
 if w then redis.call('SREM', ARGV[1] .. w .. ARGV[2], ARGV[3]) end
-return {tonumber(v), w or ''}
+return {tonumber(v) or 0, w or ''}
 """
 
 # HSET only on an existing hash: never resurrect a removed account

@@ -117,9 +117,12 @@ def list_(
         async with redis_client(settings) as redis:
             store = AccountStore(redis, settings.keys)
             ids = await store.ids()
-            raws = await store.get_raw(ids)
+            raws = await store.get_each(ids)
         table = Table("id", "platform", "worker", "enabled", "login", "platform_user_id", "version")
         for account_id, raw in zip(ids, raws, strict=True):
+            if isinstance(raw, Exception):  # its key holds no hash: the others still show
+                table.add_row(safe(account_id), "[red]unreadable[/red]", "", "", "", "", "")
+                continue
             try:
                 c = from_hash(raw)
             except InvalidAccountConfig:
@@ -141,7 +144,7 @@ def list_(
         if needs_login:
             for account_id, raw in zip(ids, raws, strict=True):
                 with contextlib.suppress(InvalidAccountConfig):
-                    if needs_a_login(from_hash(raw)):
+                    if not isinstance(raw, Exception) and needs_a_login(from_hash(raw)):
                         console.print(f"hiscrm login {safe(account_id)}", highlight=False)
 
     run(main)
@@ -283,6 +286,8 @@ def set_(
                 )
             except AccountNotFound as exc:
                 fail(str(exc), EXIT_FAILED)
+            except InvalidAccountConfig as exc:
+                fail(f"nothing written: {exc}", EXIT_FAILED)
             if not batch:
                 fail("no account matches", EXIT_FAILED)
             # refuse the whole command if the change is invalid for any account

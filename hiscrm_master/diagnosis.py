@@ -293,11 +293,16 @@ def account_findings(snap: Snapshot, view: AccountView, worker: WorkerView | Non
     aid = view.id
     cfg = view.config
     if cfg is None:
+        repair = (
+            f"remove it and add it again: `hiscrm account remove {aid}`"
+            if view.unreadable
+            else f"repair it: `hiscrm account set {aid} FIELD=VALUE`"
+        )
         return [
             Finding(
                 "invalid_config",
                 f"the stored config of {aid} does not validate: {view.invalid}",
-                f"repair it: `hiscrm account set {aid} FIELD=VALUE`",
+                repair,
             )
         ]
     found: list[Finding] = []

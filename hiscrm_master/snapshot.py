@@ -42,6 +42,8 @@ class AccountView:
     acked_version: int = 0
     recent_comments: list[CrawledItem] = field(default_factory=list)
     recent_dms: list[CrawledItem] = field(default_factory=list)
+    # its key holds no hash (overwritten with another type): nothing in it to repair
+    unreadable: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ async def collect(
                 acked_version=acked.get(aid, 0),
                 recent_comments=recent.get((aid, "comment"), []),
                 recent_dms=recent.get((aid, "dm"), []),
+                unreadable=isinstance(raw, Exception),
             )
         )
     alive, dead = await WorkerRegistry(redis, keys).all()

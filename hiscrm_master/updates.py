@@ -324,17 +324,22 @@ class Updates:
         """The accounts a change is for — one account, a worker's, a platform's, or
         every one (none of the three given) — each with its decoded hash and the
         changes: what :meth:`change_many` takes (check it with :func:`check_batch`).
-        AccountNotFound for a named account that does not exist. Reads in one
-        pipelined round trip (plus the ids)."""
+        AccountNotFound for a named account that does not exist; InvalidAccountConfig
+        for one whose key holds no hash. Reads in one pipelined round trip (plus the
+        ids)."""
         if account_id is not None:
             ids = [account_id]
         elif worker is not None:
             ids = await self.store.ids_of_worker(worker)
         else:
             ids = await self.store.ids()
-        raws = await self.store.get_raw(ids)
+        raws = await self.store.get_each(ids)
         batch: dict[str, tuple[dict[str, Any], Mapping[str, Any]]] = {}
         for aid, raw in zip(ids, raws, strict=True):
+            if isinstance(raw, Exception):  # its key holds no hash: nothing to change in it
+                raise InvalidAccountConfig(
+                    f"{aid}: the stored account cannot be read ({raw}); remove the account"
+                )
             if not raw:
                 if account_id is not None:
                     raise AccountNotFound(f"no account {aid!r}")

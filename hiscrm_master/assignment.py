@@ -120,11 +120,11 @@ class Assigner:
                     self._invalid_logged.add(account_id)
                 left += 1
                 continue
-            self._invalid_logged.discard(account_id)
             candidates = [
                 w for w in alive if w.supports(config.platform) and loads.get(w.id, 0) < w.capacity
             ]
             if not candidates:
+                self._invalid_logged.discard(account_id)  # it validates now
                 if account_id not in self._unplaceable:  # once per episode, not per pass
                     log.warning(
                         "account %s: no live worker with room for platform %s",
@@ -143,8 +143,17 @@ class Assigner:
                     reason,
                     expect_version=config.config_version,
                 )
-            except (VersionConflict, AccountNotFound, InvalidAccountConfig):
+            except (VersionConflict, AccountNotFound):
                 continue  # changed meanwhile; the next pass looks again
+            except InvalidAccountConfig as exc:
+                # the change itself is refused (a version that cannot go higher): its
+                # own problem, told once, as an account that does not validate
+                if account_id not in self._invalid_logged:
+                    log.error("account %s cannot be placed: %s", account_id, exc)
+                    self._invalid_logged.add(account_id)
+                left += 1
+                continue
+            self._invalid_logged.discard(account_id)
             loads[target.id] = loads.get(target.id, 0) + 1
             placed += 1
             log.info(

@@ -6,6 +6,7 @@ their results."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from redis.asyncio import Redis
 
 from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.errors import BusUnavailable, InvalidAccountConfig
-from hiscrm_bus.limits import MAX_MESSAGE_BYTES
+from hiscrm_bus.limits import MAX_MESSAGE_BYTES, MAX_VERSION
 from hiscrm_bus.messages import (
     MAX_ACKS_PER_MESSAGE,
     AccountConfigAcks,
@@ -559,3 +560,20 @@ async def test_the_assigner_forgets_accounts_it_no_longer_has_to_place(fleet, bu
         await master.updates.remove(account_id)
     await master.assigner.run_once()
     assert (assigner._unplaceable, assigner._invalid_logged) == (set(), set())
+
+
+async def test_an_account_at_the_final_version_is_told_once_and_not_placed(
+    fleet, bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Placing means a versioned write; an account whose version cannot go higher is
+    refused that write (nothing changes) and the assigner says so once, not per pass."""
+    master, _w1, _w2 = fleet
+    redis, settings = bus
+    await add(master, "final", None)
+    await redis.hset(settings.keys.account("final"), "config_version", str(MAX_VERSION))
+    with caplog.at_level(logging.ERROR, logger="hiscrm_master.assignment"):
+        for _ in range(3):
+            assert await master.assigner.run_once() == 0
+    told = [r.getMessage() for r in caplog.records if "final" in r.getMessage()]
+    assert len(told) == 1 and "cannot be placed" in told[0], told
+    assert await redis.hget(settings.keys.account("final"), "worker_id") in (None, b"")

@@ -1,4 +1,4 @@
-"""``hiscrm web``: the operators' console; ``hiscrm web adduser``: its users."""
+"""``hiscrm web``: the operators' console; ``hiscrm web adduser`` / ``deluser``: its users."""
 
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ def adduser(
     replace: Annotated[bool, typer.Option(help="Set a new password for an existing user.")] = False,
     redis_url: RedisUrl = None,
 ) -> None:
-    """Add a console user (the password is stored as an argon2 hash)."""
+    """Add a console user (the password is stored as an argon2 hash); with --replace a
+    new password, which ends the user's sessions."""
     from hiscrm_web.auth import Users
     from hiscrm_web.settings import WebSettings
 
@@ -104,3 +105,23 @@ def adduser(
     if not run(main):
         fail(f"user {safe(name)!r} exists already (--replace sets a new password)", EXIT_FAILED)
     console.print(f"user {safe(name)} {'updated' if replace else 'added'}")
+
+
+@app.command()
+def deluser(
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    redis_url: RedisUrl = None,
+) -> None:
+    """Remove a console user; its sessions end at once."""
+    from hiscrm_web.auth import Users
+    from hiscrm_web.settings import WebSettings
+
+    settings = build(WebSettings, redis_url=redis_url, master_id="web")
+
+    async def main() -> bool:
+        async with redis_client(settings) as redis:
+            return await Users(redis, settings.keys).remove(name)
+
+    if not run(main):
+        fail(f"user {safe(name)!r} does not exist", EXIT_FAILED)
+    console.print(f"user {safe(name)} removed; its sessions are ended")

@@ -36,6 +36,7 @@ from hiscrm_master.diagnosis import AccountReport, Finding, diagnose
 from hiscrm_master.snapshot import collect
 
 from .app import Console, console
+from .bodies import read_form
 from .events import sse
 
 # the fields the form edits, in its order (proxy apart: it is never shown)
@@ -329,7 +330,7 @@ async def edit_config(request: Request) -> Response:
     current = await current_of(c, account_id)
     if current is None:
         return not_found(request, account_id)
-    changes, refused, status = edited_changes(await request.form(), current)
+    changes, refused, status = edited_changes(await read_form(request), current)
     if refused is not None:
         return await answer(request, account_id, refused, status)
     if not changes:
@@ -361,7 +362,7 @@ async def move(request: Request) -> Response:
     current = await current_of(c, account_id)
     if current is None:
         return not_found(request, account_id)
-    worker = (form_text(await request.form(), "worker") or "").strip()
+    worker = (form_text(await read_form(request), "worker") or "").strip()
     if not worker:
         return await answer(request, account_id, Said("error", "choose a worker"), 422)
     if worker == current.get("worker_id"):
@@ -377,7 +378,7 @@ async def move(request: Request) -> Response:
 async def remove(request: Request) -> Response:
     c = console(request)
     account_id = request.path_params["account_id"]
-    keep = bool(form_text(await request.form(), "keep_data"))
+    keep = bool(form_text(await read_form(request), "keep_data"))
     try:
         await c.updates.remove(account_id, keep_data=keep)
     except AccountNotFound:

@@ -21,9 +21,8 @@ from hiscrm_master.updates import TALLY_STATUSES, Tally, check_batch, tally
 from . import pages
 from .accounts import wait_budget_s
 from .app import console
+from .bodies import MAX_UPLOAD_BYTES, read_form
 
-# the largest import file taken (the CLI reads any size from a path)
-MAX_UPLOAD_BYTES = 16 * 1024 * 1024
 # bad lines listed at most (the count says how many there are)
 MAX_LISTED = 50
 # the response header that has the fleet's rows refresh
@@ -65,7 +64,7 @@ async def respond(
 async def add_account(request: Request) -> Response:
     """``form#add-account``: id, platform, worker (optional), interval (optional), name."""
     c = console(request)
-    form = await request.form()
+    form = await read_form(request)
     account_id = _text(form, "id")
     data: dict[str, Any] = {
         "id": account_id,
@@ -93,13 +92,16 @@ async def import_accounts(request: Request) -> Response:
     """``form#import-accounts``: a CSV or JSON-lines file as ``hiscrm account import``
     reads it; every row is checked first, and one bad row writes nothing."""
     c = console(request)
-    async with request.form(max_files=1) as form:
+    form = await read_form(request, files=1)
+    try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile) or not upload.filename:
             error = "choose a CSV or JSON-lines file"
             return await respond(request, ActionResult(error=error), 422)
         name = upload.filename
         data = await upload.read(MAX_UPLOAD_BYTES + 1)
+    finally:
+        await form.close()
     if len(data) > MAX_UPLOAD_BYTES:
         limit = MAX_UPLOAD_BYTES // (1024 * 1024)
         error = f"nothing imported: {name} is larger than {limit} MiB (use hiscrm account import)"
@@ -148,7 +150,7 @@ async def fleet_change(request: Request) -> Response:
     the scope, refused as a whole if invalid for any; then the outcomes tallied per
     worker, as ``hiscrm account set --all --wait`` shows them."""
     c = console(request)
-    form = await request.form()
+    form = await read_form(request)
     try:
         platform, worker = parse_scope(_text(form, "scope"))
         pairs = shlex.split(_text(form, "changes"))

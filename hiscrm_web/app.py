@@ -18,6 +18,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from redis.asyncio import Redis
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -30,6 +31,8 @@ from hiscrm_master.archive import Archive
 from hiscrm_master.updates import Updates
 
 from .auth import Session, Users
+from .bodies import IMPORT_PATH, BodyLimit, read_form
+from .failures import FAILURES, failure_response
 from .settings import WebSettings
 
 log = logging.getLogger(__name__)
@@ -79,7 +82,15 @@ PUBLIC = ("/signin", "/static/")
 
 
 async def guard(request: Request, call_next: Handler) -> Response:
-    """Sign-in and CSRF checks around every route but sign-in and static files."""
+    """Sign-in and CSRF checks around every route but sign-in and static files, and
+    the one-sentence answer when Redis or the database fails under a request."""
+    try:
+        return await _checked(request, call_next)
+    except FAILURES as exc:
+        return failure_response(request, exc)
+
+
+async def _checked(request: Request, call_next: Handler) -> Response:
     path = request.url.path
     if any(path.startswith(p) for p in PUBLIC):
         return await call_next(request)
@@ -93,12 +104,16 @@ async def guard(request: Request, call_next: Handler) -> Response:
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         sent = request.headers.get("X-CSRF-Token")
         if sent is None:
-            await request.body()  # cached: the handler reads the form again
-            form = await request.form()
+            # cached (within the route's body limit): the handler reads the form again
+            await request.body()
+            try:
+                form = await read_form(request, files=1 if path == IMPORT_PATH else 0)
+            except HTTPException as exc:
+                return PlainTextResponse(exc.detail, exc.status_code)
             value = form.get("csrf")
             sent = value if isinstance(value, str) else None
             await form.close()  # an upload's temporary files (the handler has its own)
-        if sent is None or not hmac.compare_digest(sent, session.csrf):
+        if sent is None or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
             return PlainTextResponse("the form's CSRF token is missing or wrong", 403)
     response = await call_next(request)
     response.headers.setdefault("Cache-Control", "no-store")
@@ -121,7 +136,7 @@ def set_session_cookie(response: Response, token: str, settings: WebSettings) ->
     response.set_cookie(
         COOKIE,
         token,
-        max_age=settings.web_session_ttl_s,
+        max_age=min(settings.web_session_ttl_s, settings.web_session_max_age_s),
         httponly=True,
         samesite="strict",
         secure=settings.web_secure_cookies,
@@ -153,7 +168,12 @@ def create_app(settings: WebSettings, routes: list[BaseRoute] | None = None) -> 
                 settings=settings,
                 redis=redis,
                 archive=archive,
-                users=Users(redis, settings.keys, ttl_s=settings.web_session_ttl_s),
+                users=Users(
+                    redis,
+                    settings.keys,
+                    ttl_s=settings.web_session_ttl_s,
+                    max_age_s=settings.web_session_max_age_s,
+                ),
                 updates=Updates(redis, settings, SENDER),
                 templates=templates(),
             )
@@ -170,6 +190,7 @@ def create_app(settings: WebSettings, routes: list[BaseRoute] | None = None) -> 
         lifespan=lifespan,
         middleware=[
             Middleware(BaseHTTPMiddleware, dispatch=security_headers),
+            Middleware(BodyLimit),
             Middleware(BaseHTTPMiddleware, dispatch=guard),
         ],
     )

@@ -17,6 +17,7 @@ from hiscrm_master.snapshot import collect
 
 from . import accounts, actions, events, logins
 from .app import COOKIE, console, route, session_of, set_session_cookie
+from .bodies import read_form
 from .chart import latency_chart
 
 # the newest outcomes the latency chart is drawn from (its applied ones): as many as
@@ -56,22 +57,26 @@ async def signin_page(request: Request) -> Response:
 
 async def signin(request: Request) -> Response:
     c = console(request)
-    form = await request.form()
-    user, password = str(form.get("user") or ""), str(form.get("password") or "")
-    sent, kept = str(form.get("signin_csrf") or ""), request.cookies.get(SIGNIN_COOKIE) or ""
-    if not kept or not hmac.compare_digest(sent, kept):
-        return _signin_form(
-            request, 403, error="the sign-in form expired or came from elsewhere: try again"
-        )
+    expired = "the sign-in form expired or came from elsewhere: try again"
+    # what costs nothing is checked before the form is read (anyone may post here)
+    kept = request.cookies.get(SIGNIN_COOKIE) or ""
+    if not kept:
+        return _signin_form(request, 403, error=expired)
     who = client_address(request)
     s = c.settings
     if await c.users.too_many_attempts(who, s.web_max_attempts):
         message = f"too many failed sign-ins: wait up to {s.web_attempts_window_s} s"
-        return _signin_form(request, 429, error=message, user=user)
-    if not await c.users.check(user, password):
+        return _signin_form(request, 429, error=message)
+    form = await read_form(request)
+    user, password = str(form.get("user") or ""), str(form.get("password") or "")
+    sent = str(form.get("signin_csrf") or "")
+    if not hmac.compare_digest(sent.encode(), kept.encode()):
+        return _signin_form(request, 403, error=expired)
+    generation = await c.users.authenticate(user, password)
+    if generation is None:
         await c.users.failed(who, s.web_attempts_window_s)
         return _signin_form(request, 401, error="wrong user or password", user=user)
-    token, _session = await c.users.start(user)
+    token, _session = await c.users.start(user, generation)
     response = RedirectResponse("/", status_code=303)
     set_session_cookie(response, token, s)
     response.delete_cookie(SIGNIN_COOKIE, path="/signin")

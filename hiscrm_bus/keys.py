@@ -97,9 +97,12 @@ class Keys:
         (``blob``), its ``version`` and the worker that wrote it (``by``)."""
         return f"{self._of_account(account_id)}account:{account_id}:session"
 
-    def account_pending(self, account_id: str) -> str:
-        """Sorted set: the account's pending update ids scored by config version."""
-        return f"{self._of_account(account_id)}account:{account_id}:pending"
+    def account_pending(self, account_id: str, bucket: int | None = None) -> str:
+        """Sorted set: the account's pending update ids scored by config version.
+        ``bucket``: the account's, when a script builds the name from ids it reads
+        (``split``); otherwise worked out from the id."""
+        head = self._of_account(account_id) if bucket is None else self.in_bucket(bucket)
+        return f"{head}account:{account_id}:pending"
 
     # workers
     def worker(self, worker_id: str) -> str:

@@ -31,7 +31,6 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from .connection import call, is_cluster, text
-from .keys import Keys
 from .limits import dumps
 from .messages import AccountConfigUpdate, AccountConfigUpdateAck
 from .resilience import side_by_side
@@ -397,7 +396,7 @@ class PendingTracker:
         calls: list[ScriptCall] = []
         for bucket in self.keys.buckets:
             uh, ut = self.keys.split(partial(self.keys.update, bucket=bucket))
-            ph, pt = self._account_pending_split(bucket)
+            ph, pt = self.keys.split(partial(self.keys.account_pending, bucket=bucket))
             keys = [self.keys.pending(bucket), self.keys.outcomes(bucket), self.keys.stats(bucket)]
             args: list[Any] = [
                 limit,
@@ -428,15 +427,6 @@ class PendingTracker:
                 continue
             (retry if what == "retry" else failed).append(update)
         return Sweep(retry, failed)
-
-    def _account_pending_split(self, bucket: int) -> tuple[str, str]:
-        """(head, tail) of the pending index of an account in ``bucket``, for the sweep
-        of that bucket. Every name of a bucket is the plain name under the bucket's head
-        (``Keys.in_bucket``); splitting ``account_pending`` itself would put the name in
-        the bucket of the id marker, a key of another slot on a cluster (the script
-        failed there, after taking the update out of ``pending``, with no outcome)."""
-        plain = Keys(self.keys.in_bucket(bucket))
-        return plain.split(plain.account_pending)
 
     async def publish_policy(self) -> None:
         """Publish this process's delivery timing as the fleet's (the Master does)."""

@@ -530,6 +530,8 @@ class Worker:
             version = int(seen) if isinstance(seen, bytes | str) else None
         except ValueError:
             version = None
+        if seen is None and account_id in mine and self.applied.get(account_id) == 0:
+            return False  # still ours, a hash without a version, applied as version 0
         if version is None:  # removed, or not readable: reading it tells which
             return account_id in self.runner or account_id in self.rejected
         # != rather than >: a version that went back (Redis lost writes) is reloaded

@@ -577,3 +577,24 @@ async def test_an_account_at_the_final_version_is_told_once_and_not_placed(
     told = [r.getMessage() for r in caplog.records if "final" in r.getMessage()]
     assert len(told) == 1 and "cannot be placed" in told[0], told
     assert await redis.hget(settings.keys.account("final"), "worker_id") in (None, b"")
+
+
+async def test_a_hash_without_a_version_is_read_once_not_on_every_reconcile(
+    fleet, bus: Bus
+) -> None:
+    """A hash that lost its ``config_version`` (hand-edited) is valid at version 0: the
+    worker applies it once; later passes neither read nor ACK it again, and a version
+    written afterwards is applied at once."""
+    master, w1, _w2 = fleet
+    redis, settings = bus
+    await settled(master, w1, 2)
+    key = settings.keys.account("acc-1")
+    await redis.hdel(key, "config_version")
+    before = len(await acks_of(redis, w1))
+    for _ in range(5):
+        await w1.reconcile()
+    assert len(await acks_of(redis, w1)) - before == 1  # the one pass that read it
+    await redis.hset(key, mapping={"config_version": "7", "name": "fixed"})
+    await w1.reconcile()
+    task = w1.runner.get("acc-1")
+    assert task is not None and (task.config.config_version, task.config.name) == (7, "fixed")

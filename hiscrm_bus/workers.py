@@ -3,6 +3,11 @@
 A worker whose hash expired is dead; its id stays in the index until the Master has
 moved its accounts elsewhere.
 
+Every value is bounded as read: a worker's Redis user may write its own hash, and the
+console re-renders it every few seconds. A task's error is clipped to
+``MAX_REASON_CHARS``, the host, version and instance to a label's length, and the JSON
+fields (``tasks``, ``platforms``) over their size are left out with one log line.
+
 On a Redis Cluster the hash (in its worker group's slot) and the index (untagged) live
 in different slots, so no transaction holds both: a heartbeat writes the hash and its
 TTL atomically, then the index. Reads of many hashes are plain pipelines, which
@@ -11,21 +16,45 @@ redis-py's cluster client splits per node.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from redis.asyncio import Redis
 
 from .connection import call, is_cluster, text
 from .keys import Keys
-from .limits import dumps, utcnow
+from .limits import MAX_MESSAGE_BYTES, MAX_REASON_CHARS, TooLarge, clip, dumps, loads, utcnow
 from .messages import TaskState
 
 log = logging.getLogger(__name__)
+
+# a host name (DNS allows 253), and a version or instance id
+MAX_HOST_CHARS: Final = 255
+MAX_LABEL_CHARS: Final = 100
+# the platforms a worker crawls: few, short names
+MAX_PLATFORMS: Final = 64
+MAX_PLATFORM_CHARS: Final = 64
+MAX_PLATFORMS_BYTES: Final = 8 * 1024
+# every task's report, as one JSON field (a worker of 1,000 accounts whose errors are
+# all of MAX_REASON_CHARS CJK characters stays under it)
+MAX_TASKS_BYTES: Final = MAX_MESSAGE_BYTES
+_JSON_LIMITS: Final = {"platforms": MAX_PLATFORMS_BYTES, "tasks": MAX_TASKS_BYTES}
+_TEXT_LIMITS: Final = {
+    "host": MAX_HOST_CHARS,
+    "version": MAX_LABEL_CHARS,
+    "instance": MAX_LABEL_CHARS,
+}
 
 
 class TaskReport(BaseModel):
@@ -42,6 +71,14 @@ class TaskReport(BaseModel):
     items_left: int = 0
     last_crawl_at: datetime | None = None
 
+    @field_validator("error")
+    @classmethod
+    def _clip_error(cls, value: str | None) -> str | None:
+        return clip(value) if value else value
+
+
+Platform = Annotated[str, StringConstraints(max_length=MAX_PLATFORM_CHARS)]
+
 
 class WorkerInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -51,7 +88,7 @@ class WorkerInfo(BaseModel):
     pid: int = 0
     version: str = ""
     capacity: int = Field(50, ge=0)
-    platforms: tuple[str, ...] = ()
+    platforms: tuple[Platform, ...] = Field((), max_length=MAX_PLATFORMS)
     started_at: datetime | None = None
     heartbeat_at: datetime | None = None
     subscriptions: int = 0
@@ -59,27 +96,58 @@ class WorkerInfo(BaseModel):
     instance: str = ""
     tasks: dict[str, TaskReport] = Field(default_factory=dict)
 
+    @field_validator("host", "version", "instance")
+    @classmethod
+    def _clip_label(cls, value: str, info: ValidationInfo) -> str:
+        return clip(value, MAX_HOST_CHARS if info.field_name == "host" else MAX_LABEL_CHARS)
+
     def supports(self, platform: str) -> bool:
         return platform in self.platforms
 
 
-_JSON_FIELDS = ("platforms", "tasks")
+# (worker id, field, size) already logged as too large: a console reads the registry
+# every few seconds, one line per oversized value is enough (bounded: cleared when full)
+_logged_oversized: set[tuple[str, str, int]] = set()
+
+
+def _oversized(worker_id: str, name: str, size: int, exc: TooLarge) -> None:
+    if (worker_id, name, size) in _logged_oversized:
+        return
+    if len(_logged_oversized) >= 1024:
+        _logged_oversized.clear()
+    _logged_oversized.add((worker_id, name, size))
+    log.warning("worker %s: registry field %s is too large (%s); ignored", worker_id, name, exc)
+
+
+def _label(value: bytes | str, limit: int) -> str:
+    """A text field of the hash in at most ``limit`` characters, of which no more than
+    could be shown is decoded (no character is more than 4 bytes)."""
+    if len(value) <= 4 * limit:
+        return clip(text(value), limit)
+    marker = f"… ({len(value)} {'bytes' if isinstance(value, bytes) else 'chars'})"
+    return text(value[: 4 * limit])[: max(limit - len(marker), 0)] + marker
 
 
 def _from_hash(worker_id: str, raw: Mapping[Any, Any]) -> WorkerInfo:
     """The worker as its registry hash describes it. Never raises: the id comes from the
     key, and a field (or one task) that does not decode or validate is left out, so a
-    damaged entry still reports a live worker with what could be read."""
-    d: dict[str, Any] = {text(k): text(v) for k, v in raw.items()}
-    d = {k: v for k, v in d.items() if k in WorkerInfo.model_fields}
-    d["id"] = worker_id
-    for name in _JSON_FIELDS:
-        if name in d:
+    damaged entry still reports a live worker with what could be read. Sizes are
+    checked before anything is decoded."""
+    d: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = text(key)
+        if name not in WorkerInfo.model_fields:
+            continue
+        if name in _JSON_LIMITS:
             try:
-                d[name] = json.loads(d[name])
-            except (ValueError, RecursionError):
+                d[name] = loads(value, max_bytes=_JSON_LIMITS[name])
+            except TooLarge as exc:
+                _oversized(worker_id, name, len(value), exc)
+            except ValueError:
                 log.debug("worker %s: registry field %s is not JSON; ignored", worker_id, name)
-                del d[name]
+            continue
+        d[name] = _label(value, _TEXT_LIMITS.get(name, MAX_REASON_CHARS))
+    d["id"] = worker_id
     while True:  # each round leaves out at least one thing, or gives up
         try:
             return WorkerInfo.model_validate(d)

@@ -215,7 +215,10 @@ class Archive:
         """Items created before this are past retention (None: keep everything)."""
         if self.retention_days is None:
             return None
-        return (now or datetime.now(UTC)) - timedelta(days=self.retention_days)
+        try:
+            return (now or datetime.now(UTC)) - timedelta(days=self.retention_days)
+        except (OverflowError, ValueError):
+            return None  # before year 1 (or no number): nothing is that old
 
     # -- writing ---------------------------------------------------------------------
 

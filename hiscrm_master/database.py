@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 import anyio
 from pydantic import SecretStr
 
-from hiscrm_bus.errors import ConfigurationError, Unavailable
+from hiscrm_bus.errors import ConfigurationError, HiscrmError, Unavailable
 from hiscrm_bus.settings import masked_url, url_password
 from hiscrm_bus.settings import read_password_file as bus_password_file
 
@@ -39,6 +40,11 @@ _MIGRATE_LOCK = 0x6869_7363  # "hisc"
 class DatabaseUnavailable(Unavailable):
     """The database cannot be reached, or is locked or full for now. Nothing was
     written; the caller retries later (the stream entries stay unacknowledged)."""
+
+
+class DatabaseRefused(HiscrmError):
+    """The database answered, and refused what a reader asked (no hiscrm schema there
+    yet, no permission): one sentence for the operator, the password masked."""
 
 
 def database_url(url: str) -> str:
@@ -165,37 +171,77 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# PostgreSQL's SQLSTATEs that mean "down, locked, full or read-only for now": classes
+# (the first two characters) connection exception, invalid authorization, transaction
+# rollback (deadlock, serialization), insufficient resources (disk full, too many
+# connections), operator intervention (shutdown, statement timeout), system error
+_TRANSIENT_CLASSES = frozenset({"08", "28", "40", "53", "57", "58"})
+# read-only transaction (a standby, mid-failover), lock not available, no such database
+_TRANSIENT_STATES = frozenset({"25006", "55P03", "3D000"})
+# data exception (a value out of range, too long, not UTF-8), integrity constraint
+_VALUE_CLASSES = frozenset({"22", "23"})
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """PostgreSQL's SQLSTATE for ``error``: the driver error SQLAlchemy wraps (its
+    ``orig``), or one it was raised from. None when none carries one (SQLite, a lost
+    connection, an error of ours)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [error]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if isinstance(state, str) and len(state) == 5:
+            return state.upper()
+        for nested in (getattr(current, "orig", None), current.__cause__):
+            if isinstance(nested, BaseException):
+                todo.append(nested)
+    return None
+
+
 def transient(error: BaseException) -> bool:
-    """Whether ``error`` means the database is down, locked or full for now (retry
-    later), as opposed to a statement it refuses (a bug or bad data)."""
+    """Whether ``error`` means the database is down, locked, full or read-only for now
+    (retry later), as opposed to a statement it refuses (a bug or bad data).
+
+    PostgreSQL says which by the SQLSTATE (SQLAlchemy's asyncpg dialect wraps every
+    server error in one class, so the class tells nothing); SQLite, which has none,
+    raises OperationalError for a locked or busy database, a disk I/O error, a full
+    disk or a read-only file."""
     from sqlalchemy import exc
 
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    state = sqlstate(error)
+    if state is not None:
+        return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
     if isinstance(error, exc.DBAPIError):
-        if error.connection_invalidated:
-            return True
-        if isinstance(error, exc.OperationalError | exc.InterfaceError):
-            return True
-        name = type(error.orig).__name__ if error.orig is not None else ""
-        return name in _TRANSIENT_DRIVER_ERRORS
+        return isinstance(error, exc.OperationalError | exc.InterfaceError) and not refused_value(
+            error
+        )
     return isinstance(error, OSError | TimeoutError | exc.TimeoutError | ConnectionError)
 
 
-# asyncpg's names for a server that is going away or overloaded
-_TRANSIENT_DRIVER_ERRORS = frozenset(
-    {
-        "ConnectionDoesNotExistError",
-        "ConnectionFailureError",
-        "CannotConnectNowError",
-        "AdminShutdownError",
-        "CrashShutdownError",
-        "TooManyConnectionsError",
-        "DiskFullError",
-        "OutOfMemoryError",
-        "SerializationError",
-        "DeadlockDetectedError",
-        "InterfaceError",
-    }
-)
+def refused_value(error: BaseException) -> bool:
+    """Whether ``error`` is the database (or the driver, or SQLAlchemy binding it)
+    refusing a value the statement carries: bad data, which the same statement will
+    refuse again. Anything else (down, locked, a bug of ours) is no fault of the data."""
+    from sqlalchemy import exc
+
+    if not isinstance(error, exc.StatementError):
+        return False
+    state = sqlstate(error)
+    if state is not None:
+        return state[:2] in _VALUE_CLASSES
+    if isinstance(error, exc.DataError | exc.IntegrityError):
+        return True  # SQLite: a constraint, a string or blob too big
+    if isinstance(error, exc.DBAPIError):
+        # SQLite's driver refusing a parameter's type
+        return "binding parameter" in str(error.orig)
+    # raised while binding, by a column type's conversion of the value
+    return isinstance(error.orig, ValueError | TypeError | ArithmeticError)
 
 
 @contextlib.asynccontextmanager
@@ -215,13 +261,33 @@ async def guarded(shown: str, what: str) -> AsyncIterator[None]:
         reason = _reason(error)
         if "unable to open database file" in reason:
             reason += " (no database there yet: is HISCRM_DATABASE_URL the Master's?)"
+        elif "no such table" in reason:
+            reason += _NO_SCHEMA
         raise DatabaseUnavailable(f"database {shown} unavailable while {what}: {reason}") from error
+
+
+def refusal(shown: str, error: BaseException) -> DatabaseRefused | None:
+    """``error`` (SQLAlchemy's) as one sentence naming the database ``shown``; None
+    for any other error."""
+    from sqlalchemy import exc
+
+    if not isinstance(error, exc.SQLAlchemyError):
+        return None
+    reason = _reason(error)
+    if sqlstate(error) == "42P01" or "no such table" in reason:
+        reason += _NO_SCHEMA
+    return DatabaseRefused(f"the database {shown} refused: {reason}")
+
+
+_NO_SCHEMA = " (no hiscrm schema there yet: has a Master started with this HISCRM_DATABASE_URL?)"
+# how SQLAlchemy's asyncpg dialect words a server error: "<class 'asyncpg....'>: text"
+_DRIVER_CLASS = re.compile(r"^<class '[\w.]+'>: ")
 
 
 def _reason(error: BaseException) -> str:
     orig = getattr(error, "orig", None) or error
     first = str(orig).strip().splitlines()
-    return (first[0] if first else type(orig).__name__)[:300]
+    return _DRIVER_CLASS.sub("", first[0] if first else type(orig).__name__)[:300]
 
 
 async def migrate(engine: AsyncEngine, shown: str) -> None:

@@ -51,7 +51,7 @@ from hiscrm_bus.streams import Received, StreamReader, trim_consumed
 
 from .archive import Archive, Arrival, Stored
 from .assignment import Assigner
-from .database import DatabaseUnavailable, transient
+from .database import DatabaseUnavailable, refused_value
 from .legacy_items import move_legacy_items
 from .login import on_login_event, on_login_expired, on_login_success, record_session
 from .metrics import MasterMetrics
@@ -404,15 +404,18 @@ class Master:
                 self._log_stored(result)
 
     async def _store(self, accepted: list[tuple[Received, Arrival]]) -> list[Stored]:
-        """Store batches in one transaction; when the database refuses something in
-        them, store them one by one and dead-letter (keep) only the one it refuses."""
+        """Store batches in one transaction. When the database refuses a value in
+        them, store them one by one and dead-letter only a batch whose own values it
+        refuses. Any other failure (down, locked, read-only, full, or a bug of ours)
+        is no fault of the batches: it raises DatabaseUnavailable, and the entries stay
+        pending, to be stored once the database takes them."""
         try:
             return await self.archive.store([a for _r, a in accepted])
         except DatabaseUnavailable:
             raise
         except Exception as exc:
-            if transient(exc):
-                raise
+            if not refused_value(exc):
+                raise self._not_stored(exc) from exc
             log.warning("master %s: the database refused a read's batches (%s)", self.id, exc)
         stored: list[Stored] = []
         for r, arrival in accepted:
@@ -421,10 +424,19 @@ class Master:
             except DatabaseUnavailable:
                 raise
             except Exception as one:
-                if transient(one):
-                    raise
-                await self.reject(r, f"database_refused: {str(one).splitlines()[0][:300]}")
+                if not refused_value(one):
+                    raise self._not_stored(one) from one
+                await self.reject(r, f"database_refused: {_first_line(one)}")
         return stored
+
+    def _not_stored(self, error: Exception) -> DatabaseUnavailable:
+        # a failure that is not the batches' fault: retried (the stream reader backs
+        # off and logs it once per episode), never dead-lettered
+        log.debug("master %s: storing crawl batches failed", self.id, exc_info=error)
+        return DatabaseUnavailable(
+            f"database {self.archive.shown} failed while storing crawled items (they stay "
+            f"pending and are stored once it takes them): {_first_line(error)}"
+        )
 
     def _log_stored(self, result: Stored) -> None:
         if result.refused:
@@ -546,3 +558,8 @@ class Master:
             updated_fields=update.fields,
             attempt=update.attempts,
         )
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]

@@ -15,6 +15,9 @@ from hiscrm_bus.settings import BusSettings, masked_url
 
 from .database import DEFAULT_URL, database_url, read_password_file
 
+# the longest retention: 100 years (a longer one is no limit, and overflows dates)
+MAX_RETENTION_DAYS = 36_500
+
 
 def _default_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -42,6 +45,16 @@ class MasterSettings(BusSettings):
     # how often removed accounts' data is deleted, and retention applied
     archive_interval_s: float = Field(1.0, gt=0)
     retention_interval_s: float = Field(3600.0, gt=0)
+
+    @field_validator("retention_days")
+    @classmethod
+    def _check_retention_days(cls, value: float | None) -> float | None:
+        if value is not None and not value <= MAX_RETENTION_DAYS:
+            raise ValueError(
+                f"HISCRM_RETENTION_DAYS must be at most {MAX_RETENTION_DAYS} (100 years); "
+                "unset it to keep everything"
+            )
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -171,10 +171,17 @@ async def archive_of(settings: MasterSettings) -> AsyncIterator[Archive]:
     """The crawled-data database, for reading (a missing SQLite file is not created:
     DatabaseUnavailable says where it was looked for)."""
     from hiscrm_master.archive import Archive
+    from hiscrm_master.database import refusal
 
     archive = Archive.of(settings, create=False)
     try:
         yield archive
+    except Exception as exc:
+        # what the database refuses (no schema there yet, no permission) is one
+        # sentence too, not SQLAlchemy's traceback
+        if (refused := refusal(archive.shown, exc)) is None:
+            raise
+        raise refused from exc
     finally:
         with anyio.CancelScope(shield=True):
             await archive.close()

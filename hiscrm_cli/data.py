@@ -26,7 +26,7 @@ from .common import (
     redis_client,
     run,
 )
-from .terminal import json_text, safe
+from .terminal import clean, json_text, safe
 
 if TYPE_CHECKING:
     from hiscrm_bus.messages import CrawledItem
@@ -68,16 +68,27 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+# the longest --since: 100 years back (a longer one is no limit)
+MAX_SINCE = timedelta(days=36_500)
+# the --since dates kept in range once in UTC (year 1 at +01:00 would be year 0)
+EARLIEST = datetime(2, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
+
 def _since(value: str | None) -> datetime | None:
     if value is None:
         return None
     if m := _DURATION.match(value):
-        return datetime.now(UTC) - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        if not seconds <= MAX_SINCE.total_seconds():  # inf, for a number of 309 digits
+            fail(f"--since {value!r} reaches back more than 100 years (36500d): leave it out")
+        return datetime.now(UTC) - timedelta(seconds=seconds)
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
         fail(f"--since {value!r} is neither an ISO date/time (2026-11-30T08:00) nor 30m/12h/7d")
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return min(max(parsed, EARLIEST), LATEST)
 
 
 def _filter(
@@ -157,7 +168,10 @@ def show(
 @app.command()
 def export(
     account_id: Annotated[str, typer.Argument(metavar="ACCOUNT")],
-    fmt: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "jsonl",
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="jsonl, or csv (a cell starting = + - @ gets a ' first)."),
+    ] = "jsonl",
     kind: Kind = "comments",
     since: Since = None,
     work: Work = None,
@@ -167,8 +181,12 @@ def export(
         Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,
 ) -> None:
-    """Every crawled item of an account that matches, oldest first, as CSV or JSON
-    lines (the raw payload the worker sent included)."""
+    """Every crawled item of an account that matches, oldest first: JSON lines (each
+    value exactly, the raw payload the worker sent included) or CSV.
+
+    In CSV a cell that starts with = + - or @ gets a ' in front, so that a spreadsheet
+    shows it as text instead of running it as a formula. CSV on a terminal shows
+    control characters escaped (\\x1b); in a file (-o) or a pipe they stay."""
     if fmt not in ("csv", "jsonl"):
         fail("--format must be csv or jsonl")
     f = _filter(kind, since, work, author, grep, None)
@@ -185,7 +203,8 @@ def export(
             except OSError as exc:
                 fail(f"cannot write {output}: {exc.strerror or exc}")
             with opened as out:
-                writer = _Writer(out, fmt, KINDS[kind])
+                terminal = output is None and sys.stdout.isatty()
+                writer = _Writer(out, fmt, KINDS[kind], terminal=terminal)
                 writer.write(first)
                 async for page in pages:
                     writer.write(page)
@@ -210,11 +229,16 @@ CSV_COLUMNS = {
 }
 
 
+# what a spreadsheet takes for the start of a formula (=HYPERLINK(…), +cmd|…, -1+1, @SUM)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 class _Writer:
-    def __init__(self, out: IO[str], fmt: str, kind: str) -> None:
+    def __init__(self, out: IO[str], fmt: str, kind: str, *, terminal: bool = False) -> None:
         self.out = out
         self.fmt = fmt
         self.columns = CSV_COLUMNS[kind]
+        self.terminal = terminal  # escape what a terminal would act on
         self.count = 0
         self.csv = csv.writer(out) if fmt == "csv" else None
         if self.csv is not None:
@@ -223,7 +247,8 @@ class _Writer:
     def write(self, items: list[CrawledItem]) -> None:
         for item in items:
             if self.csv is not None:
-                self.csv.writerow([_cell(item, c) for c in self.columns])
+                cells = [_inert(_cell(item, c)) for c in self.columns]
+                self.csv.writerow([clean(c) for c in cells] if self.terminal else cells)
             else:
                 # what a terminal would act on escaped, every value kept (see terminal.py)
                 self.out.write(json_text(item.model_dump(mode="json"), indent=None) + "\n")
@@ -237,6 +262,11 @@ def _cell(item: CrawledItem, column: str) -> str:
     if value is None:
         value = item.extra.get(column, item.extra.get("author_id") if column == "user_id" else "")
     return "" if value is None else str(value)
+
+
+def _inert(cell: str) -> str:
+    """A spreadsheet shows the cell as text, not as a formula it would run."""
+    return "'" + cell if cell.startswith(FORMULA_START) else cell
 
 
 def _time(value: datetime | None) -> str:

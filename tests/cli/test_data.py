@@ -11,10 +11,14 @@ import csv
 import io
 import json
 import os
+import subprocess
+import sys
+import termios
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import pytest
@@ -27,7 +31,7 @@ from hiscrm_bus.workers import TaskReport, WorkerInfo, WorkerRegistry
 from hiscrm_master.archive import Archive, Arrival
 from tests.cli.process import hiscrm
 from tests.cli.test_terminal_safety import AUTHOR, TEXT, unsafe_chars
-from tests.postgres_server import free_port
+from tests.postgres_server import PostgresServer, free_port
 
 Bus = tuple[Redis, BusSettings]
 Result = tuple[int, str, str]
@@ -236,6 +240,9 @@ async def test_a_bad_option_is_one_sentence(real: Bus) -> None:
         ("data", "acc-1", "--grep", "  "),
         ("data", "export", "acc-1", "--format", "xml"),
         ("data", "export", "acc-1", "--since", "soon"),
+        ("data", "acc-1", "--since", "1000000d"),
+        ("data", "export", "acc-1", "--since", "99999999999999d"),
+        ("data", "acc-1", "--since", "9" * 400 + "w"),  # a float of infinity
     )
     for result, error in zip(
         results,
@@ -247,12 +254,40 @@ async def test_a_bad_option_is_one_sentence(real: Bus) -> None:
             "error: --grep needs some text to look for",
             "error: --format must be csv or jsonl",
             "error: --since 'soon' is neither",
+            "error: --since '1000000d' reaches back more than 100 years (36500d)",
+            "error: --since '99999999999999d' reaches back more than 100 years",
+            "error: --since '999",
         ),
         strict=True,
     ):
         code, out, err = result
         assert (code, out) == (2, ""), err
         assert err.startswith(error) and err.count("\n") == 1, err
+
+
+async def test_since_the_ends_of_the_calendar_is_everything_or_nothing(real: Bus) -> None:
+    """Dates whose time zone puts them out of the calendar in UTC are clamped to its
+    ends (year 1 at +01:00 had failed as it was bound to the query)."""
+    redis, settings = real
+    await add_account(redis, settings)
+    await store(os.environ["HISCRM_DATABASE_URL"], batch(*COMMENTS))
+    found = await each(
+        settings,
+        ("data", "acc-1", "--json", "--since", "0001-01-01T00:00+01:00"),
+        ("data", "acc-1", "--json", "--since", "0001-01-01"),
+        ("data", "acc-1", "--json", "--since", "9999-12-31T23:59-05:00"),
+        ("data", "acc-1", "--json", "--since", "36500d"),
+    )
+    assert [ids(r) for r in found] == [
+        ["c4", "c3", "c2", "c1"],
+        ["c4", "c3", "c2", "c1"],
+        [],
+        ["c4", "c3", "c2", "c1"],
+    ]
+    code, out, err = await hiscrm(
+        settings, "data", "export", "acc-1", "--since", "0001-01-01T00:00+14:00"
+    )
+    assert (code, err) == (0, "") and len(out.splitlines()) == 4
 
 
 async def test_an_unknown_account_is_exit_1(real: Bus) -> None:
@@ -305,6 +340,55 @@ async def test_an_unreachable_database_is_one_sentence_without_its_password(
         assert "unavailable while" in err and err.count("\n") == 1, err
         assert "secretpw" not in err and "Traceback" not in err
     assert earlier.read_text() == "an export made earlier\n"  # not truncated
+
+
+@pytest.mark.real
+async def test_a_postgresql_that_refuses_the_reader_is_one_sentence_without_its_password(
+    real: Bus, postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong password, a database that does not exist, one no Master has made the
+    schema in: one sentence and exit 2, not SQLAlchemy's 200-line traceback."""
+    redis, settings = real
+    await add_account(redis, settings)
+    empty = f"empty{os.getpid()}"
+    port = postgres_server.port
+    cases = (
+        (
+            f"postgresql+asyncpg://hiscrm:wrong-pw@127.0.0.1:{port}/{empty}",
+            f"error: database postgresql+asyncpg://hiscrm:***@127.0.0.1:{port}/{empty} "
+            "unavailable while",
+            'password authentication failed for user "hiscrm"',
+        ),
+        (
+            postgres_server.url("no_such_database"),
+            f"error: database postgresql+asyncpg://hiscrm:***@127.0.0.1:{port}/no_such_database "
+            "unavailable while",
+            'database "no_such_database" does not exist',
+        ),
+        (
+            postgres_server.create_database(empty),
+            f"error: the database postgresql+asyncpg://hiscrm:***@127.0.0.1:{port}/{empty} "
+            "refused: relation",
+            "does not exist (no hiscrm schema there yet: has a Master started with this "
+            "HISCRM_DATABASE_URL?)",
+        ),
+    )
+    try:
+        for url, start, reason in cases:
+            monkeypatch.setenv("HISCRM_DATABASE_URL", url)
+            for code, out, err in await each(
+                settings,
+                ("data", "acc-1"),
+                ("data", "acc-1", "--json"),
+                ("data", "export", "acc-1", "--format", "csv"),
+            ):
+                assert (code, out) == (2, ""), err
+                assert err.startswith(start) and reason in err, err
+                assert err.count("\n") == 1 and "Traceback" not in err, err
+                for secret in ("wrong-pw", postgres_server.password):
+                    assert secret not in err and quote(secret, safe="") not in err
+    finally:
+        postgres_server.drop_database(empty)
 
 
 async def test_the_last_crawl_is_the_workers_report_even_when_it_found_nothing(real: Bus) -> None:
@@ -484,3 +568,93 @@ async def test_crawled_text_is_shown_as_text_and_exported_as_it_was(real: Bus) -
     assert CrawledItem.model_validate(item) == hostile
     assert [CrawledItem.model_validate_json(line) for line in jsonl.splitlines()] == [hostile]
     assert read_csv(as_csv)[1][:4] == ["c[/]1", NOW.isoformat(), AUTHOR, TEXT]  # data, as is
+
+
+async def on_a_terminal(settings: BusSettings, *args: str) -> Result:
+    """(exit code, stdout, stderr) of ``hiscrm ARGS`` with its stdout on a terminal (a
+    pty), as an operator runs it; the output as the program wrote it (no \\r added)."""
+
+    def run() -> Result:
+        pty_out, terminal = os.openpty()
+        attrs = termios.tcgetattr(terminal)
+        attrs[1] &= ~termios.OPOST
+        termios.tcsetattr(terminal, termios.TCSANOW, attrs)
+        env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+        env |= {
+            "HISCRM_REDIS_URL": settings.redis_url,
+            "HISCRM_KEY_PREFIX": settings.key_prefix,
+            "COLUMNS": "1000",
+            "NO_COLOR": "1",
+            "PYTHONIOENCODING": "utf-8",
+        }
+        with subprocess.Popen(
+            [sys.executable, "-m", "hiscrm_cli", *args],
+            env=env,
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+        ) as process:
+            os.close(terminal)
+            chunks = []
+            try:
+                while chunk := os.read(pty_out, 65536):
+                    chunks.append(chunk)
+            except OSError:  # EIO: every end of the terminal closed
+                pass
+            finally:
+                os.close(pty_out)
+            assert process.stderr is not None
+            err = process.stderr.read()
+            code = process.wait(60)
+        return code, b"".join(chunks).decode(), err.decode()
+
+    return await anyio.to_thread.run_sync(run)
+
+
+async def test_csv_on_a_terminal_is_escaped_and_a_formula_is_text(
+    real: Bus, tmp_path: Path
+) -> None:
+    """CSV is written raw to a file or a pipe, but on a terminal what it would act on
+    (escape sequences) is shown escaped; and a cell a spreadsheet would run as a
+    formula gets a ' in front, in every CSV."""
+    redis, settings = real
+    await add_account(redis, settings)
+    hostile = CrawledItem(
+        kind="comment",
+        item_id="-2+3",
+        text=TEXT,
+        author='=HYPERLINK("http://evil","click")',
+        created_at=NOW,
+        extra={"work_id": "+cmd|' /C calc'!A0", "user_id": "@SUM(A1)", "parent_id": "ok=1"},
+    )
+    await store(os.environ["HISCRM_DATABASE_URL"], batch(hostile))
+    out_file = tmp_path / "acc-1.csv"
+    (code, shown, err), (code_f, said, err_f) = [
+        await on_a_terminal(settings, "data", "export", "acc-1", "--format", "csv"),
+        await on_a_terminal(
+            settings, "data", "export", "acc-1", "--format", "csv", "-o", str(out_file)
+        ),
+    ]
+    code_p, piped, err_p = await hiscrm(settings, "data", "export", "acc-1", "--format", "csv")
+    assert (code, code_f, code_p) == (0, 0, 0), err + err_f + err_p
+
+    assert unsafe_chars(shown.replace("\r\n", "\n")) == []  # how CSV ends its rows
+    (_header, on_terminal) = read_csv(shown)
+    assert on_terminal[3] == (
+        "[/] [link=http://x]click[/link] \\x1b[2J \\x1b]8;;http://evil\\x07x\\x1b]8;;\\x07 "
+        "\\x9b31m \\u202eevil"
+    )
+    formulas_as_text = [
+        "'-2+3",
+        NOW.isoformat(),
+        '\'=HYPERLINK("http://evil","click")',
+        TEXT,
+        "'+cmd|' /C calc'!A0",
+        "ok=1",
+        "'@SUM(A1)",
+    ]
+    assert on_terminal[:3] + on_terminal[4:] == formulas_as_text[:3] + formulas_as_text[4:]
+
+    # to a file or a pipe: the crawled text byte for byte, formulas made text
+    assert f"written to {out_file}" in said  # (rich makes the numbers bold on a terminal)
+    assert out_file.read_bytes() == piped.encode()
+    assert read_csv(piped)[1] == formulas_as_text

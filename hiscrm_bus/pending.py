@@ -103,14 +103,15 @@ end
 
 # KEYS: pending, account pending index, outcomes, stats, account hash
 # ARGV: version, ok, error, update key head, update key tail, worker_id, maxlen, ttl
-# Only the account's owner may resolve its updates ('not_owner' otherwise); the worker
-# id is the ACK stream's writer, never what the ACK claims.
+# Only the account's owner may resolve its updates ('not_owner' otherwise, also for an
+# account with no owner or no hash: a missing owner is nobody's to speak for); the
+# worker id is the ACK stream's writer, never what the ACK claims.
 _RESOLVE = (
     NOW_LUA
     + _CLOSE
     + """
 local current = redis.call('HGET', KEYS[5], 'worker_id')
-if current and current ~= ARGV[6] then return 'not_owner' end
+if current ~= ARGV[6] then return 'not_owner' end
 local out = {}
 local status = 'rejected'
 if ARGV[2] == '1' then status = 'applied' end

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -10,12 +11,36 @@ from redis.asyncio import Redis
 
 from hiscrm_bus.connection import make_client
 from hiscrm_bus.messages import AccountConfigUpdate, AccountConfigUpdateAck, new_id
-from hiscrm_bus.pending import Outcome, PendingTracker, Sweep
+from hiscrm_bus.pending import Outcome, PendingUpdate, Sweep
+from hiscrm_bus.pending import PendingTracker as _Tracker
 from hiscrm_bus.settings import BusSettings
 from tests.conftest import fast_settings
 from tests.redis_server import RedisServer
 
 Bus = tuple[Redis, BusSettings]
+
+
+class PendingTracker(_Tracker):
+    """The tracker, with each update's account owned by the worker it was sent to (as
+    the Master's writes leave it): only an account's owner may resolve its updates."""
+
+    async def _own(self, account_id: str, worker_id: str) -> None:
+        await self.redis.hset(self.keys.account(account_id), "worker_id", worker_id)
+
+    async def record(self, update: AccountConfigUpdate, worker_id: str) -> None:
+        await self._own(update.account_id, worker_id)
+        await super().record(update, worker_id)
+
+    async def record_many(
+        self, updates: Sequence[tuple[AccountConfigUpdate, str]], pipe: Any = None
+    ) -> None:
+        for update, worker_id in updates:
+            await self._own(update.account_id, worker_id)
+        await super().record_many(updates, pipe)
+
+    async def retarget(self, update: PendingUpdate, worker_id: str) -> None:
+        await self._own(update.account_id, worker_id)
+        await super().retarget(update, worker_id)
 
 
 def make_update(

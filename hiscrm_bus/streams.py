@@ -18,7 +18,8 @@ Pipelines spanning slots stay: redis-py's cluster pipeline splits them per node.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import re
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,10 @@ Handler = Callable[[Message], Awaitable[None]]
 BatchHandler = Callable[[list[Message]], Awaitable[None]]
 ReceivedHandler = Callable[[list[Received]], Awaitable[None]]
 Discover = Callable[[], Awaitable[Mapping[str, str]]]
+# of the given sources (e.g. worker ids), those alive now: only their streams are made
+Live = Callable[[Sequence[str]], Awaitable[Collection[str]]]
+# the stream a NOGROUP error reply names (XREADGROUP, XAUTOCLAIM, XACK)
+_NOGROUP_KEY = re.compile(r"No such key '(.*?)' or consumer group '")
 
 
 async def append(redis: Redis, stream: str, message: Message, maxlen: int) -> str:
@@ -235,6 +240,15 @@ class StreamReader:
     (e.g. each worker's outgoing stream and the worker's id) and is asked again every
     ``refresh_s``. Handlers receive each message with the source of the stream it was
     read from: the stream's writer is who sent it, whatever the message claims.
+
+    With ``live`` too, a discovered stream that does not exist is made (with the
+    group) only when ``live`` says its source is alive: a name that is only listed
+    (a dead or made-up worker) costs no key; it is looked at again every
+    ``absent_retry_s``.
+
+    A stream that loses its key or group while read (its writer deleted it) is made
+    again alone, after a back-off that grows while it keeps happening (one log line
+    per episode); the other streams are read on meanwhile, and nothing is re-read.
     """
 
     def __init__(
@@ -249,6 +263,8 @@ class StreamReader:
         count: int = 100,
         discover: Discover | None = None,
         refresh_s: float = 0.25,
+        live: Live | None = None,
+        absent_retry_s: float = 2.0,
     ) -> None:
         self.redis = redis
         self.settings = settings
@@ -259,6 +275,8 @@ class StreamReader:
         self.count = count
         self.discover = discover
         self.refresh_s = refresh_s
+        self.live = live
+        self.absent_retry_s = absent_retry_s
         self.deadletters = DeadLetters(redis, settings)
         self.processed = 0
         # per lane (slot; one lane on one Redis): its last read filled a whole batch
@@ -268,9 +286,14 @@ class StreamReader:
         self._lanes: dict[int, list[str]] = {}  # on a cluster: the streams of each slot
         self._grouped: set[str] = set()
         self._broken: set[str] = set()
+        # streams not to (re)create before a time: absent ones of sources not alive,
+        # and ones whose group vanished, during their back-off
+        self._held: dict[str, float] = {}
         self._next_refresh = 0.0
         label = ",".join(self.streams) or "discovered streams"
         self.episode = Episode(log, f"stream reader {group}/{consumer} on {label}", settings)
+        self.regroups = Episode(log, f"{self.episode.what}: a stream lost its group", settings)
+        self._regrouped_at = 0.0
 
     @property
     def stream(self) -> str:
@@ -290,24 +313,88 @@ class StreamReader:
         if self.discover is not None and (force or now >= self._next_refresh):
             self.streams = dict(await self.discover())
             self._next_refresh = now + self.refresh_s
+            for stream in self._held.keys() - self.streams.keys():
+                del self._held[stream]
         if force:
             self._grouped.clear()
-        new = [s for s in self.streams if s not in self._grouped]
+        new = [s for s in self.streams if s not in self._grouped and self._held.get(s, 0.0) <= now]
         if not new:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for stream in new:
-                pipe.xgroup_create(stream, self.group, id="0", mkstream=True)
-            replies = await call_each(pipe.execute(raise_on_error=False))
+        replies = await self._create(new, mkstream=self.live is None)
+        absent: list[str] = []
         for stream, reply in zip(new, replies, strict=True):
-            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
-                # e.g. the key holds another type: read the others, report this one once
-                if stream not in self._broken:
-                    log.warning("stream %s: cannot create group %s: %s", stream, self.group, reply)
-                    self._broken.add(stream)
-                continue
-            self._broken.discard(stream)
-            self._grouped.add(stream)
+            if isinstance(reply, Exception) and "requires the key to exist" in str(reply):
+                absent.append(stream)
+            else:
+                self._created(stream, reply)
+        if not absent or self.live is None:
+            return
+        alive = set(await self.live(sorted({self.streams[s] for s in absent})))
+        made = [s for s in absent if self.streams[s] in alive]
+        for stream in absent:
+            if stream not in alive:
+                self._held[stream] = now + self.absent_retry_s
+        if made:
+            for stream, reply in zip(made, await self._create(made, mkstream=True), strict=True):
+                self._created(stream, reply)
+
+    async def _create(self, streams: Sequence[str], *, mkstream: bool) -> list[Any]:
+        """XGROUP CREATE on each of ``streams`` in one round trip; each one's reply."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xgroup_create(stream, self.group, id="0", mkstream=mkstream)
+            return list(await call_each(pipe.execute(raise_on_error=False)))
+
+    def _created(self, stream: str, reply: Any) -> None:
+        if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+            # e.g. the key holds another type: read the others, report this one once
+            if stream not in self._broken:
+                log.warning("stream %s: cannot create group %s: %s", stream, self.group, reply)
+                self._broken.add(stream)
+            return
+        self._broken.discard(stream)
+        self._held.pop(stream, None)
+        self._grouped.add(stream)
+
+    async def _regroup(self, exc: Exception) -> None:
+        """A read found a stream without its key or group (NOGROUP names it; an
+        UNBLOCKED read names none: then every stream is looked at, in one round trip).
+        That stream alone is made again, after this episode's back-off."""
+        names = set(_NOGROUP_KEY.findall(str(exc))) & self._grouped
+        if not names:
+            names = await self._ungrouped()
+        delay = self.regroups.failed(exc)
+        self._regrouped_at = anyio.current_time()
+        for stream in names:
+            self._grouped.discard(stream)
+            self._held[stream] = self._regrouped_at + delay
+        if not names:  # nothing to set apart: wait here instead
+            await anyio.sleep(delay)
+
+    async def _ungrouped(self) -> set[str]:
+        """The streams read whose key or group is gone."""
+        streams = list(self._grouped)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xinfo_groups(stream)
+            replies = await call_each(pipe.execute(raise_on_error=False))
+        return {
+            stream
+            for stream, info in zip(streams, replies, strict=True)
+            if isinstance(info, Exception)
+            or not any(text(g.get("name") or "") == self.group for g in info)
+        }
+
+    def _read_ok(self) -> None:
+        """A read succeeded: the loop's episode ends, and the regroup episode once no
+        stream lost its group for a while (so a writer that keeps deleting its stream
+        meets a growing back-off)."""
+        self.episode.ok()
+        if (
+            self.regroups.failures
+            and anyio.current_time() - self._regrouped_at > self.settings.backoff_max_s
+        ):
+            self.regroups.ok()
 
     async def run(
         self, handler: Handler, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -347,23 +434,32 @@ class StreamReader:
         """Consume forever, a read's worth of messages with their sources per call.
         No error ends the loop: Redis outages and error replies are waited out."""
         started = False
+        fresh = True  # at start and after a failure: (re)make groups, re-read our pending
         while True:
             try:
-                await self.ensure_group()
-                if not started:
-                    task_status.started()
-                    started = True
-                await self._drain_own_pending(handler)
-                self.episode.ok()
+                if fresh:
+                    await self.ensure_group()
+                    if not started:
+                        task_status.started()
+                        started = True
+                    await self._drain_own_pending(handler)
+                    self.episode.ok()
+                    fresh = False
                 await self._consume(handler)
             except rexc.ResponseError as exc:
-                # a reader blocked in XREADGROUP gets UNBLOCKED when the stream key is
-                # deleted, and NOGROUP when the group is destroyed: recreate both
+                # a stream deleted (or its group destroyed) by its writer: NOGROUP, or
+                # UNBLOCKED for a read blocked on it. That stream alone is made again
                 if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
-                    log.warning("%s: consumer group vanished; recreating it", self.episode.what)
+                    try:
+                        await self._regroup(exc)
+                    except Exception as again:
+                        fresh = True
+                        await anyio.sleep(self.episode.failed(again))
                     continue
+                fresh = True
                 await anyio.sleep(self.episode.failed(exc))
             except Exception as exc:
+                fresh = True
                 await anyio.sleep(self.episode.failed(exc))
 
     async def _drain_own_pending(self, handler: ReceivedHandler) -> None:
@@ -413,7 +509,7 @@ class StreamReader:
             )
             entries = _entries(reply)
             await self._process(entries, handler, lane=_ONE_REDIS)
-            self.episode.ok()
+            self._read_ok()
 
     async def _consume_lanes(self, handler: ReceivedHandler) -> None:
         """The cluster's loop: keep the fleet's streams and a reading task per slot
@@ -451,7 +547,7 @@ class StreamReader:
                 )
                 async with self._turn:
                     await self._process(_entries(reply), handler, lane=slot)
-                self.episode.ok()
+                self._read_ok()
         finally:
             reading.discard(slot)
             self._backlogged.pop(slot, None)

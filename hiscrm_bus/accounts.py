@@ -671,22 +671,42 @@ class AccountStore:
         found = await self._per_worker(worker_ids, lambda pipe, key: pipe.smembers(key))
         return [[text(m) for members in sets for m in members] for sets in found]
 
-    async def counts_of_workers(self, worker_ids: Sequence[str]) -> list[int]:
-        """How many accounts each of ``worker_ids`` owns, in one round trip."""
-        found = await self._per_worker(worker_ids, lambda pipe, key: pipe.scard(key))
-        return [sum(int(n) for n in counts) for counts in found]
+    async def owned_by_each(self, worker_ids: Sequence[str]) -> list[list[str] | Exception]:
+        """:meth:`ids_of_workers`, with the error reply of a worker whose account set
+        Redis refused (e.g. WRONGTYPE: the key holds another type) in its place: one
+        broken key is that worker's problem alone. An outage is everyone's."""
+        found = await self._per_worker(
+            worker_ids, lambda pipe, key: pipe.smembers(key), raise_on_error=False
+        )
+        return [_first_error(sets) or [text(m) for ms in sets for m in ms] for sets in found]
+
+    async def counts_of_workers(self, worker_ids: Sequence[str]) -> list[int | Exception]:
+        """How many accounts each of ``worker_ids`` owns, in one round trip; the error
+        reply of a worker whose account set Redis refused (WRONGTYPE) in its place."""
+        found = await self._per_worker(
+            worker_ids, lambda pipe, key: pipe.scard(key), raise_on_error=False
+        )
+        return [_first_error(counts) or sum(int(n) for n in counts) for counts in found]
 
     async def _per_worker(
-        self, worker_ids: Sequence[str], command: Callable[[Pipeline, str], object]
+        self,
+        worker_ids: Sequence[str],
+        command: Callable[[Pipeline, str], object],
+        *,
+        raise_on_error: bool = True,
     ) -> list[list[Any]]:
         """``command`` on each worker's account set of every bucket, in one pipeline;
-        the replies grouped per worker."""
+        the replies grouped per worker (error replies among them unless
+        ``raise_on_error``)."""
         buckets = self.keys.buckets
         async with self.redis.pipeline(transaction=False) as pipe:
             for worker_id in worker_ids:
                 for bucket in buckets:
                     command(pipe, self.keys.worker_accounts(worker_id, bucket))
-            found: list[Any] = await call(pipe.execute())
+            if raise_on_error:
+                found: list[Any] = await call(pipe.execute())
+            else:
+                found = await call_each(pipe.execute(raise_on_error=False))
         per = len(buckets)
         return [found[i * per : (i + 1) * per] for i in range(len(worker_ids))]
 
@@ -808,3 +828,7 @@ class AccountStore:
             await call(self._mark_stale(keys=[key]))
         else:
             await call(self.redis.hdel(key, "config_stale"))
+
+
+def _first_error(replies: Sequence[Any]) -> Exception | None:
+    return next((r for r in replies if isinstance(r, Exception)), None)

@@ -1,7 +1,9 @@
 """The worker registry: each worker's heartbeat hash (with a TTL) and the heartbeat index.
 
 A worker whose hash expired is dead; its id stays in the index until the Master has
-moved its accounts elsewhere.
+moved its accounts elsewhere. A worker's Redis user may add to the index, so an index
+member that is no worker id (``ID_PATTERN``: ``w1:out:x`` names a key, not a worker)
+is ignored, told once, and removed by a registry that ``prunes`` (the Master's).
 
 Every value is bounded as read: a worker's Redis user may write its own hash, and the
 console re-renders it every few seconds. A task's error is clipped to
@@ -17,7 +19,8 @@ redis-py's cluster client splits per node.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Final
 
@@ -30,9 +33,11 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from .connection import call, is_cluster, text
+from .accounts import ID_PATTERN
+from .connection import call, call_each, is_cluster, text
 from .keys import Keys
 from .limits import MAX_MESSAGE_BYTES, MAX_REASON_CHARS, TooLarge, clip, dumps, loads, utcnow
 from .messages import TaskState
@@ -119,6 +124,28 @@ def _oversized(worker_id: str, name: str, size: int, exc: TooLarge) -> None:
     log.warning("worker %s: registry field %s is too large (%s); ignored", worker_id, name, exc)
 
 
+# index members already told about as no worker id (bounded: cleared when full)
+_logged_invalid: set[str] = set()
+
+
+def valid_worker_id(name: str) -> bool:
+    """``name`` can be a worker's id (what a worker's settings accept)."""
+    return re.fullmatch(ID_PATTERN, name) is not None
+
+
+def _invalid_member(name: str, removed: bool) -> None:
+    if name in _logged_invalid:
+        return
+    if len(_logged_invalid) >= 1024:
+        _logged_invalid.clear()
+    _logged_invalid.add(name)
+    log.warning(
+        "worker index: %r is not a worker id; ignored%s",
+        clip(name, MAX_LABEL_CHARS),
+        " and removed" if removed else "",
+    )
+
+
 def _label(value: bytes | str, limit: int) -> str:
     """A text field of the hash in at most ``limit`` characters, of which no more than
     could be shown is decoded (no character is more than 4 bytes)."""
@@ -180,9 +207,37 @@ def _drop_invalid(worker_id: str, d: dict[str, Any], exc: Exception) -> bool:
 
 
 class WorkerRegistry:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, prune: bool = False) -> None:
         self.redis = redis
         self.keys = keys
+        # remove index members that are no worker id (the Master; readers only skip them)
+        self.prune = prune
+
+    async def _index(self, *, withscores: bool) -> list[tuple[str, float]]:
+        """The index's members that are worker ids, with their heartbeat (0.0 without
+        ``withscores``), oldest first."""
+        key = self.keys.workers
+        members: Any = await call(self.redis.zrange(key, 0, -1, withscores=withscores))
+        found: list[tuple[str, float]] = []
+        invalid: list[Any] = []
+        for member in members:
+            raw, score = member if withscores else (member, 0.0)
+            name = text(raw)
+            if valid_worker_id(name):
+                found.append((name, float(score)))
+            else:
+                invalid.append(raw)
+        if invalid:
+            removed = False
+            if self.prune:
+                try:
+                    await call(self.redis.zrem(self.keys.workers, *invalid))
+                    removed = True
+                except rexc.ResponseError as exc:  # NOPERM: read on, skipping them
+                    log.debug("worker index: cannot remove invalid members: %s", exc)
+            for raw in invalid:
+                _invalid_member(text(raw), removed)
+        return found
 
     async def heartbeat(self, info: WorkerInfo, ttl_s: float) -> None:
         """Write the worker's hash with a fresh TTL and bump it in the index (atomically
@@ -210,17 +265,20 @@ class WorkerRegistry:
 
     async def all(self) -> tuple[list[WorkerInfo], list[tuple[str, float]]]:
         """(alive workers, [(dead worker id, last heartbeat epoch)]) in one round trip each."""
-        index: Any = await call(self.redis.zrange(self.keys.workers, 0, -1, withscores=True))
+        index = await self._index(withscores=True)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for member, _score in index:
-                pipe.hgetall(self.keys.worker(text(member)))
-            raws = await call(pipe.execute())
+            for worker_id, _score in index:
+                pipe.hgetall(self.keys.worker(worker_id))
+            raws = await call_each(pipe.execute(raise_on_error=False))
         alive, dead = [], []
-        for (member, score), raw in zip(index, raws, strict=True):
-            if raw:
-                alive.append(_from_hash(text(member), raw))
+        for (worker_id, score), raw in zip(index, raws, strict=True):
+            if isinstance(raw, Exception):
+                # the key holds another type: no registry hash, so no live worker
+                dead.append((worker_id, score))
+            elif raw:
+                alive.append(_from_hash(worker_id, raw))
             else:
-                dead.append((text(member), float(score)))
+                dead.append((worker_id, score))
         return alive, dead
 
     async def claim(self, info: WorkerInfo, ttl_s: float) -> WorkerInfo | None:
@@ -249,13 +307,22 @@ class WorkerRegistry:
 
     async def ids(self) -> list[str]:
         """Every worker id in the index, alive or not."""
-        members: Any = await call(self.redis.zrange(self.keys.workers, 0, -1))
-        return [text(m) for m in members]
+        return [worker_id for worker_id, _score in await self._index(withscores=False)]
+
+    async def alive(self, worker_ids: Sequence[str]) -> set[str]:
+        """Those of ``worker_ids`` whose registry hash exists now, in one round trip."""
+        ids = [w for w in worker_ids if valid_worker_id(w)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id in ids:
+                pipe.exists(self.keys.worker(worker_id))
+            found = await call_each(pipe.execute(raise_on_error=False))
+        return {w for w, n in zip(ids, found, strict=True) if n == 1}
 
     async def get(self, worker_id: str) -> WorkerInfo | None:
         raw = await call(self.redis.hgetall(self.keys.worker(worker_id)))
         return _from_hash(worker_id, raw) if raw else None
 
-    async def forget(self, worker_id: str) -> None:
-        """Drop a dead worker from the index (once its accounts have moved)."""
-        await call(self.redis.zrem(self.keys.workers, worker_id))
+    async def forget(self, *worker_ids: str) -> None:
+        """Drop dead workers from the index (once their accounts have moved)."""
+        if worker_ids:
+            await call(self.redis.zrem(self.keys.workers, *worker_ids))

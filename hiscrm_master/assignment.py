@@ -18,6 +18,10 @@ from .settings import MasterSettings
 from .updates import Updates
 
 log = logging.getLogger(__name__)
+# dead workers one pass looks at (and names in its log line): the index may hold
+# thousands of names a worker added; the next passes take the rest in turn
+DEAD_PER_PASS = 200
+NAMES_IN_A_LINE = 10
 
 
 class Assigner:
@@ -26,8 +30,10 @@ class Assigner:
         self.settings = settings
         self.keys = settings.keys
         self.updates = updates
-        self.registry = WorkerRegistry(redis, self.keys)
+        self.registry = WorkerRegistry(redis, self.keys, prune=True)
         self._offline_logged: set[str] = set()
+        self._uncounted: set[str] = set()  # live workers whose account set is unreadable
+        self._dead_turn = 0
         self._invalid_logged: set[str] = set()
         self._unplaceable: set[str] = set()
 
@@ -60,22 +66,47 @@ class Assigner:
             self._unplaceable.clear()
             return 0  # nothing to place: no need to count every worker's accounts
         loads = await self._loads(alive)
+        alive = [w for w in alive if w.id in loads]
         placed = 0
-        for worker_id, _last in dead:
-            accounts = await self.updates.store.ids_of_worker(worker_id)
+        batch = self._dead_batch([w for w, _last in dead])
+        owned = await self.updates.store.owned_by_each(batch)
+        newly: list[str] = []
+        moving = 0
+        forget: list[str] = []
+        for worker_id, accounts in zip(batch, owned, strict=True):
+            if isinstance(accounts, Exception):
+                if worker_id not in self._offline_logged:
+                    log.error(
+                        "worker %s is offline and its account set cannot be read: %s",
+                        worker_id,
+                        accounts,
+                    )
+                    self._offline_logged.add(worker_id)
+                continue
             waiting.update(accounts)
             if worker_id not in self._offline_logged:
-                log.warning(
-                    "worker %s is offline (heartbeat expired); moving its %d account(s)",
-                    worker_id,
-                    len(accounts),
-                )
+                newly.append(worker_id)
+                moving += len(accounts)
                 self._offline_logged.add(worker_id)
             moved, left = await self._place(accounts, alive, loads, "failover")
             placed += moved
             if not left:
-                await self.registry.forget(worker_id)
-                self._offline_logged.discard(worker_id)
+                forget.append(worker_id)
+        if newly:
+            shown = ", ".join(newly[:NAMES_IN_A_LINE])
+            more = (
+                f" and {len(newly) - NAMES_IN_A_LINE} more" if len(newly) > NAMES_IN_A_LINE else ""
+            )
+            log.warning(
+                "%d worker(s) offline (heartbeat expired): %s%s; moving their %d account(s)",
+                len(newly),
+                shown,
+                more,
+                moving,
+            )
+        if forget:
+            await self.registry.forget(*forget)
+            self._offline_logged.difference_update(forget)
         if unowned:
             moved, _left = await self._place(unowned, alive, loads, "assignment")
             placed += moved
@@ -83,9 +114,36 @@ class Assigner:
         self._unplaceable.intersection_update(waiting)
         return placed
 
+    def _dead_batch(self, dead: list[str]) -> list[str]:
+        """At most ``DEAD_PER_PASS`` of ``dead``, taking turns over passes (so dead
+        workers whose accounts cannot move yet do not hold the others up)."""
+        if len(dead) <= DEAD_PER_PASS:
+            return dead
+        start = self._dead_turn % len(dead)
+        self._dead_turn = start + DEAD_PER_PASS
+        return (dead[start:] + dead[:start])[:DEAD_PER_PASS]
+
     async def _loads(self, alive: Sequence[WorkerInfo]) -> dict[str, int]:
+        """Each live worker's account count; a worker whose account set Redis refuses
+        (WRONGTYPE) is left out (it gets no account), told once."""
         counts = await self.updates.store.counts_of_workers([w.id for w in alive])
-        return {w.id: n for w, n in zip(alive, counts, strict=True)}
+        self._uncounted.intersection_update(w.id for w in alive)
+        loads: dict[str, int] = {}
+        for worker, n in zip(alive, counts, strict=True):
+            if isinstance(n, Exception):
+                if worker.id not in self._uncounted:
+                    log.error(
+                        "worker %s gets no account: its account set cannot be read: %s",
+                        worker.id,
+                        n,
+                    )
+                    self._uncounted.add(worker.id)
+                continue
+            if worker.id in self._uncounted:
+                log.warning("worker %s: its account set is readable again", worker.id)
+                self._uncounted.discard(worker.id)
+            loads[worker.id] = n
+        return loads
 
     async def _place(
         self,

@@ -140,9 +140,17 @@ class Master:
             ids = await self.assigner.registry.ids()
             return {self.keys.worker_stream(w, kind): w for w in ids}
 
-        # a short block: a newly registered worker's streams join the read soon
+        # a short block: a newly registered worker's streams join the read soon. Only a
+        # live worker's streams are made: a name only in the index costs no key
         return StreamReader(
-            self.redis, self.settings, None, group, self.id, discover=discover, block_ms=500
+            self.redis,
+            self.settings,
+            None,
+            group,
+            self.id,
+            discover=discover,
+            live=self.assigner.registry.alive,
+            block_ms=500,
         )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -12,9 +12,11 @@ import pytest
 from redis.asyncio import Redis
 
 from hiscrm_bus.accounts import AccountConfig
+from hiscrm_bus.keys import STREAM_KINDS as KINDS
 from hiscrm_bus.messages import AccountConfigUpdateAck, Message
 from hiscrm_bus.settings import BusSettings
 from hiscrm_bus.streams import Received
+from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
 from hiscrm_master.service import Master
 from hiscrm_master.settings import MasterSettings
 
@@ -58,3 +60,80 @@ async def test_an_ack_for_an_unowned_account_is_refused_and_keeps_it_stale(
     await master.on_acks(read(master, "acks", other))
     assert await dead_letters(redis, settings) == ["not_owner", "not_owner"]
     assert not await redis.exists(settings.keys.account("acc-9"))
+
+
+async def heartbeat(redis: Redis, settings: BusSettings, worker_id: str) -> None:
+    info = WorkerInfo(id=worker_id, platforms=("synthetic",), capacity=50)
+    await WorkerRegistry(redis, settings.keys).heartbeat(info, ttl_s=60)
+
+
+def lines(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+async def test_an_index_member_that_is_no_worker_id_is_ignored_and_removed(
+    master: Master, bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis, settings = bus
+    keys = settings.keys
+    await heartbeat(redis, settings, "w1")
+    # what w1's user may write: a far-future index entry and a registry-looking hash
+    fake = f"w1:out:{keys.prefix}"  # (a name of this test's own: told once per process)
+    await redis.zadd(keys.workers, {fake: 9_999_999_999})
+    await redis.hset(keys.worker(fake), mapping={"capacity": "50", "platforms": '["synthetic"]'})
+    for n in (1, 2, 3):
+        await master.store.create(AccountConfig(id=f"acc-{n}", platform="synthetic"))
+    assert await master.assigner.run_once() == 3
+    assert {(await master.store.get(f"acc-{n}")).worker_id for n in (1, 2, 3)} == {"w1"}
+    assert await redis.zrange(keys.workers, 0, -1) == [b"w1"]
+    await redis.zadd(keys.workers, {fake: 9_999_999_999})  # again: removed, told once
+    await master.assigner.run_once()
+    alive, dead = await master.assigner.registry.all()
+    assert ([w.id for w in alive], dead) == (["w1"], [])
+    assert len(lines(caplog, "is not a worker id")) == 1
+    assert not lines(caplog, "cannot be placed")
+
+
+async def test_a_worker_whose_account_set_is_another_type_only_gets_no_account(
+    master: Master, bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis, settings = bus
+    keys = settings.keys
+    await heartbeat(redis, settings, "w1")
+    await heartbeat(redis, settings, "w2")
+    await redis.set(keys.worker_accounts("w2"), "not a set")  # SCARD: WRONGTYPE
+    for n in (1, 2):
+        await master.store.create(AccountConfig(id=f"acc-{n}", platform="synthetic"))
+    assert await master.assigner.run_once() == 2
+    assert {(await master.store.get(f"acc-{n}")).worker_id for n in (1, 2)} == {"w1"}
+    await master.store.create(AccountConfig(id="acc-3", platform="synthetic"))
+    assert await master.assigner.run_once() == 1
+    assert len(lines(caplog, "worker w2 gets no account")) == 1
+
+
+async def test_a_flooded_index_creates_no_keys_and_is_worked_off_in_bounded_passes(
+    master: Master, bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis, settings = bus
+    keys = settings.keys
+    await heartbeat(redis, settings, "w1")
+    fakes = [f"fake{n}" for n in range(1000)]
+    await redis.zadd(keys.workers, dict.fromkeys(fakes, 1))
+    await master.store.create(AccountConfig(id="acc-1", platform="synthetic", worker_id="fake7"))
+    for reader in (master.acks, master.events, master.ingest):
+        await reader.ensure_group()
+    # the live worker's streams and group exist; none for names only in the index
+    groups = await redis.xinfo_groups(keys.worker_stream("w1", "events"))
+    assert [g["name"] for g in groups] == [master.settings.consumer_group.encode()]
+    made = [await redis.exists(keys.worker_stream(f, k)) for f in fakes[:50] for k in KINDS]
+    assert sum(made) == 0
+    passes = 0
+    while len(await redis.zrange(keys.workers, 0, -1)) > 1:
+        await master.assigner.run_once()
+        passes += 1
+        assert passes <= 10
+    assert passes > 1  # bounded: one pass does not take all 1,000
+    assert (await master.store.get("acc-1")).worker_id == "w1"  # fake7's account moved
+    offline = lines(caplog, "offline (heartbeat expired)")
+    assert len(offline) == passes
+    assert all("more" in line for line in offline)

@@ -5,11 +5,16 @@ A worker drives a browser on the open web, so its credentials are the likeliest 
 stolen. Its user may only: follow its own control channel, write its own registry hash
 and its own outgoing streams (XADD only: no delete, no trim command), add itself to the
 worker index (ZADD only), read its assignment set and the hashes of the accounts it
-owns *now*, and read and write those accounts' sealed browser sessions. What it owns
+owns *now*, and read and write those accounts' sealed browser sessions. Each of those
+keys comes with its own commands, in an ACL selector of its own (Redis 7): a key rule
+at the top level would let every command of the user run on it (``PEXPIRE`` on the
+worker index, ``HSET`` under its stream names), so the top level has no key at all,
+only the commands that name none (connecting, SUBSCRIBE, MULTI/EXEC). What it owns
 changes as accounts move, so the Master (a trusted, admin-capable user) rewrites a
-worker's key rules whenever its set of accounts changes, on its own start, and whenever
-Redis' run id changes (runtime ACL changes are lost on a Redis restart unless Redis has
-an ACL file and they are saved).
+worker's key rules and selectors, in one ACL SETUSER per user (atomic: a read never
+meets a half-written rule set), whenever its set of accounts changes, on its own start,
+and whenever Redis' run id changes (runtime ACL changes are lost on a Redis restart
+unless Redis has an ACL file and they are saved).
 
 Only users that exist are managed: with no ``worker-<id>`` user (a single trusted
 deployment on the default user) nothing here runs a command but ``ACL USERS``.
@@ -40,15 +45,16 @@ from redis.asyncio.cluster import ClusterNode
 from .accounts import AccountStore
 from .connection import call, is_cluster, text
 from .errors import BusUnavailable
-from .keys import Keys, escape_glob
+from .keys import STREAM_KINDS, Keys, escape_glob
 from .nodes import Command, cluster_nodes, on_each, on_node
 
 log = logging.getLogger(__name__)
 WORKER_USER_PREFIX = "worker-"
 MASTER_USER = "hiscrm-master"
 OPERATOR_USER = "hiscrm-operator"
-# what redis-py needs to connect, and what a worker does
-# (CLIENT SETINFO, which redis-py sends to Redis 7.2+, may be refused: it ignores that)
+# what redis-py needs to connect, and what a worker sends that names no key: the top
+# level of its user (CLIENT SETINFO, which redis-py sends to Redis 7.2+, may be
+# refused: it ignores that)
 _CONNECT = ("auth", "hello", "ping", "select", "quit", "reset", "client|setname")
 WORKER_COMMANDS: tuple[str, ...] = (
     *_CONNECT,
@@ -57,17 +63,16 @@ WORKER_COMMANDS: tuple[str, ...] = (
     "multi",
     "exec",
     "discard",
-    "hset",
-    "hsetnx",
-    "hdel",
-    "pexpire",
-    "zadd",
-    "hgetall",
-    "hget",
-    "smembers",
-    "xadd",
-    "hincrby",
 )
+# each key a worker touches, with only the commands it sends there (one selector each):
+# its registry hash (claim: HSETNX, PEXPIRE NX, HGETALL; heartbeat: HSET, PEXPIRE;
+# take over: HSET; release: HDEL)
+REGISTRY_COMMANDS: tuple[str, ...] = ("hset", "hsetnx", "hdel", "pexpire", "hgetall")
+INDEX_COMMANDS: tuple[str, ...] = ("zadd",)  # the worker index: its own heartbeat score
+STREAM_COMMANDS: tuple[str, ...] = ("xadd",)  # its outgoing streams (MAXLEN ~ included)
+ASSIGNMENT_COMMANDS: tuple[str, ...] = ("smembers",)  # the accounts it owns
+ACCOUNT_COMMANDS: tuple[str, ...] = ("hget", "hgetall")  # their config
+SESSION_COMMANDS: tuple[str, ...] = ("hgetall", "hset", "hincrby")  # their sealed session
 # what a worker's client needs on a Redis Cluster besides: redis-py's cluster client
 # asks CLUSTER SLOTS for the slot map (at start, after a lost connection or CLUSTERDOWN,
 # every fifth MOVED) and COMMAND for where each command's keys are (its subcommands
@@ -113,19 +118,40 @@ def new_password() -> str:
     return secrets.token_urlsafe(32)
 
 
+def _selector(patterns: Iterable[str], commands: Iterable[str]) -> str:
+    """An ACL selector: ``commands`` allowed on the keys of ``patterns`` (one argument
+    of ACL SETUSER, one word of an ACL file line)."""
+    return "(" + " ".join([*patterns, *(f"+{c}" for c in commands)]) + ")"
+
+
 def worker_key_rules(keys: Keys, worker_id: str, account_ids: Iterable[str]) -> list[str]:
-    """The key rules of ``worker-<id>`` while it owns ``account_ids``."""
+    """The key rules of ``worker-<id>`` while it owns ``account_ids``: no key at the top
+    level, a selector per kind of key with the commands the worker sends to it. The
+    whole set replaces the one before (``resetkeys``, ``clearselectors``), so one ACL
+    SETUSER with it changes a user's access in one step."""
+    owned = sorted(set(account_ids))
     rules = [
         "resetkeys",
-        "~" + escape_glob(keys.worker(worker_id)),  # its registry hash (HSET, PEXPIRE)
-        "%W~" + escape_glob(keys.workers),  # ZADD itself to the index
-        "%W~" + keys.worker_streams(worker_id),  # XADD to its own streams
+        "clearselectors",
+        _selector(["~" + escape_glob(keys.worker(worker_id))], REGISTRY_COMMANDS),
+        _selector(["%W~" + escape_glob(keys.workers)], INDEX_COMMANDS),
+        _selector(
+            ("%W~" + escape_glob(keys.worker_stream(worker_id, k)) for k in STREAM_KINDS),
+            STREAM_COMMANDS,
+        ),
         # its assignment set, one per bucket on a cluster
-        *("%R~" + escape_glob(keys.worker_accounts(worker_id, b)) for b in keys.buckets),
+        _selector(
+            ("%R~" + escape_glob(keys.worker_accounts(worker_id, b)) for b in keys.buckets),
+            ASSIGNMENT_COMMANDS,
+        ),
     ]
-    for a in sorted(set(account_ids)):
-        rules.append("%R~" + escape_glob(keys.account(a)))
-        rules.append("~" + escape_glob(keys.session(a)))  # its sealed browser session
+    if owned:
+        rules.append(
+            _selector(("%R~" + escape_glob(keys.account(a)) for a in owned), ACCOUNT_COMMANDS)
+        )
+        rules.append(
+            _selector(("~" + escape_glob(keys.session(a)) for a in owned), SESSION_COMMANDS)
+        )
     return rules
 
 
@@ -184,10 +210,40 @@ def is_fleet_user(name: str) -> bool:
     return name.startswith(WORKER_USER_PREFIX) or name in (MASTER_USER, OPERATOR_USER)
 
 
+def split_rules(line: str) -> list[str]:
+    """A user's rules as ``ACL LIST`` prints them, as ACL SETUSER arguments: a selector
+    (``(%W~k resetchannels -@all +zadd)``, several words) is one argument. Redis ends a
+    selector at the first word that ends with ``)``, and so does this."""
+    out: list[str] = []
+    selector: list[str] = []
+    for word in line.split():
+        if selector or (word.startswith("(") and not word.endswith(")")):
+            selector.append(word)
+            if word.endswith(")"):
+                out.append(" ".join(selector))
+                selector = []
+        else:
+            out.append(word)
+    if selector:
+        out.append(" ".join(selector))
+    return out
+
+
+def _canonical(rule: str) -> str:
+    if rule.startswith("(") and rule.endswith(")"):
+        return "(" + " ".join(sorted(rule[1:-1].split())) + ")"
+    return rule
+
+
 def same_rules(a: Iterable[str], b: Iterable[str]) -> bool:
-    """Whether two of a user's rule lists say the same: Redis lists a user's rules in an
-    order of its own on each node."""
-    return sorted(a) == sorted(b)
+    """Whether two of a user's rule lists (as ``ACL LIST`` prints them, whole or split
+    into words) say the same: Redis lists a user's commands, in each selector too, in
+    an order of its own on each node."""
+
+    def canonical(rules: Iterable[str]) -> list[str]:
+        return sorted(_canonical(r) for r in split_rules(" ".join(rules)))
+
+    return canonical(a) == canonical(b)
 
 
 def _raise_refusals(replies: Iterable[Any]) -> None:
@@ -510,14 +566,15 @@ class Grants:
 
     async def _user_lines(self, node: ClusterNode) -> dict[str, list[str]]:
         """The fleet's users on ``node`` as ``ACL LIST`` has them: name → every rule
-        (flags, password hashes, channels, commands, keys), which ACL SETUSER takes back."""
+        (flags, password hashes, channels, commands, keys, each selector as one rule),
+        which ACL SETUSER takes back."""
         reply = (await on_node(node, [("ACL", "LIST")]))[0]
         _raise_refusals([reply])
         out: dict[str, list[str]] = {}
         for line in reply:
             parts = text(line).split(" ")
             if len(parts) >= 2 and parts[0] == "user" and is_fleet_user(parts[1]):
-                out[parts[1]] = parts[2:]
+                out[parts[1]] = split_rules(" ".join(parts[2:]))
         return out
 
 

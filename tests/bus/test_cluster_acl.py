@@ -8,6 +8,7 @@ Master's next grants pass (real local cluster, tests/redis_cluster.py)."""
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +24,10 @@ from redis.asyncio.cluster import RedisCluster as AsyncCluster
 from redis.crc import key_slot
 
 from hiscrm_bus import acl
+from hiscrm_bus.accounts import AccountStore
 from hiscrm_bus.keys import CLUSTER_BUCKETS, Keys
+from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
+from hiscrm_worker.vault import SessionVault
 from tests.redis_cluster import HOST, RedisCluster, running_cluster
 
 pytestmark = [pytest.mark.real, pytest.mark.xdist_group("cluster-acl")]
@@ -31,8 +35,10 @@ KEYS = Keys("hiscrm:", cluster=True)
 PASSWORDS = {"w1": "pw-one", "w2": "pw-two"}
 
 
-def test_single_node_rules_are_unchanged() -> None:
-    """On one Redis the rules are byte for byte what they were before the cluster."""
+def test_single_node_rules_give_each_key_only_its_commands() -> None:
+    """On one Redis the names are untagged; no key at the top level, and each key in a
+    selector with only the commands the worker sends to it (pinned deliberately: a
+    change here changes what a stolen worker credential can do)."""
     assert acl.worker_rules(Keys("hiscrm:"), "w1", ["a2", "a1"]) == [
         "resetchannels",
         "&hiscrm:worker:w1:control",
@@ -50,27 +56,21 @@ def test_single_node_rules_are_unchanged() -> None:
             "+multi",
             "+exec",
             "+discard",
-            "+hset",
-            "+hsetnx",
-            "+hdel",
-            "+pexpire",
-            "+zadd",
-            "+hgetall",
-            "+hget",
-            "+smembers",
-            "+xadd",
-            "+hincrby",
         ],
         "resetkeys",
-        "~hiscrm:worker:w1",
-        "%W~hiscrm:workers",
-        "%W~hiscrm:worker:w1:out:*",
-        "%R~hiscrm:worker:w1:accounts",
-        "%R~hiscrm:account:a1",
-        "~hiscrm:account:a1:session",
-        "%R~hiscrm:account:a2",
-        "~hiscrm:account:a2:session",
+        "clearselectors",
+        "(~hiscrm:worker:w1 +hset +hsetnx +hdel +pexpire +hgetall)",
+        "(%W~hiscrm:workers +zadd)",
+        "(%W~hiscrm:worker:w1:out:acks %W~hiscrm:worker:w1:out:events"
+        " %W~hiscrm:worker:w1:out:ingest +xadd)",
+        "(%R~hiscrm:worker:w1:accounts +smembers)",
+        "(%R~hiscrm:account:a1 %R~hiscrm:account:a2 +hget +hgetall)",
+        "(~hiscrm:account:a1:session ~hiscrm:account:a2:session +hgetall +hset +hincrby)",
     ]
+    # owning nothing: no account selector at all
+    assert acl.worker_key_rules(Keys("hiscrm:"), "w1", [])[-1] == (
+        "(%R~hiscrm:worker:w1:accounts +smembers)"
+    )
     assert acl.worker_rules(Keys("p*x:"), "w.1")[1] == "&p\\*x:worker:w.1:control"
     assert acl.admin_rules(Keys("hiscrm:")) == [
         "resetkeys",
@@ -101,13 +101,25 @@ def test_cluster_rules_name_tagged_keys_and_allow_a_cluster_client() -> None:
         assert f"+{command}" in rules
     for absent in ("+spublish", "+readonly", "+cluster|shards", "+cluster|nodes", "+keys"):
         assert absent not in rules
-    sets = [r for r in rules if r.endswith(":worker:w1:accounts")]
-    assert sets == [f"%R~hiscrm:{{b{b}}}:worker:w1:accounts" for b in range(CLUSTER_BUCKETS)]
-    assert f"~hiscrm:{{w{group}}}:worker:w1" in rules
-    assert f"%W~hiscrm:{{w{group}}}:worker:w1:out:*" in rules
-    assert f"%R~hiscrm:{{b{bucket}}}:account:a1" in rules
-    assert f"~hiscrm:{{b{bucket}}}:account:a1:session" in rules
-    assert "%W~hiscrm:workers" in rules  # the untagged index
+    # each selector's keys, by its commands
+    selectors = {
+        " ".join(w for w in r[1:-1].split() if w.startswith("+")): [
+            w for w in r[1:-1].split() if not w.startswith("+")
+        ]
+        for r in rules
+        if r.startswith("(")
+    }
+    assert selectors["+smembers"] == [
+        f"%R~hiscrm:{{b{b}}}:worker:w1:accounts" for b in range(CLUSTER_BUCKETS)
+    ]
+    assert selectors["+hset +hsetnx +hdel +pexpire +hgetall"] == [f"~hiscrm:{{w{group}}}:worker:w1"]
+    assert selectors["+xadd"] == [
+        f"%W~hiscrm:{{w{group}}}:worker:w1:out:{kind}" for kind in ("acks", "events", "ingest")
+    ]
+    assert selectors["+hget +hgetall"] == [f"%R~hiscrm:{{b{bucket}}}:account:a1"]
+    assert selectors["+hgetall +hset +hincrby"] == [f"~hiscrm:{{b{bucket}}}:account:a1:session"]
+    assert selectors["+zadd"] == ["%W~hiscrm:workers"]  # the untagged index
+    assert not [r for r in rules if r.startswith(("~", "%"))]  # no key at the top level
 
 
 # -- on a real cluster ------------------------------------------------------------------
@@ -195,6 +207,20 @@ async def subscribe(cluster: RedisCluster, admin: Redis, worker: str, channel: s
         await plain.aclose()
 
 
+def access(node: Any, user: str) -> list[tuple[frozenset[str], frozenset[str]]]:
+    """A user's (commands, key patterns) on one node: its top level, then each selector
+    (as sets: Redis lists them in an order of its own on each node)."""
+    got = node.execute_command("ACL", "GETUSER", user)
+    return [
+        (frozenset(part["commands"].split()), frozenset(part["keys"].split()))
+        for part in [got, *got["selectors"]]
+    ]
+
+
+def patterns(node: Any, user: str) -> set[str]:
+    return {p for _commands, keys in access(node, user) for p in keys}
+
+
 async def on_every_node(cluster: RedisCluster, user: str) -> dict[int, bool]:
     return {
         port: user in cluster.node_client(port).execute_command("ACL", "USERS")
@@ -240,6 +266,15 @@ async def test_a_worker_user_reaches_its_own_keys_on_every_node_and_nothing_else
         await worker.zadd(KEYS.workers, {"w1": 1.0})
         for kind in ("acks", "events", "ingest"):
             await worker.xadd(KEYS.worker_stream("w1", kind), {"m": "x"})  # type: ignore[arg-type]
+        # the same through the library, as the worker process sends it
+        registry = WorkerRegistry(worker, KEYS)
+        info = WorkerInfo(id="w1", instance="i-1")
+        assert await registry.claim(info, 10) is None
+        await registry.heartbeat(info, 10)
+        await registry.release(info)
+        assert await AccountStore(worker, KEYS).ids_of_worker("w1") == sorted(mine)
+        vault = SessionVault(worker, KEYS, secrets.token_bytes(32), "w1")
+        assert await vault.put(mine[0], {"cookies": []}) == 1
         # another worker's account, session, registry, streams; writing its own account
         for account in theirs:
             with denied():
@@ -256,6 +291,24 @@ async def test_a_worker_user_reaches_its_own_keys_on_every_node_and_nothing_else
             await worker.xadd(KEYS.worker_stream("w2", "acks"), {"m": "x"})  # type: ignore[arg-type]
         with denied():
             await worker.spublish(KEYS.control("w1"), "x")  # type: ignore[attr-defined]
+        # its own keys, with any command but the one it sends there: no TTL or another
+        # type on the index, no key planted under its stream names, no expiring a stream
+        acks = KEYS.worker_stream("w1", "acks")
+        out = acks.removesuffix("acks")
+        for attack in (
+            ("PEXPIRE", KEYS.workers, "1"),
+            ("HSET", KEYS.workers, "x", "1"),
+            ("DEL", KEYS.workers),
+            ("HSET", out + "x", "capacity", "1000000"),
+            ("ZADD", out + "x:accounts", "1", "zz"),
+            ("PEXPIRE", acks, "1"),
+            ("ZADD", KEYS.worker("w1"), "1", "x"),
+            ("PEXPIRE", KEYS.worker_accounts("w1", KEYS.bucket(mine[0])), "1"),
+        ):
+            with denied():
+                await worker.execute_command(*attack)
+        assert await admin.pttl(KEYS.workers) == -1
+        assert await admin.type(acks) == b"stream"
     finally:
         await worker.aclose()
     # its control channel (a shard channel), and not another worker's
@@ -268,8 +321,7 @@ async def test_a_worker_user_reaches_its_own_keys_on_every_node_and_nothing_else
     await move(admin, theirs[0], "w2", "w1")
     assert await grants.sync(["w1", "w2"]) == 2
     for port in cluster.ports:
-        keys_of = cluster.node_client(port).execute_command("ACL", "GETUSER", "worker-w1")["keys"]
-        assert f"%R~{KEYS.account(theirs[0])}" in keys_of
+        assert f"%R~{KEYS.account(theirs[0])}" in patterns(cluster.node_client(port), "worker-w1")
     worker = cluster_client(cluster, "w1")
     other = cluster_client(cluster, "w2")
     try:
@@ -281,9 +333,11 @@ async def test_a_worker_user_reaches_its_own_keys_on_every_node_and_nothing_else
         await other.aclose()
 
     shown = await acl.rules_on_nodes(admin, ["worker-w1"])
-    # the same rules on every node (Redis lists the commands in an order of its own)
+    # the same rules on every node (Redis lists the commands, in each selector too, in
+    # an order of its own)
     assert len(shown) == 6
-    assert len({frozenset(r["worker-w1"].split()) for r in shown.values()}) == 1  # type: ignore[index]
+    first, *others = [r["worker-w1"].split() for r in shown.values()]  # type: ignore[index]
+    assert all(acl.same_rules(first, other) for other in others)
     assert set(await acl.rules_of(admin, ["worker-w1"])) == {"worker-w1"}
 
 
@@ -307,7 +361,8 @@ def test_acl_commands_on_a_cluster(cluster: RedisCluster, tmp_path: Path) -> Non
     assert "6 of 6 nodes have no ACL file" in added.stderr
     for port in cluster.ports:
         user = cluster.node_client(port).execute_command("ACL", "GETUSER", "worker-w9")
-        assert "+asking" in user["commands"] and "{b63}" in user["keys"]
+        assert "+asking" in user["commands"]
+        assert any("{b63}" in p for p in patterns(cluster.node_client(port), "worker-w9"))
     shown = hiscrm("acl", "show", "w9", "--redis-url", url)
     assert shown.returncode == 0, shown.stderr
     assert "the same on 6 of 6 nodes" in shown.stdout
@@ -361,10 +416,7 @@ async def test_users_survive_a_failover_and_come_back_on_a_restarted_node(
     users = set(node.execute_command("ACL", "USERS"))
     assert users == set(cluster.node_client(replica).execute_command("ACL", "USERS"))
     assert grants.restored == restored + len(users - {"default"})  # w1's, and w2's
-    assert (
-        node.execute_command("ACL", "GETUSER", "worker-w1")["keys"]
-        == (cluster.node_client(replica).execute_command("ACL", "GETUSER", "worker-w1")["keys"])
-    )
+    assert access(node, "worker-w1") == access(cluster.node_client(replica), "worker-w1")
     # it logs in there and reads what it owns once that node is a primary again
     cluster.promote(primary)
     worker = cluster_client(cluster, "w1")
@@ -399,7 +451,8 @@ async def test_users_survive_a_failover_and_come_back_on_a_restarted_node(
     assert users == set(cluster.node_client(replica).execute_command("ACL", "USERS"))
     mine_there = node.execute_command("ACL", "GETUSER", "worker-w1")
     theirs = cluster.node_client(replica).execute_command("ACL", "GETUSER", "worker-w1")
-    assert (mine_there["passwords"], mine_there["keys"]) == (theirs["passwords"], theirs["keys"])
+    assert mine_there["passwords"] == theirs["passwords"]
+    assert access(node, "worker-w1") == access(cluster.node_client(replica), "worker-w1")
     with pytest.raises(rexc.AuthenticationError):
         node.execute_command("AUTH", "worker-w1", "an-old-password")
     assert not await grants.ensure()

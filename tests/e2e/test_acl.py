@@ -132,6 +132,17 @@ def test_the_fleet_works_under_its_users_and_grants_follow_the_accounts(
     _denied(lambda: w1.hgetall(stack.keys.account("acc-1")))
     w1.close()
     w2.close()
+    # no command a worker sent was refused: the log holds only reads of an account a
+    # user could not read then (the test's own two reads above)
+    with fleet.as_user("default") as admin:
+        log = admin.acl_log()
+    accounts = (stack.keys.account("acc-1"), stack.keys.account("acc-2"))
+    refused = [
+        (e["username"], e["reason"], e["object"])
+        for e in log
+        if not (e["reason"] == "key" and e["object"] in accounts)
+    ]
+    assert refused == []
 
 
 def test_grants_are_reapplied_after_a_redis_restart(fleet: AclFleet) -> None:
@@ -187,6 +198,19 @@ def test_a_stolen_worker_credential_reaches_only_its_own_accounts(fleet: AclFlee
     _denied(lambda: thief.xtrim(keys.worker_stream("w1", "acks"), maxlen=0))
     _denied(lambda: thief.delete(keys.worker_stream("w1", "acks")))
     _denied(lambda: thief.zrem(keys.workers, "w2"))
+    # its own keys, with any command but the one a worker sends there: a TTL or another
+    # type on the worker index halts every Master; a hash under its stream names fakes
+    # a live worker; an expired stream takes the Masters' consumer group with it
+    acks = keys.worker_stream("w1", "acks")
+    out = acks.removesuffix("acks")
+    _denied(lambda: thief.pexpire(keys.workers, 1))
+    _denied(lambda: thief.hset(keys.workers, "x", "1"))
+    _denied(lambda: thief.delete(keys.workers))
+    _denied(lambda: thief.hset(out + "x", mapping={"capacity": "1000000", "instance": "x"}))
+    _denied(lambda: thief.zadd(out + "x:accounts", {"zz": 1}))
+    _denied(lambda: thief.pexpire(acks, 1))
+    _denied(lambda: thief.zadd(keys.worker("w1"), {"x": 1}))
+    assert stack.r.type(keys.workers) == "zset" and stack.r.pttl(keys.workers) == -1
     _denied(thief.flushall)
     _denied(lambda: thief.config_get("*"))
     _denied(lambda: thief.keys("*"))

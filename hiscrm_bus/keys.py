@@ -206,8 +206,15 @@ class Keys:
         return f"{self.prefix}deadletter"
 
     @property
+    def deadletter_reported(self) -> str:
+        """Stream: what workers reported they could not decode (their own dead letters,
+        apart, so that no worker's reports evict the Masters' own)."""
+        return f"{self.prefix}deadletter:reported"
+
+    @property
     def deadletter_counts(self) -> str:
-        """Hash: dead-lettered message count per source."""
+        """Hash: dead-lettered message count per source stream or channel (a worker's
+        reports: per worker)."""
         return f"{self.prefix}deadletter:counts"
 
     # pending updates and outcomes (each in the bucket of the update's account)

@@ -322,10 +322,10 @@ class Master:
         if not self._sender_ok(r):
             await self.reject(r, "wrong_sender")
         elif isinstance(message, DeadLetterReport):
+            # apart from our own dead letters, counted per worker, capped per minute
             raw = message.raw.encode("utf-8", "surrogatepass")
-            own = self.keys.control(r.source)
-            source = own if message.source == own else f"worker {r.source}: {message.source}"
-            await self.deadletters.write(source, DecodeError(message.reason, raw))
+            error = DecodeError(message.reason, raw)
+            await self.deadletters.report(r.source, message.source, error)
         elif not isinstance(message, _ABOUT_ACCOUNT):
             await self.reject(r, "wrong_stream")
         elif owners.get(message.account_id) != r.source:

@@ -12,8 +12,9 @@ import pytest
 from redis.asyncio import Redis
 
 from hiscrm_bus.accounts import AccountConfig
+from hiscrm_bus.deadletter import REPORTS_PER_MINUTE
 from hiscrm_bus.keys import STREAM_KINDS as KINDS
-from hiscrm_bus.messages import AccountConfigUpdateAck, Message
+from hiscrm_bus.messages import AccountConfigUpdateAck, DeadLetterReport, Message
 from hiscrm_bus.settings import BusSettings
 from hiscrm_bus.streams import Received
 from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
@@ -137,3 +138,41 @@ async def test_a_flooded_index_creates_no_keys_and_is_worked_off_in_bounded_pass
     offline = lines(caplog, "offline (heartbeat expired)")
     assert len(offline) == passes
     assert all("more" in line for line in offline)
+
+
+async def test_a_worker_flooding_dead_letter_reports_evicts_nothing_and_grows_no_count(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis, settings = bus
+    settings = settings.model_copy(update={"deadletter_maxlen": 10})
+    master = Master(
+        MasterSettings.model_validate({**settings.model_dump(), "master_id": "m1"}), redis
+    )
+    keys = settings.keys
+    try:
+        ack = AccountConfigUpdateAck(
+            sender="w1",
+            account_id="acc-9",
+            worker_id="w1",
+            applied_version=1,
+            seen_version=1,
+            ok=True,
+        )
+        await master.on_acks(read(master, "acks", ack))  # the Master's own refusal
+        reports = [
+            DeadLetterReport(
+                sender="w1", worker_id="w1", source=f"src-{n}", reason="junk", raw="x", raw_len=1
+            )
+            for n in range(500)
+        ]
+        for n in range(0, 500, 100):
+            await master.on_events(read(master, "events", *reports[n : n + 100]))
+    finally:
+        await master.archive.close()
+    assert await dead_letters(redis, settings) == ["not_owner"]
+    assert await master.deadletters.counts() == {
+        keys.worker_stream("w1", "acks"): 1,
+        keys.control("w1"): 500,
+    }
+    assert await redis.xlen(keys.deadletter_reported) <= REPORTS_PER_MINUTE
+    assert len(lines(caplog, "the rest of the minute's are counted, not kept")) == 1

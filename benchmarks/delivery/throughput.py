@@ -83,9 +83,12 @@ class BareSubscriber:
                     continue
                 notice = json.loads(msg["data"])
                 config = await self.client.hgetall(self.account_prefix + notice["account_id"])
+                # on a cluster the notice may overtake the write to another node: the
+                # producer counts entries, the latency floor waits for its version
+                version = config.get(b"config_version", b"")
                 await self.client.xadd(
                     self.stream,
-                    {"account_id": notice["account_id"], "version": config[b"config_version"]},
+                    {"account_id": notice["account_id"], "version": version},
                     maxlen=100_000,
                     approximate=True,
                 )

@@ -54,7 +54,7 @@ typecheck: $(STAMP)
 # xdist_group("name") all run on the same worker.
 PYTEST_WORKERS ?= 2
 pytest: $(STAMP)
-	$(VENV)/bin/pytest -m "not soak and not stack" -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not soak and not stack" -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 soak: bootstrap
 	$(VENV)/bin/pytest -m soak $(PYTEST_ARGS)

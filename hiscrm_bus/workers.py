@@ -39,7 +39,15 @@ from redis.asyncio import Redis
 from .accounts import ID_PATTERN
 from .connection import call, call_each, is_cluster, text
 from .keys import Keys
-from .limits import MAX_MESSAGE_BYTES, MAX_REASON_CHARS, TooLarge, clip, dumps, loads, utcnow
+from .limits import (
+    MAX_MESSAGE_BYTES,
+    MAX_REASON_CHARS,
+    TooLarge,
+    clip,
+    dumps,
+    loads,
+    utcnow,
+)
 from .messages import TaskState
 
 log = logging.getLogger(__name__)
@@ -108,6 +116,16 @@ class WorkerInfo(BaseModel):
 
     def supports(self, platform: str) -> bool:
         return platform in self.platforms
+
+
+# the hash's fields as read: their sizes are looked at first (HSTRLEN), and a field over
+# its limit is not transferred at all (a 60 MB ``tasks`` cost every reader 60 MB, every
+# pass); a text field's limit is generous: it is clipped to a label as read
+_FIELDS: Final = tuple(name for name in WorkerInfo.model_fields if name != "id")
+
+
+def _read_limit(name: str) -> int:
+    return _JSON_LIMITS.get(name, MAX_MESSAGE_BYTES)
 
 
 # (worker id, field, size) already logged as too large: a console reads the registry
@@ -266,20 +284,61 @@ class WorkerRegistry:
     async def all(self) -> tuple[list[WorkerInfo], list[tuple[str, float]]]:
         """(alive workers, [(dead worker id, last heartbeat epoch)]) in one round trip each."""
         index = await self._index(withscores=True)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for worker_id, _score in index:
-                pipe.hgetall(self.keys.worker(worker_id))
-            raws = await call_each(pipe.execute(raise_on_error=False))
+        raws = await self._read([worker_id for worker_id, _score in index])
         alive, dead = [], []
         for (worker_id, score), raw in zip(index, raws, strict=True):
-            if isinstance(raw, Exception):
-                # the key holds another type: no registry hash, so no live worker
+            if raw is None:  # no hash (or another type there): no live worker
                 dead.append((worker_id, score))
-            elif raw:
-                alive.append(_from_hash(worker_id, raw))
             else:
-                dead.append((worker_id, score))
+                alive.append(_from_hash(worker_id, raw))
         return alive, dead
+
+    async def _read(self, worker_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Each worker's registry hash (None: none, or a key of another type), in two
+        round trips: every field's size first, then the fields within their limits
+        (one over its limit is left out with one log line)."""
+        if not worker_ids:
+            return []
+        n = len(_FIELDS)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id in worker_ids:
+                key = self.keys.worker(worker_id)
+                pipe.exists(key)
+                for name in _FIELDS:
+                    pipe.hstrlen(key, name)
+            sizes = await call_each(pipe.execute(raise_on_error=False))
+        wanted: list[list[str] | None] = []
+        for i, worker_id in enumerate(worker_ids):
+            exists, *lengths = sizes[i * (n + 1) : (i + 1) * (n + 1)]
+            if exists != 1 or any(isinstance(x, Exception) for x in lengths):
+                wanted.append(None)
+                continue
+            fields: list[str] = []
+            for name, size in zip(_FIELDS, lengths, strict=True):
+                if size > _read_limit(name):
+                    _oversized(
+                        worker_id, name, size, TooLarge(f"{size} bytes (limit {_read_limit(name)})")
+                    )
+                elif size:
+                    fields.append(name)
+            wanted.append(fields)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id, asked in zip(worker_ids, wanted, strict=True):
+                if asked:
+                    pipe.hmget(self.keys.worker(worker_id), asked)
+            values = iter(await call_each(pipe.execute(raise_on_error=False)))
+        out: list[dict[str, Any] | None] = []
+        for names in wanted:
+            if names is None:
+                out.append(None)
+                continue
+            got = next(values) if names else []
+            if isinstance(got, Exception):  # changed type meanwhile
+                out.append(None)
+                continue
+            # a hash that expired meanwhile reads as all nil: still the worker seen alive
+            out.append({k: v for k, v in zip(names, got, strict=True) if v is not None})
+        return out
 
     async def claim(self, info: WorkerInfo, ttl_s: float) -> WorkerInfo | None:
         """Take the worker id for ``info.instance``, unless another live process holds
@@ -319,8 +378,8 @@ class WorkerRegistry:
         return {w for w, n in zip(ids, found, strict=True) if n == 1}
 
     async def get(self, worker_id: str) -> WorkerInfo | None:
-        raw = await call(self.redis.hgetall(self.keys.worker(worker_id)))
-        return _from_hash(worker_id, raw) if raw else None
+        (raw,) = await self._read([worker_id])
+        return None if raw is None else _from_hash(worker_id, raw)
 
     async def forget(self, *worker_ids: str) -> None:
         """Drop dead workers from the index (once their accounts have moved)."""

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from hiscrm_bus.connection import RECOVERABLE, call, call_each, text
 from hiscrm_bus.deadletter import DeadLetters
 from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig, NotOwner
-from hiscrm_bus.keys import StreamKind
+from hiscrm_bus.keys import STREAM_KINDS, StreamKind
 from hiscrm_bus.limits import clip
 from hiscrm_bus.messages import (
     AccountConfigAcks,
@@ -60,6 +60,8 @@ from .updates import Updates
 
 log = logging.getLogger(__name__)
 MASTER_GRACE_PASSES = 15
+# entries per stream one read of acks or events takes
+SMALL_READ = 10
 # events that speak about one account: accepted only from that account's owner
 _ABOUT_ACCOUNT = (
     LoginSuccess,
@@ -123,8 +125,10 @@ class Master:
         self.assigner = Assigner(redis, settings, self.updates)
         self.deadletters = DeadLetters(redis, settings)
         group = settings.consumer_group
-        self.acks = self._reader("acks", group)
-        self.events = self._reader("events", group)
+        # acks and events a few per stream and read: any entry may be as large as Redis
+        # takes (proto-max-bulk-len), and a read holds them all at once
+        self.acks = self._reader("acks", group, count=SMALL_READ)
+        self.events = self._reader("events", group, count=SMALL_READ)
         self.ingest = self._reader("ingest", group)
         self.archive = Archive.of(settings)
         self._legacy_moved = False
@@ -132,7 +136,7 @@ class Master:
         self._next_prune = 0.0
         self.metrics = MasterMetrics()
 
-    def _reader(self, kind: StreamKind, group: str) -> StreamReader:
+    def _reader(self, kind: StreamKind, group: str, *, count: int = 100) -> StreamReader:
         """A reader of one kind of stream of every known worker (alive or not: a dead
         worker's last words are read too)."""
 
@@ -151,6 +155,7 @@ class Master:
             discover=discover,
             live=self.assigner.registry.alive,
             block_ms=500,
+            count=count,
         )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -466,11 +471,12 @@ class Master:
         """The database's housekeeping: bring the schema up to date; move crawled items
         an older version kept in Redis (once); delete removed accounts' data; apply
         retention (every ``retention_interval_s``)."""
-        # crawl batches stored and acknowledged are of no use in Redis any more: the
-        # ingest streams keep only what no Master has stored yet
+        # what was handled and acknowledged is of no use in Redis any more: every
+        # worker stream keeps only what no Master has handled yet (a worker's acks and
+        # events are never trimmed by anyone else)
         ids = await self.assigner.registry.ids()
-        ingest = [self.keys.worker_stream(w, "ingest") for w in ids]
-        await trim_consumed(self.redis, ingest, self.settings.consumer_group)
+        handled = [self.keys.worker_stream(w, kind) for w in ids for kind in STREAM_KINDS]
+        await trim_consumed(self.redis, handled, self.settings.consumer_group)
         await self.archive.ready()
         if not self._legacy_moved:
             moved = await move_legacy_items(self.redis, self.keys, self.archive, self.id)

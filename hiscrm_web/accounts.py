@@ -9,7 +9,6 @@ by it first: an invalid value is refused with the reason and nothing is written.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,8 +28,10 @@ from hiscrm_bus.accounts import (
 )
 from hiscrm_bus.connection import call, text
 from hiscrm_bus.errors import AccountNotFound, HiscrmError, InvalidAccountConfig
+from hiscrm_bus.limits import loads
 from hiscrm_bus.messages import CrawledItem
 from hiscrm_bus.pending import Outcome
+from hiscrm_bus.workers import MAX_TASKS_BYTES
 from hiscrm_master.archive import Filter
 from hiscrm_master.diagnosis import AccountReport, Finding, diagnose
 from hiscrm_master.snapshot import collect
@@ -408,11 +409,16 @@ async def task_marker(c: Console, account_id: str) -> tuple[Any, ...]:
     owner = text(raw[0]) if raw[0] else None
     task: Any = None
     if owner:
-        tasks: Any = await call(c.redis.hget(keys.worker(owner), "tasks"))
-        try:
-            report = json.loads(tasks).get(account_id) if tasks else None
-        except (ValueError, AttributeError, RecursionError):
-            report = None
+        # the worker writes its hash: the size is looked at before the value is read,
+        # and parsed within the registry's bounds (a 60 MB value blocked the console)
+        report = None
+        key = keys.worker(owner)
+        if 0 < int(await call(c.redis.hstrlen(key, "tasks"))) <= MAX_TASKS_BYTES:
+            tasks: Any = await call(c.redis.hget(key, "tasks"))
+            try:
+                report = loads(tasks, max_bytes=MAX_TASKS_BYTES).get(account_id) if tasks else None
+            except (ValueError, AttributeError):
+                report = None
         if isinstance(report, dict):
             task = (report.get("state"), report.get("applied_version"), report.get("error"))
     return (*(text(v) if v is not None else None for v in raw), task)

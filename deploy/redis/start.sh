@@ -8,5 +8,9 @@
 set -eu
 umask 077
 cp /run/secrets/redis-acl /data/users.acl
+#
+# proto-max-bulk-len: no value hiscrm writes is near 8 MB (a message is at most 4 MB);
+# Redis' default of 512 MB lets one worker's user write values that cost every reader
+# that much memory.
 exec redis-server --dir /data --aclfile /data/users.acl --appendonly yes \
-    --bind 0.0.0.0 --port 6379 "$@"
+    --proto-max-bulk-len 8mb --bind 0.0.0.0 --port 6379 "$@"

@@ -6,17 +6,19 @@ create keys and log lines without bound."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from redis.asyncio import Redis
 
 from hiscrm_bus.accounts import AccountConfig
 from hiscrm_bus.deadletter import REPORTS_PER_MINUTE
 from hiscrm_bus.keys import STREAM_KINDS as KINDS
-from hiscrm_bus.messages import AccountConfigUpdateAck, DeadLetterReport, Message
+from hiscrm_bus.messages import AccountConfigUpdateAck, DeadLetterReport, Message, TaskStatus
 from hiscrm_bus.settings import BusSettings
-from hiscrm_bus.streams import Received
+from hiscrm_bus.streams import Received, append
 from hiscrm_bus.workers import WorkerInfo, WorkerRegistry
 from hiscrm_master.service import Master
 from hiscrm_master.settings import MasterSettings
@@ -176,3 +178,45 @@ async def test_a_worker_flooding_dead_letter_reports_evicts_nothing_and_grows_no
     }
     assert await redis.xlen(keys.deadletter_reported) <= REPORTS_PER_MINUTE
     assert len(lines(caplog, "the rest of the minute's are counted, not kept")) == 1
+
+
+async def test_handled_acks_and_events_are_trimmed_and_read_a_few_at_a_time(
+    bus: Bus, tmp_path: Path
+) -> None:
+    redis, settings = bus
+    keys = settings.keys
+    master = Master(
+        MasterSettings(
+            redis_url=settings.redis_url,
+            key_prefix=settings.key_prefix,
+            master_id="m1",
+            database_url=f"sqlite+aiosqlite:///{tmp_path}/hiscrm.db",
+        ),
+        redis,
+    )
+    try:
+        await heartbeat(redis, settings, "w1")
+        events = keys.worker_stream("w1", "events")
+        for n in range(30):
+            status = TaskStatus(
+                sender="w1", account_id="acc-1", worker_id="w1", state="running", config_version=n
+            )
+            await append(redis, events, status, 1000)
+        got: list[int] = []
+        done = anyio.Event()
+
+        async def handler(received: list[Received]) -> None:
+            got.append(len(received))
+            if sum(got) >= 30:
+                done.set()
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(master.events.run_received, handler)
+            with anyio.fail_after(10):
+                await done.wait()
+            tg.cancel_scope.cancel()
+        assert max(got) <= 10  # a read holds at most a few (possibly large) entries
+        await master.tend_archive()
+        assert await redis.xlen(events) == 0
+    finally:
+        await master.archive.close()

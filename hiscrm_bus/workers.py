@@ -378,8 +378,11 @@ class WorkerRegistry:
         return {w for w, n in zip(ids, found, strict=True) if n == 1}
 
     async def get(self, worker_id: str) -> WorkerInfo | None:
-        (raw,) = await self._read([worker_id])
-        return None if raw is None else _from_hash(worker_id, raw)
+        """One worker, read with HGETALL: the one read of its hash its own Redis user
+        may make (``hiscrm health worker``); sizes are checked as decoded. The fleet's
+        reads (:meth:`all`) look at sizes before they transfer anything."""
+        raw = await call(self.redis.hgetall(self.keys.worker(worker_id)))
+        return _from_hash(worker_id, raw) if raw else None
 
     async def forget(self, *worker_ids: str) -> None:
         """Drop dead workers from the index (once their accounts have moved)."""

@@ -46,9 +46,7 @@ async def test_an_oversized_tasks_field_is_not_transferred(
                 {},
             )
             assert dead == []
-        got = await registry.get(w1)
-    assert got is not None and got.tasks == {}
-    if before:  # a real redis-server: what it sent the three reads
+    if before:  # a real redis-server: what it sent the two reads
         assert await sent_bytes(redis) - before < 100_000
     oversized = [r for r in caplog.records if "registry field tasks is too large" in r.message]
     assert len(oversized) == 1

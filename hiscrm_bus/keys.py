@@ -130,10 +130,6 @@ class Keys:
         read by the Masters' consumer group."""
         return f"{self._of_worker(worker_id)}worker:{worker_id}:out:{kind}"
 
-    def worker_streams(self, worker_id: str) -> str:
-        """Key pattern (for ACL rules) of every stream :meth:`worker_stream` names."""
-        return escape_glob(f"{self._of_worker(worker_id)}worker:{worker_id}:out:") + "*"
-
     @property
     def masters(self) -> str:
         """Sorted set: Master id by the time (epoch seconds) after which, without another

@@ -249,8 +249,9 @@ class TaskStatus(Envelope):
 
 class DeadLetterReport(Envelope):
     """Worker → Master: something arrived on the worker's control channel that did not
-    decode. The Master records it in the shared dead-letter stream (a worker cannot
-    write there, so it cannot wipe it either)."""
+    decode. The Master records it in the stream of worker reports
+    (``deadletter:reported``), at most so many a minute per worker: a worker cannot
+    write there itself, nor crowd the Master's own refusals out of ``deadletter``."""
 
     type: Literal["worker:deadletter"] = "worker:deadletter"
     worker_id: str = Field(min_length=1, max_length=200)

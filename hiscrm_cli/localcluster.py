@@ -101,6 +101,7 @@ def node_config(
         f"cluster-node-timeout {node_timeout_ms}",
         "appendonly yes",
         'save ""',
+        "proto-max-bulk-len 8mb",  # as the one Redis of `hiscrm up` and the stack
         "daemonize no",
     ]
     if password:

@@ -323,6 +323,9 @@ class LocalStack:
                     f'dir "{data}"',
                     "appendonly yes",
                     'save ""',
+                    # no value larger than a message may be (limits.MAX_MESSAGE_BYTES):
+                    # a worker's user cannot make a reader take in hundreds of MB
+                    "proto-max-bulk-len 8mb",
                     f"requirepass {self.password}",
                     "",
                 ]

@@ -143,7 +143,7 @@ def fleet_findings(snap: Snapshot) -> list[Finding]:
                 f"{count} message(s) from {source} were dead-lettered "
                 "(undecodable, or refused: not_owner / wrong_sender)",
                 'inspect them: `redis-cli -u "$HISCRM_REDIS_URL" XRANGE <prefix>deadletter - + '
-                "COUNT 10`",
+                "COUNT 10` (what workers reported: `<prefix>deadletter:reported`)",
                 "info",
             )
         )

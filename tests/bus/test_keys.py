@@ -27,7 +27,6 @@ def test_single_node_names_are_what_they_always_were() -> None:
     for method, arg, expected in SINGLE_NODE.values():
         assert getattr(keys, method)(arg) == expected
     assert keys.worker_stream("w1", "acks") == "hiscrm:worker:w1:out:acks"
-    assert keys.worker_streams("w1") == "hiscrm:worker:w1:out:*"
     assert [keys.accounts(), keys.unassigned(), keys.pending(), keys.outcomes()] == [
         "hiscrm:accounts",
         "hiscrm:unassigned",

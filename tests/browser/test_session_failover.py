@@ -40,6 +40,8 @@ def test_a_login_survives_failover_and_an_empty_data_dir(
     key = tmp_path / "session.key"
     assert stack.cli("session", "keygen", "--out", str(key)).returncode == 0
     stack.extra_env.update(HISCRM_SANDBOX_URL=site.url, HISCRM_SESSION_KEY_FILE=str(key))
+    for worker in ("w1", "w2"):  # every event kept for the secrets check at the end
+        stack.observe(worker, "events")
     stack.master()
     data = {w: str(stack.workdir / f"data-{w}") for w in ("w1", "w2", "w3")}
     stack.worker("w1", HISCRM_DATA_DIR=data["w1"], HISCRM_HEARTBEAT_TTL_S="2")

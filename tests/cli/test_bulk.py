@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from hiscrm_bus.messages import AccountConfigUpdate, decode
 from hiscrm_bus.pending import PendingTracker
 from hiscrm_bus.settings import BusSettings
 from hiscrm_master.updates import Updates
-from tests.cli.process import hiscrm
+from tests.cli.process import cli_env, hiscrm
 from tests.conftest import fast_settings
 
 Bus = tuple[Redis, BusSettings]
@@ -32,14 +31,7 @@ pytestmark = pytest.mark.real
 
 async def hiscrm_stdin(settings: BusSettings, stdin: str, *args: str) -> tuple[int, str, str]:
     """``hiscrm ARGS`` reading ``stdin``, as :func:`tests.cli.process.hiscrm` runs it."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
-    env |= {
-        "HISCRM_REDIS_URL": settings.redis_url,
-        "HISCRM_KEY_PREFIX": settings.key_prefix,
-        "COLUMNS": "1000",
-        "NO_COLOR": "1",
-        "PYTHONIOENCODING": "utf-8",
-    }
+    env = cli_env(settings)
     result = await anyio.run_process(
         [sys.executable, "-m", "hiscrm_cli", *args], input=stdin.encode(), env=env, check=False
     )

@@ -29,7 +29,7 @@ from hiscrm_bus.messages import CrawlBatch, CrawledItem
 from hiscrm_bus.settings import BusSettings
 from hiscrm_bus.workers import TaskReport, WorkerInfo, WorkerRegistry
 from hiscrm_master.archive import Archive, Arrival
-from tests.cli.process import hiscrm
+from tests.cli.process import cli_env, hiscrm
 from tests.cli.test_terminal_safety import AUTHOR, TEXT, unsafe_chars
 from tests.postgres_server import PostgresServer, free_port
 
@@ -579,14 +579,7 @@ async def on_a_terminal(settings: BusSettings, *args: str) -> Result:
         attrs = termios.tcgetattr(terminal)
         attrs[1] &= ~termios.OPOST
         termios.tcsetattr(terminal, termios.TCSANOW, attrs)
-        env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
-        env |= {
-            "HISCRM_REDIS_URL": settings.redis_url,
-            "HISCRM_KEY_PREFIX": settings.key_prefix,
-            "COLUMNS": "1000",
-            "NO_COLOR": "1",
-            "PYTHONIOENCODING": "utf-8",
-        }
+        env = cli_env(settings)
         with subprocess.Popen(
             [sys.executable, "-m", "hiscrm_cli", *args],
             env=env,

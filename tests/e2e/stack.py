@@ -18,7 +18,7 @@ import redis
 from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster as ClusterClient
 
-from hiscrm_bus.keys import Keys
+from hiscrm_bus.keys import Keys, StreamKind
 from hiscrm_bus.settings import cluster_nodes, is_cluster_url
 from tests.redis_server import free_port
 
@@ -189,6 +189,14 @@ class Stack:
             return t if ok else None
 
         return wait_for(probe, what=f"{account_id} {state} on {worker_id} (v{version})")
+
+    def observe(self, worker_id: str, kind: StreamKind) -> str:
+        """The worker's ``kind`` stream, kept whole for the test to read: a consumer
+        group of the test's own on it means no Master trims what it has handled (it
+        trims only streams its group alone reads)."""
+        stream = self.keys.worker_stream(worker_id, kind)
+        self.r.xgroup_create(stream, "test-observer", id="0", mkstream=True)
+        return stream
 
     def outcomes(self) -> list[dict[str, str]]:
         """Every outcome recorded, oldest first (on a cluster: every bucket's)."""

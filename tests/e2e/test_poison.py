@@ -25,7 +25,7 @@ def _alive(stack: Stack) -> None:
 def _rejected_acks(stack: Stack, worker: str, account: str) -> list[dict[str, object]]:
     """The worker's rejecting ACKs about ``account``, sent alone or in a reconcile's batch."""
     acks: list[dict[str, object]] = []
-    for _id, f in stack.r.xrange(stack.keys.worker_stream(worker, "acks")):
+    for _id, f in stack.r.xrange(stack.keys.worker_stream(worker, "acks")):  # observed
         message = json.loads(f["msg"])
         acks += message["acks"] if message["type"].endswith(":acks") else [message]
     return [a for a in acks if a["account_id"] == account and a["ok"] is False]
@@ -34,6 +34,7 @@ def _rejected_acks(stack: Stack, worker: str, account: str) -> list[dict[str, ob
 def test_a_poisoned_account_is_its_own_problem_and_the_fleet_lives_on(stack: Stack) -> None:
     master = stack.master()
     stack.worker("w1", HISCRM_HEARTBEAT_TTL_S="2", HISCRM_RECONCILE_INTERVAL_S="0.5")
+    stack.observe("w1", "acks")
     stack.add("acc-1")
     stack.add("acc-2")
     stack.wait_task("w1", "acc-1", "waiting_login")

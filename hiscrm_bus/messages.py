@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -215,6 +215,12 @@ class CrawledItem(BaseModel):
     author: str = Field("", max_length=500)
     created_at: datetime
     extra: JsonObject = Field(default_factory=dict)
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        # a platform's time without a zone is taken as UTC: every time kept is aware
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
     @field_validator("text", "author", mode="before")
     @classmethod

@@ -128,18 +128,24 @@ def _read_limit(name: str) -> int:
     return _JSON_LIMITS.get(name, MAX_MESSAGE_BYTES)
 
 
-# (worker id, field, size) already logged as too large: a console reads the registry
-# every few seconds, one line per oversized value is enough (bounded: cleared when full)
-_logged_oversized: set[tuple[str, str, int]] = set()
+# (worker id, field) logged as too large and not back within its limit since: a console
+# reads the registry every few seconds and a heartbeat changes the value's size, so one
+# line per field while it stays too large (bounded: cleared when full)
+_logged_oversized: set[tuple[str, str]] = set()
 
 
 def _oversized(worker_id: str, name: str, size: int, exc: TooLarge) -> None:
-    if (worker_id, name, size) in _logged_oversized:
+    if (worker_id, name) in _logged_oversized:
         return
     if len(_logged_oversized) >= 1024:
         _logged_oversized.clear()
-    _logged_oversized.add((worker_id, name, size))
+    _logged_oversized.add((worker_id, name))
     log.warning("worker %s: registry field %s is too large (%s); ignored", worker_id, name, exc)
+
+
+def _within(worker_id: str, name: str) -> None:
+    """The field is within its limit again: a later excess is told again."""
+    _logged_oversized.discard((worker_id, name))
 
 
 # index members already told about as no worker id (bounded: cleared when full)
@@ -186,6 +192,7 @@ def _from_hash(worker_id: str, raw: Mapping[Any, Any]) -> WorkerInfo:
         if name in _JSON_LIMITS:
             try:
                 d[name] = loads(value, max_bytes=_JSON_LIMITS[name])
+                _within(worker_id, name)
             except TooLarge as exc:
                 _oversized(worker_id, name, len(value), exc)
             except ValueError:
@@ -319,8 +326,10 @@ class WorkerRegistry:
                     _oversized(
                         worker_id, name, size, TooLarge(f"{size} bytes (limit {_read_limit(name)})")
                     )
-                elif size:
-                    fields.append(name)
+                else:
+                    _within(worker_id, name)
+                    if size:
+                        fields.append(name)
             wanted.append(fields)
         async with self.redis.pipeline(transaction=False) as pipe:
             for worker_id, asked in zip(worker_ids, wanted, strict=True):

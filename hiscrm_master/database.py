@@ -230,6 +230,11 @@ def refused_value(error: BaseException) -> bool:
     refuse again. Anything else (down, locked, a bug of ours) is no fault of the data."""
     from sqlalchemy import exc
 
+    if not isinstance(error, exc.SQLAlchemyError | OSError | ConnectionError | TimeoutError):
+        # not the database speaking: our own code failed on what this batch carries
+        # (a comparison, a conversion); held back, it would block every worker's
+        # ingest behind it for ever, so it is the batch's, tried alone
+        return isinstance(error, ValueError | TypeError | ArithmeticError | LookupError)
     if not isinstance(error, exc.StatementError):
         return False
     state = sqlstate(error)

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from hiscrm_bus.connection import RECOVERABLE, call, call_each, text
 from hiscrm_bus.deadletter import DeadLetters
 from hiscrm_bus.errors import AccountNotFound, InvalidAccountConfig, NotOwner
-from hiscrm_bus.keys import STREAM_KINDS, StreamKind
+from hiscrm_bus.keys import StreamKind
 from hiscrm_bus.limits import clip
 from hiscrm_bus.messages import (
     AccountConfigAcks,
@@ -60,6 +60,10 @@ from .updates import Updates
 
 log = logging.getLogger(__name__)
 MASTER_GRACE_PASSES = 15
+# the worker streams whose handled entries are trimmed: not events, which those who
+# follow a login read after the Master has handled them (from a cursor, in no group;
+# a console's event stream may reconnect and read again); the worker caps them (MAXLEN)
+TRIMMED: tuple[StreamKind, ...] = ("acks", "ingest")
 # entries per stream one read of acks or events takes
 SMALL_READ = 10
 # events that speak about one account: accepted only from that account's owner
@@ -134,6 +138,8 @@ class Master:
         self._legacy_moved = False
         self._done_removal = redis.register_script(_DONE_REMOVAL)
         self._next_prune = 0.0
+        self._backlog_since: float | None = None  # when the ACK backlog began, if one has
+        self._backlog_told = False
         self.metrics = MasterMetrics()
 
     def _reader(self, kind: StreamKind, group: str, *, count: int = 100) -> StreamReader:
@@ -475,7 +481,7 @@ class Master:
         # worker stream keeps only what no Master has handled yet (a worker's acks and
         # events are never trimmed by anyone else)
         ids = await self.assigner.registry.ids()
-        handled = [self.keys.worker_stream(w, kind) for w in ids for kind in STREAM_KINDS]
+        handled = [self.keys.worker_stream(w, kind) for w in ids for kind in TRIMMED]
         await trim_consumed(self.redis, handled, self.settings.consumer_group)
         await self.archive.ready()
         if not self._legacy_moved:
@@ -507,12 +513,34 @@ class Master:
                     self.settings.retention_days,
                 )
 
+    def _backlog_waits(self) -> bool:
+        """Whether retries wait for an ACK backlog to drain: ACKs queued unread would
+        count as missing, re-sending applied updates (each re-send adds another ACK).
+        For one update's whole retry budget at most: a worker that keeps its stream
+        full (junk ACKs, faster than a read takes them) must not stop every retry and
+        failure in the fleet."""
+        if not self.acks.backlogged:
+            self._backlog_since, self._backlog_told = None, False
+            return False
+        now = time.monotonic()
+        if self._backlog_since is None:
+            self._backlog_since = now
+        waited = now - self._backlog_since
+        if waited < self.settings.ack_timeout_s * self.settings.max_attempts:
+            log.debug("master %s: ACK backlog; retries wait for it to drain", self.id)
+            return True
+        if not self._backlog_told:
+            log.warning(
+                "master %s: an ACK backlog for %.0f s; retrying and failing updates anyway",
+                self.id,
+                waited,
+            )
+            self._backlog_told = True
+        return False
+
     async def sweep(self) -> None:
         """Retry the pending updates whose deadline passed; record the last failures."""
-        if self.acks.backlogged:
-            # ACKs are queued unread: counting them as missing would re-send updates
-            # that were applied, and every re-send adds another ACK to the queue
-            log.debug("master %s: ACK backlog; retries wait for it to drain", self.id)
+        if self._backlog_waits():
             return
         swept = await self.tracker.sweep()
         retries: list[tuple[AccountConfigUpdate, str]] = []

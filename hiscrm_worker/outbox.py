@@ -149,7 +149,12 @@ class Outbox:
                 self._probe_at = anyio.current_time() + self.settings.backoff_max_s
             else:
                 again += [(kind, m) for m in messages]
-        # a refused task state is queued as an event: only a newer state replaces it
+        # a refused task state goes back among the states, unless a newer one for its
+        # account came meanwhile: that one is sent, never the older after it
+        for _kind, message in again:
+            if isinstance(message, TaskStatusEvent):
+                self._states.setdefault(message.account_id, message)
+        again = [(k, m) for k, m in again if not isinstance(m, TaskStatusEvent)]
         self._queue.extendleft(reversed(again))
         return 0.0 if not again else delay
 

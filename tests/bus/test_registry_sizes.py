@@ -50,3 +50,25 @@ async def test_an_oversized_tasks_field_is_not_transferred(
         assert await sent_bytes(redis) - before < 100_000
     oversized = [r for r in caplog.records if "registry field tasks is too large" in r.message]
     assert len(oversized) == 1
+
+
+async def test_a_field_that_stays_too_large_is_told_once_however_its_size_changes(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each heartbeat changes the size of a worker's tasks: still one line while it
+    stays too large, and one more only after it was within its limit again."""
+    redis, settings = bus
+    registry = WorkerRegistry(redis, settings.keys)
+    w1 = "w-grow-" + settings.key_prefix.rstrip(":")
+    await registry.heartbeat(WorkerInfo(id=w1, platforms=("synthetic",)), 60)
+    key = settings.keys.worker(w1)
+    with caplog.at_level(logging.WARNING, logger="hiscrm_bus.workers"):
+        for n in range(3):  # too large, a different size each time
+            await redis.hset(key, "tasks", "[" + "1," * (5_000_000 + n) + "1]")
+            await registry.all()
+        await redis.hset(key, "tasks", "{}")
+        await registry.all()  # within its limit again
+        await redis.hset(key, "tasks", "[" + "1," * 5_000_000 + "1]")
+        await registry.all()
+    told = [r for r in caplog.records if "registry field tasks is too large" in r.message]
+    assert len(told) == 2

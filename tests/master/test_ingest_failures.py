@@ -124,9 +124,10 @@ def test_sqlite_locked_and_failing_disks_are_not_now_and_constraints_are_bad_val
     # a value a column type will not bind
     binding = exc.StatementError("cannot bind", "INSERT", {}, ValueError("year 0 is out of range"))
     assert (transient(binding), refused_value(binding)) == (False, True)
-    # errors of ours are neither: the batch waits, it is not thrown away
-    for ours in (OverflowError("date value out of range"), KeyError("x")):
-        assert (transient(ours), refused_value(ours)) == (False, False)
+    # our own code failing on a batch's values (no database spoke): that batch's, tried
+    # alone — held back, it would block every worker's ingest behind it for ever
+    for ours in (OverflowError("date value out of range"), KeyError("x"), TypeError("naive")):
+        assert (transient(ours), refused_value(ours)) == (False, True)
 
 
 # -- the Master's ingest -------------------------------------------------------------
@@ -318,3 +319,30 @@ async def test_a_retention_longer_than_the_calendar_keeps_everything(database_ur
         assert await stored(archive) == ["c1"]
     finally:
         await archive.close()
+
+
+@pytest.mark.real
+async def test_a_batch_our_code_fails_on_is_dead_lettered_alone_and_ingest_flows(
+    pg_master: Master, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure of ours on one batch's values (no database error) costs that batch
+    only: the others of the read are stored, the read is not held (review finding: it
+    had stopped every worker's ingest behind it)."""
+    master = pg_master
+    store = master.archive.store
+
+    async def failing_on_poison(arrivals: list[Arrival]) -> Any:
+        if any(i.text == "poison" for a in arrivals for i in a.batch.items):
+            raise TypeError("can't compare offset-naive and offset-aware datetimes")
+        return await store(arrivals)
+
+    monkeypatch.setattr(master.archive, "store", failing_on_poison)
+    good, bad = batch(comment("c1"), comment("c2")), batch(comment("c3", "poison"))
+    await master.on_batches([received(good, 1), received(bad, 2)])
+    assert sorted(await stored(master.archive)) == ["c1", "c2"]
+    assert await master.deadletters.counts() == {"w1:ingest": 1}
+
+
+def test_a_time_without_a_zone_is_taken_as_utc() -> None:
+    naive = CrawledItem(kind="dm", item_id="d1", text="hi", created_at=datetime(2026, 1, 2, 3))
+    assert naive.created_at == datetime(2026, 1, 2, 3, tzinfo=UTC)

@@ -180,7 +180,7 @@ async def test_a_worker_flooding_dead_letter_reports_evicts_nothing_and_grows_no
     assert len(lines(caplog, "the rest of the minute's are counted, not kept")) == 1
 
 
-async def test_handled_acks_and_events_are_trimmed_and_read_a_few_at_a_time(
+async def test_acks_and_events_are_read_a_few_at_a_time_and_handled_acks_trimmed(
     bus: Bus, tmp_path: Path
 ) -> None:
     redis, settings = bus
@@ -210,13 +210,29 @@ async def test_handled_acks_and_events_are_trimmed_and_read_a_few_at_a_time(
             if sum(got) >= 30:
                 done.set()
 
+        acks = keys.worker_stream("w1", "acks")
+        for n in range(30):
+            await append(redis, acks, status.model_copy(update={"config_version": n}), 1000)
+        acked = anyio.Event()
+
+        async def ack_handler(received: list[Received]) -> None:
+            got.append(len(received))
+            if sum(got) >= 60:
+                acked.set()
+
         async with anyio.create_task_group() as tg:
             await tg.start(master.events.run_received, handler)
             with anyio.fail_after(10):
                 await done.wait()
+            await tg.start(master.acks.run_received, ack_handler)
+            with anyio.fail_after(10):
+                await acked.wait()
             tg.cancel_scope.cancel()
         assert max(got) <= 10  # a read holds at most a few (possibly large) entries
         await master.tend_archive()
-        assert await redis.xlen(events) == 0
+        assert await redis.xlen(acks) == 0  # handled: of no use any more
+        # events stay (the worker caps them): a login's followers read them after the
+        # Master has handled them, from a cursor (review finding)
+        assert await redis.xlen(events) == 30
     finally:
         await master.archive.close()

@@ -201,6 +201,29 @@ async def test_an_unacked_update_is_retried_then_failed(fleet, bus: Bus) -> None
     assert (outcome.update_id, outcome.status) == (sent.update_id, "failed")
 
 
+async def test_a_backlog_that_never_drains_postpones_retries_for_one_budget_only(
+    fleet, bus: Bus, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retries wait while ACKs are queued unread, but a stream someone keeps full (a
+    worker's junk ACKs, faster than reads take them) must not stop every retry and
+    failure in the fleet: after one update's retry budget the sweep goes on, said once
+    (review finding)."""
+    master, _w1, _w2 = fleet
+    monkeypatch.setattr(type(master.acks), "backlogged", property(lambda _self: True))
+    await add(master, "acc-1", "w1")
+    _result, sent = await master.updates.change("acc-1", {"name": "x"}, "admin_update")
+    assert sent is not None
+    budget = master.settings.ack_timeout_s * master.settings.max_attempts
+    started = anyio.current_time()
+    with anyio.fail_after(20):
+        while not (await master.store.get("acc-1")).config_stale:
+            await master.sweep()
+            await anyio.sleep(0.05)
+    assert anyio.current_time() - started >= budget  # it did wait, one budget
+    told = [r for r in caplog.records if "ACK backlog for" in r.getMessage()]
+    assert len(told) == 1
+
+
 async def test_a_dead_workers_accounts_move_to_a_live_one(fleet, bus: Bus) -> None:
     master, w1, w2 = fleet
     redis, settings = bus

@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from hiscrm_bus.messages import CrawlBatch, CrawledItem, LoginSuccess, Message, TaskStatus, decode
+from hiscrm_bus.resilience import Episode
 from hiscrm_bus.settings import BusSettings
 from hiscrm_bus.streams import FIELD
 from hiscrm_worker import outbox as outbox_module
@@ -122,3 +123,22 @@ async def test_what_waits_for_a_refused_stream_is_bounded(
     # the newest five, once the stream takes writes again
     got = await arrived(redis, outbox.streams["ingest"], 5)
     assert items(got) == [str(n) for n in range(15, 20)]
+
+
+async def test_a_refused_task_state_never_overtakes_a_newer_one(bus: Bus) -> None:
+    """A task state the events stream refused is tried again only if no newer state of
+    its account came meanwhile: the Master never hears an old state last (review)."""
+    redis, settings = bus
+    box = Outbox(redis, settings, "w1")
+    episode = Episode(logging.getLogger("test"), "sending", settings)
+    await redis.set(box.streams["events"], "not a stream")
+    box.state(mark(1).model_copy(update={"account_id": "acc-1"}))
+    await box._send_some(100, episode)  # refused
+    box.state(mark(2).model_copy(update={"account_id": "acc-1"}))  # the task moved on
+    await redis.delete(box.streams["events"])
+    await box._send_some(100, episode)
+    entries = await redis.xrange(box.streams["events"])
+    sent = [decode(fields[FIELD.encode()]) for _id, fields in entries]
+    assert [(m.account_id, m.config_version) for m in sent if isinstance(m, TaskStatus)] == [
+        ("acc-1", 2)
+    ]

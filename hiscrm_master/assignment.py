@@ -165,9 +165,7 @@ class Assigner:
             except InvalidAccountConfig as exc:
                 # its own problem (diagnose names the field): it moves once repaired;
                 # every other account is placed meanwhile
-                if account_id not in self._invalid_logged:
-                    log.error("account %s cannot be placed: %s", account_id, exc)
-                    self._invalid_logged.add(account_id)
+                self._cannot_place(account_id, exc)
                 left += 1
                 continue
             except rexc.ResponseError as exc:
@@ -205,10 +203,8 @@ class Assigner:
                 continue  # changed meanwhile; the next pass looks again
             except InvalidAccountConfig as exc:
                 # the change itself is refused (a version that cannot go higher): its
-                # own problem, told once, as an account that does not validate
-                if account_id not in self._invalid_logged:
-                    log.error("account %s cannot be placed: %s", account_id, exc)
-                    self._invalid_logged.add(account_id)
+                # own problem, as an account that does not validate
+                self._cannot_place(account_id, exc)
                 left += 1
                 continue
             self._invalid_logged.discard(account_id)
@@ -224,3 +220,9 @@ class Assigner:
                 sent.update_id if sent else "-",
             )
         return placed, left
+
+    def _cannot_place(self, account_id: str, why: Exception) -> None:
+        """Tell once (until it is placed or validates again) why an account cannot be."""
+        if account_id not in self._invalid_logged:
+            log.error("account %s cannot be placed: %s", account_id, why)
+            self._invalid_logged.add(account_id)

@@ -81,6 +81,11 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._queue) + len(self._states) + self.parked
 
+    def holds(self, kind: StreamKind) -> bool:
+        """Whether messages for ``kind`` wait here (queued, or parked aside): what is
+        sent to that stream now goes after them, through here, to keep the order."""
+        return kind in self._parked or any(k == kind for k, _m in self._queue)
+
     @property
     def parked(self) -> int:
         """Messages waiting aside for a stream Redis keeps refusing."""

@@ -587,9 +587,14 @@ class Worker:
         the outbox writes once it does (never lost)."""
         if not acks:
             return
+        if self.outbox.holds("acks"):  # earlier ACKs wait there: these go after them
+            for ack in acks:
+                self.send("acks", ack)
+            return
         try:
             await append_many(self.redis, self.streams["acks"], acks, self.settings.stream_maxlen)
         except Exception as exc:
+            # told once: until the outbox has written them, later ACKs queue behind
             log.warning("worker %s: %d ACK message(s) queued (%s)", self.id, len(acks), exc)
             for ack in acks:
                 self.send("acks", ack)

@@ -621,3 +621,36 @@ async def test_a_hash_without_a_version_is_read_once_not_on_every_reconcile(
     await w1.reconcile()
     task = w1.runner.get("acc-1")
     assert task is not None and (task.config.config_version, task.config.name) == (7, "fixed")
+
+
+async def test_acks_the_stream_refuses_are_told_once_and_kept_in_order(
+    fleet, bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the ACK stream refuses writes (its key holds another type), the worker's
+    ACKs wait in its outbox, in order, with one warning, not one per update; they are
+    written once the stream takes writes again (review finding)."""
+    master, w1, _w2 = fleet
+    redis, _settings = bus
+    await settled(master, w1, 1)
+    stream = w1.streams["acks"]
+    await redis.delete(stream)
+    await redis.set(stream, "not a stream")
+    sent = []
+    with caplog.at_level(logging.WARNING, logger="hiscrm_worker.service"):
+        for n in range(5):
+            _result, update = await master.updates.change(
+                "acc-0", {"name": f"n{n}"}, "admin_update"
+            )
+            assert update is not None
+            await w1.on_config_update(update)
+            sent.append(update.update_id)
+    told = [r for r in caplog.records if "ACK message(s) queued" in r.getMessage()]
+    assert len(told) == 1
+    await redis.delete(stream)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(w1.outbox.run)
+        with anyio.fail_after(10):
+            await w1.outbox.settled()
+        tg.cancel_scope.cancel()
+    acked = [r.message.update_id for r in await acks_of(redis, w1)]  # type: ignore[attr-defined]
+    assert acked == sent

@@ -364,12 +364,17 @@ class Worker:
             return
         del self._locks[account_id]
 
-    def _rejected_again(self, account_id: str, fingerprint: Fingerprint) -> bool:
-        """Remember what was rejected; True when it is what was rejected last time
-        (said once already: not logged as an error again)."""
+    def _reject(
+        self, account_id: str, fingerprint: Fingerprint, quiet: bool, why: str, *args: object
+    ) -> str:
+        """Remember what was rejected and say why: an error the first time, an info line
+        (none when ``quiet``) when it is what was rejected last time. Returns what was
+        done, for the reconcile's summary."""
         again = account_id in self.rejected and self.rejected[account_id] == fingerprint
         self.rejected[account_id] = fingerprint
-        return again
+        if not again or not quiet:
+            log.log(logging.INFO if again else logging.ERROR, why, *args)
+        return "rejected again" if again else "rejected"
 
     def _apply_unguarded(
         self, account_id: str, raw: dict[Any, Any] | Exception, quiet: bool
@@ -389,17 +394,17 @@ class Worker:
                 log.info("account %s: no longer readable by us; task stopped", account_id)
             return Applied(True, applied, applied, mine=False, did="stopped")
         if isinstance(raw, Exception):
-            again = self._rejected_again(account_id, _fingerprint(raw))
-            if not again or not quiet:
-                log.log(
-                    logging.INFO if again else logging.ERROR,
-                    "account %s: its hash cannot be read (%s); keeping version %d",
-                    account_id,
-                    raw,
-                    applied,
-                )
+            did = self._reject(
+                account_id,
+                _fingerprint(raw),
+                quiet,
+                "account %s: its hash cannot be read (%s); keeping version %d",
+                account_id,
+                raw,
+                applied,
+            )
             error = clip(f"account hash unreadable: {raw}")
-            return Applied(False, applied, applied, error, did=_rejected(again))
+            return Applied(False, applied, applied, error, did=did)
         if not raw:  # removed
             self._forget(account_id)
             if not quiet:
@@ -410,18 +415,17 @@ class Worker:
             config = from_hash(raw)
         except InvalidAccountConfig as exc:
             seen = _version_of(raw)
-            again = self._rejected_again(account_id, _stored_version(raw))
-            if not again or not quiet:
-                log.log(
-                    logging.INFO if again else logging.ERROR,
-                    "account %s: version %d rejected, keeping version %d: %s",
-                    account_id,
-                    seen,
-                    applied,
-                    exc,
-                )
+            did = self._reject(
+                account_id,
+                _stored_version(raw),
+                quiet,
+                "account %s: version %d rejected, keeping version %d: %s",
+                account_id,
+                seen,
+                applied,
+                exc,
+            )
             error = clip(f"invalid config: {exc}")
-            did = _rejected(again)
             return Applied(False, applied, seen, error, mine=owner == self.id, did=did)
         version = config.config_version
         if version == applied:
@@ -446,12 +450,10 @@ class Worker:
             return Applied(True, version, version, mine=False, did="moved away")
         if config.platform not in self.platforms:
             error = f"platform {config.platform!r} is not supported by worker {self.id}"
-            again = self._rejected_again(account_id, _stored_version(raw))
-            if not again or not quiet:
-                log.log(
-                    logging.INFO if again else logging.ERROR, "account %s: %s", account_id, error
-                )
-            return Applied(False, applied, version, error, did=_rejected(again))
+            did = self._reject(
+                account_id, _stored_version(raw), quiet, "account %s: %s", account_id, error
+            )
+            return Applied(False, applied, version, error, did=did)
         did = "swapped" if account_id in self.runner else "started"
         self.runner.apply(config, quiet=quiet)
         if not quiet:
@@ -711,10 +713,6 @@ def _fingerprint(reply: Any) -> Fingerprint:
 def _stored_version(raw: dict[Any, Any]) -> Fingerprint:
     """The fingerprint of the version field of a hash read whole."""
     return _fingerprint(raw.get(b"config_version", raw.get("config_version")))
-
-
-def _rejected(again: bool) -> str:
-    return "rejected again" if again else "rejected"
 
 
 def _version_of(raw: dict[Any, Any]) -> int:

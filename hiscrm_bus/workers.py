@@ -393,6 +393,12 @@ class WorkerRegistry:
         raw = await call(self.redis.hgetall(self.keys.worker(worker_id)))
         return _from_hash(worker_id, raw) if raw else None
 
+    async def read(self, worker_id: str) -> WorkerInfo | None:
+        """One worker, its sizes looked at before anything is transferred, as the
+        fleet's reads (:meth:`all`): for a reader other than the worker itself."""
+        (raw,) = await self._read([worker_id])
+        return _from_hash(worker_id, raw) if raw is not None else None
+
     async def forget(self, *worker_ids: str) -> None:
         """Drop dead workers from the index (once their accounts have moved)."""
         if worker_ids:

@@ -28,10 +28,9 @@ from hiscrm_bus.accounts import (
 )
 from hiscrm_bus.connection import call, text
 from hiscrm_bus.errors import AccountNotFound, HiscrmError, InvalidAccountConfig
-from hiscrm_bus.limits import loads
 from hiscrm_bus.messages import CrawledItem
 from hiscrm_bus.pending import Outcome
-from hiscrm_bus.workers import MAX_TASKS_BYTES
+from hiscrm_bus.workers import WorkerRegistry
 from hiscrm_master.archive import Filter
 from hiscrm_master.diagnosis import AccountReport, Finding, diagnose
 from hiscrm_master.snapshot import collect
@@ -409,18 +408,12 @@ async def task_marker(c: Console, account_id: str) -> tuple[Any, ...]:
     owner = text(raw[0]) if raw[0] else None
     task: Any = None
     if owner:
-        # the worker writes its hash: the size is looked at before the value is read,
-        # and parsed within the registry's bounds (a 60 MB value blocked the console)
-        report = None
-        key = keys.worker(owner)
-        if 0 < int(await call(c.redis.hstrlen(key, "tasks"))) <= MAX_TASKS_BYTES:
-            tasks: Any = await call(c.redis.hget(key, "tasks"))
-            try:
-                report = loads(tasks, max_bytes=MAX_TASKS_BYTES).get(account_id) if tasks else None
-            except (ValueError, AttributeError):
-                report = None
-        if isinstance(report, dict):
-            task = (report.get("state"), report.get("applied_version"), report.get("error"))
+        # the worker writes its hash: read within the registry's bounds, sizes looked
+        # at first (a 60 MB value had blocked the console)
+        info = await WorkerRegistry(c.redis, keys).read(owner)
+        report = info.tasks.get(account_id) if info is not None else None
+        if report is not None:
+            task = (report.state, report.applied_version, report.error)
     return (*(text(v) if v is not None else None for v in raw), task)
 
 
